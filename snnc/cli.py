@@ -1,0 +1,236 @@
+"""The `snnc` command line: parsing, progress and exit codes only.
+
+Every command imports its implementation lazily so that `snnc --help` never loads torch or lava.
+"""
+import functools
+import json
+import sys
+
+import click
+
+from snnc.errors import SnncError
+
+
+def reports_errors(command):
+    """Turn SnncError into one line on stderr and its exit code, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SnncError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(error.exit_code)
+
+    return wrapper
+
+
+def print_json(obj):
+    click.echo(json.dumps(obj, indent=2, sort_keys=True))
+
+
+@click.group()
+@click.version_option(package_name="snnc")
+def main():
+    """snnc: compile trained spiking neural networks for Loihi-style neuromorphic hardware."""
+
+
+@main.command()
+@click.argument("recipe")
+@click.option("--data", default="mnist5k", show_default=True, help="Data set: mnist5k or digits.")
+@click.option("--loss", type=click.Choice(["sdt", "tet", "tet-s", "lts"]), required=True,
+              help="Objective: sdt, tet, tet-s (TET with label smoothing) or lts (last time step).")
+@click.option("--epochs", type=click.IntRange(min=1), required=True)
+@click.option("-o", "--output", required=True, help="Checkpoint file to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Adam learning rate (cosine-annealed to 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--shift", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Augment: translate training images randomly by up to this many pixels.")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CPU threads for torch.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@reports_errors
+def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, threads, force):
+    """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint."""
+    import contextlib
+    from pathlib import Path
+
+    from snnc.data import load_dataset
+    from snnc.errors import OutputError
+    from snnc.models import load_recipe
+    from snnc.train import save_checkpoint
+    from snnc.train import train as train_model
+
+    output = Path(output)
+    if output.exists() and not force:
+        raise OutputError(f"{output} already exists (use --force to overwrite)")
+    if not output.parent.is_dir():
+        raise OutputError(f"directory {output.parent} does not exist")
+    spec = load_recipe(recipe)
+    dataset = load_dataset(data)
+    show_bar = sys.stderr.isatty()
+    batches = epochs * -(-len(dataset.train_labels) // batch_size)
+
+    def report_epoch(epoch, mean_loss, accuracy):
+        if show_bar:
+            click.echo(err=True)
+        click.echo(f"epoch {epoch}/{epochs}: loss {mean_loss:.4f}, test accuracy {accuracy:.4f}",
+                   err=True)
+
+    bar = (click.progressbar(length=batches, label="training", file=sys.stderr) if show_bar
+           else contextlib.nullcontext())
+    with bar:
+        model, accuracy = train_model(spec, dataset, loss, epochs, seed=seed, lr=lr,
+                                      batch_size=batch_size, shift=shift, threads=threads,
+                                      on_batch=(lambda: bar.update(1)) if show_bar else None,
+                                      on_epoch=report_epoch)
+    save_checkpoint(output, model, {"data": data, "loss": loss, "epochs": epochs, "seed": seed,
+                                    "lr": lr, "batch_size": batch_size, "shift": shift,
+                                    "test_accuracy": accuracy})
+    click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {len(dataset.test_labels)} "
+               f"{data} test samples")
+
+
+@main.command("eval")
+@click.argument("checkpoint")
+@click.option("--data", default=None, help="Data set (default: the one the checkpoint was trained on).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@reports_errors
+def eval_command(checkpoint, data, as_json):
+    """Measure the float accuracy of CHECKPOINT on a data set's test split."""
+    from snnc.data import load_dataset
+    from snnc.errors import InputError
+    from snnc.train import evaluate, load_checkpoint
+
+    model, contents = load_checkpoint(checkpoint)
+    data = data or contents["training"].get("data")
+    if data is None:
+        raise InputError(f"checkpoint {checkpoint} does not name its data set; pass --data")
+    dataset = load_dataset(data)
+    recipe = model.recipe
+    if tuple(recipe["input_shape"]) != dataset.input_shape:
+        raise InputError(f"checkpoint {checkpoint} expects input_shape {recipe['input_shape']}, "
+                         f"data set {data} has {list(dataset.input_shape)}")
+    accuracy = evaluate(model, dataset.test_images, dataset.test_labels)
+    result = {"checkpoint": checkpoint, "data": data, "accuracy": accuracy,
+              "samples": len(dataset.test_labels), "T": recipe["T"], "readout": recipe["readout"]}
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{checkpoint}: accuracy {accuracy:.4f} on {result['samples']} {data} test "
+                   f"samples (T={result['T']}, readout {result['readout']})")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def targets(ctx):
+    """List the hardware targets and energy tables (targets/*.yaml)."""
+    if ctx.invoked_subcommand is None:
+        from snnc.targets import available
+
+        for name in available():
+            click.echo(name)
+
+
+@targets.command("show")
+@click.argument("name")
+@reports_errors
+def targets_show(name):
+    """Validate and print one target (a name, or a path to a YAML file)."""
+    from snnc.targets import describe, load_energy_table, load_target
+
+    text = describe(name)
+    if "arithmetic:" in text:
+        load_target(name)
+    else:
+        load_energy_table(name)
+    click.echo(text.rstrip())
+
+
+def _progress(as_json):
+    """A stderr progress line for long steps, silent with --json or when not on a terminal."""
+    if as_json or not sys.stderr.isatty():
+        return lambda message: None
+    return lambda message: click.echo(f"... {message}", err=True)
+
+
+@main.command()
+@click.argument("checkpoint")
+@click.option("-o", "--output", required=True, help="Export directory to create.")
+@click.option("--target", default="loihi2", show_default=True, help="Target name or YAML file.")
+@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+@click.option("--bn-into", type=click.Choice(["neuron", "weights"]), default="neuron", show_default=True,
+              help="Fold tdBN into per-channel thresholds (neuron) or into the weights.")
+@click.option("--onnx-spikes", is_flag=True, help="model.onnx also outputs every layer's spikes.")
+@click.option("--float-onnx", is_flag=True, help="Also write model_float.onnx (folded, unquantized).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@reports_errors
+def export(checkpoint, output, target, force, bn_into, onnx_spikes, float_onnx, as_json):
+    """Compile CHECKPOINT for a target and write the export directory."""
+    from snnc.compiler import export as export_checkpoint
+
+    summary = export_checkpoint(checkpoint, output, target=target, force=force,
+                                options={"bn_into": bn_into, "onnx_spikes": onnx_spikes,
+                                         "float_onnx": float_onnx},
+                                progress=_progress(as_json))
+    if as_json:
+        print_json(summary)
+        return
+    click.echo(f"wrote {summary['outdir']} for {summary['target']}: float accuracy "
+               f"{summary['float_accuracy']:.4f}, quantized accuracy {summary['quantized_accuracy']:.4f}")
+    for layer in summary["layers_that_may_overflow"]:
+        click.echo(f"warning: layer '{layer}' may leave the target's state range (see bounds.json)", err=True)
+
+
+@main.command()
+@click.argument("path")
+@click.option("--target", default="loihi2", show_default=True, help="Target for a checkpoint's fixed-point view.")
+@reports_errors
+def inspect(path, target):
+    """Per-layer table of a checkpoint (float and quantized) or an export directory."""
+    from pathlib import Path
+
+    from snnc.summary import describe_network
+
+    if Path(path).is_dir():
+        from snnc.compiler import load_export
+
+        net, manifest = load_export(path)
+        click.echo(describe_network(net))
+        mapping = Path(path) / "mapping.json"
+        if mapping.is_file():
+            from snnc.passes.mapping import format_mapping
+
+            click.echo("\n" + format_mapping(mapping))
+        return
+    from snnc.compiler import compile_checkpoint
+
+    compiled = compile_checkpoint(path, target)
+    click.echo(describe_network(compiled.float_net))
+    click.echo()
+    click.echo(describe_network(compiled.fixed))
+
+
+@main.command("run")
+@click.argument("outdir")
+@click.option("--backend", default="reference", show_default=True,
+              help="reference, onnx, lava or cycle.")
+@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@reports_errors
+def run_command(outdir, backend, data, samples, as_json):
+    """Run an export directory on one backend and report its accuracy."""
+    from snnc.compiler import run_backend
+
+    result = run_backend(outdir, backend, data, samples)
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{backend}: accuracy {result['accuracy']:.4f} on {result['samples']} {result['data']} samples")
+
+
+if __name__ == "__main__":
+    main()

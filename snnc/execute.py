@@ -1,0 +1,214 @@
+"""Executing a Network: the float rule and the fixed-point rule, each written once.
+
+The graph is run layer by layer over all T steps (synaptic ops on [T*B, ...] at once, then the
+neuron recurrence over t), vectorized over the batch. Synaptic ops use float64 arithmetic: for a
+fixed-point network every operand is an integer and every partial sum stays far below 2^53, so the
+float64 results are exact integers whatever the summation order (see docs/ir.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from snnc.ir import Network, Node
+
+DECAY_UNITY = 4096  # Loihi decays are 12-bit fractions of 4096
+DEFAULT_CHUNK = 256
+
+
+@dataclass
+class Trace:
+    """What one execution produced, in logical time (no pipeline latency).
+
+    spikes: spiking node name -> uint8 [T, B, *shape]; readout_steps: the readout integrator's state
+    per step [T, B, classes]; readout: [B, classes] (float: the recipe's mean/last; fixed: sum over
+    steps for 'mean', i.e. T times the mean, or the last step, as integers); voltages: node name ->
+    [T, B, *shape] membrane after reset, for the nodes asked for; overflow: node name -> counts of
+    'current' and 'voltage' wrap/saturation events.
+    """
+
+    spikes: dict[str, np.ndarray]
+    readout_steps: np.ndarray
+    readout: np.ndarray
+    voltages: dict[str, np.ndarray] = field(default_factory=dict)
+    overflow: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def predictions(self) -> np.ndarray:
+        return self.readout.argmax(axis=1)
+
+
+def encode(net: Network, images: np.ndarray) -> np.ndarray:
+    """Direct encoding: the image is presented at every step, as integers (fixed) or reals (float)."""
+    images = np.asarray(images)
+    steps = np.broadcast_to(images, (net.T,) + images.shape)
+    if net.fixed:
+        return steps.astype(np.int64)
+    return steps.astype(np.float64) * net.encoding["scale"]
+
+
+def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
+    """The node's op on merged [N, ...] float64 tensors (N = T*B)."""
+    if node.op == "conv2d":
+        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
+        bias = torch.from_numpy(np.asarray(node.bias, dtype=np.float64)) if with_bias and node.bias is not None else None
+        return F.conv2d(inputs[0], weight, bias, stride=tuple(node.attrs["stride"]),
+                        padding=tuple(node.attrs["padding"]))
+    if node.op == "linear":
+        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
+        out = inputs[0] @ weight.T
+        if with_bias and node.bias is not None:
+            out = out + torch.from_numpy(np.asarray(node.bias, dtype=np.float64))
+        return out
+    if node.op in ("avgpool", "sumpool"):
+        kernel, stride = node.attrs["kernel"], node.attrs["stride"]
+        return F.avg_pool2d(inputs[0], kernel, stride, divisor_override=None if node.op == "avgpool" else kernel * kernel)
+    if node.op == "flatten":
+        return inputs[0].reshape(inputs[0].shape[0], -1)
+    if node.op == "add":
+        return torch.stack(inputs).sum(0)
+    raise ValueError(f"node '{node.name}': op '{node.op}' cannot be executed")
+
+
+def _param(array, dtype) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(array)).to(dtype)
+
+
+def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
+    """The float rule of ir.py's docstring over [T, B, *shape]; returns (outputs, voltages)."""
+    n = node.neuron
+    if n.mpr:
+        from snnc.nn import mpr as phi
+    else:
+        phi = None
+    threshold = _param(n.threshold, torch.float64) if n.kind == "spiking" else None
+    reset_amount = _param(n.reset_amount, torch.float64) if n.reset == "soft" else None
+    bias = _param(n.bias, torch.float64)
+    v = _param(n.initial_state, torch.float64).expand(z.shape[1:]).clone()
+    current = torch.zeros_like(v)
+    outputs, voltages = [], []
+    for t in range(z.shape[0]):
+        current = (1.0 - n.u_decay) * current + z[t]
+        v = (1.0 - n.v_decay) * v + n.input_gain * current + bias
+        if n.kind == "spiking":
+            fired = (phi(v) if phi else v) >= threshold
+            if n.reset == "hard":
+                v = torch.where(fired, torch.zeros_like(v), v)
+            elif n.reset == "soft":
+                v = v - reset_amount * fired
+            outputs.append(fired)
+        else:
+            outputs.append(v.clone())
+        if record_voltage:
+            voltages.append(v.clone())
+    return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None)
+
+
+def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
+    """Apply the target's overflow rule to a state register; returns (value, number of events)."""
+    top = 2 ** (bits - 1)
+    if mode == "saturate":
+        out = x.clamp(-(top - 1), top - 1)
+    else:  # wrap, exactly as Lava's PyLifModelBitAcc wraps u
+        out = torch.where(x > top, x - 2 * top, x)
+        out = torch.where(out <= -top, x + 2 * top, out)
+    return out, int((out != x).sum())
+
+
+def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
+    return torch.div(x * keep, DECAY_UNITY, rounding_mode="trunc")
+
+
+def fixed_neuron(node: Node, a: torch.Tensor, arithmetic: dict, record_voltage: bool):
+    """Loihi's CUBA rule (SEMANTICS section 2) with snnc's threshold/reset options, in int64."""
+    n = node.neuron
+    bits, shift = arithmetic["state_bits"], arithmetic["activation_shift"]
+    strict = arithmetic["fire_rule"] == ">"
+    threshold = _param(n.threshold, torch.int64) if n.kind == "spiking" else None
+    reset_amount = _param(n.reset_amount, torch.int64) if n.reset == "soft" else None
+    bias = _param(n.bias, torch.int64)
+    v = _param(n.initial_state, torch.int64).expand(a.shape[1:]).clone()
+    u = torch.zeros_like(v)
+    keep_u, keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
+    current_events = voltage_events = 0
+    outputs, voltages = [], []
+    for t in range(a.shape[0]):
+        u, events = _limit(_decay(u, keep_u) + (a[t] << shift), bits, arithmetic["current_overflow"])
+        current_events += events
+        v, events = _limit(_decay(v, keep_v) + u + bias, bits, arithmetic["voltage_overflow"])
+        voltage_events += events
+        if n.kind == "spiking":
+            fired = v > threshold if strict else v >= threshold
+            if n.reset == "hard":
+                v = torch.where(fired, torch.zeros_like(v), v)
+            elif n.reset == "soft":
+                v = v - reset_amount * fired
+            outputs.append(fired)
+        else:
+            outputs.append(v.clone())
+        if record_voltage:
+            voltages.append(v.clone())
+    overflow = {"current": current_events, "voltage": voltage_events}
+    return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None), overflow
+
+
+def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...]):
+    T, B = inputs.shape[:2]
+    values: dict[str, torch.Tensor] = {}
+    spikes, voltages, overflow = {}, {}, {}
+    readout_steps = None
+    for node in net.nodes:
+        if node.op == "input":
+            values[node.name] = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float64))
+            continue
+        merged = [values[name].reshape((T * B,) + values[name].shape[2:]) for name in node.inputs]
+        z = synaptic_op(node, merged, with_bias=not net.fixed)
+        z = z.reshape((T, B) + z.shape[1:])
+        if node.bn is not None:
+            shape = (-1,) + (1,) * (z.dim() - 3)
+            z = z * _param(node.bn.scale, torch.float64).reshape(shape) + _param(node.bn.shift, torch.float64).reshape(shape)
+        if node.neuron is None:
+            values[node.name] = z
+            continue
+        record = node.name in record_voltages
+        if net.fixed:
+            out, volt, overflow[node.name] = fixed_neuron(node, z.round().to(torch.int64), net.arithmetic, record)
+        else:
+            out, volt = float_neuron(node, z, record)
+        if volt is not None:
+            voltages[node.name] = volt.numpy()
+        if node.spiking:
+            spikes[node.name] = out.to(torch.uint8).numpy()
+            values[node.name] = out.to(torch.float64)
+        else:
+            readout_steps = out.numpy()
+            values[node.name] = out.to(torch.float64)
+    return spikes, readout_steps, voltages, overflow
+
+
+def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
+        chunk: int = DEFAULT_CHUNK) -> Trace:
+    """Execute `net` on encoded inputs [T, B, ...] and return every layer's spikes and the readout."""
+    inputs = np.asarray(inputs)
+    parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages)
+             for start in range(0, inputs.shape[1], chunk)]
+    spikes = {name: np.concatenate([p[0][name] for p in parts], axis=1) for name in parts[0][0]}
+    readout_steps = np.concatenate([p[1] for p in parts], axis=1)
+    voltages = {name: np.concatenate([p[2][name] for p in parts], axis=1) for name in parts[0][2]}
+    overflow = {name: {kind: sum(p[3][name][kind] for p in parts) for kind in ("current", "voltage")}
+                for name in parts[0][3]}
+    return Trace(spikes=spikes, readout_steps=readout_steps, readout=readout(net, readout_steps),
+                 voltages=voltages, overflow=overflow)
+
+
+def readout(net: Network, steps: np.ndarray) -> np.ndarray:
+    """The network's readout from the integrator's per-step state: mean (x T when fixed) or last."""
+    if net.readout == "last":
+        return steps[-1]
+    if net.fixed:
+        return steps.sum(axis=0)
+    return steps.mean(axis=0)

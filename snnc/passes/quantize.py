@@ -1,0 +1,216 @@
+"""Quantization to a target's fixed point, and the static bound analysis.
+
+Every node output is an integer tensor with a known real value per unit (`unit`): 1 for spikes,
+the encoding scale for pixels, k*k times less for a sum pool. For each neuron population and each
+output channel c we pick an activation scale s_c (real current per unit of synaptic input) so that
+the largest weight uses the target's weight range, then express every neuron parameter in units of
+the membrane register, s_c / 2^activation_shift. Integer thresholds are exact for the integer rule:
+v >= theta  <=>  v >= ceil(theta) and v > ceil(theta) - 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from snnc.errors import DesignRuleError
+from snnc.ir import SYNAPTIC_OPS, Network, Node
+from snnc.passes.fold import _per_channel, _synaptic_inputs
+from snnc.targets import Target
+
+
+def _weight_limit(arithmetic: dict) -> int:
+    return 2 ** (arithmetic["weight_bits"] - 1) - 1
+
+
+def _state_limit(arithmetic: dict) -> int:
+    return 2 ** (arithmetic["state_bits"] - 1) - 1
+
+
+def _activation_bound(synapses: list[Node], weights: list[np.ndarray], in_max: list[int]) -> np.ndarray:
+    """Per output channel, the largest |synaptic input| one step can bring (all inputs at max)."""
+    positive = sum(np.clip(w, 0, None).reshape(w.shape[0], -1).sum(1) * m for w, m in zip(weights, in_max))
+    negative = sum(np.clip(-w, 0, None).reshape(w.shape[0], -1).sum(1) * m for w, m in zip(weights, in_max))
+    return np.maximum(positive, negative)
+
+
+def _neuron_scale_floor(node: Node, arithmetic: dict) -> np.ndarray:
+    """Per channel, the smallest activation scale at which the neuron's parameters fit their registers.
+
+    Thresholds, initial states and reset amounts must fit half the state range (leaving room for
+    the membrane to pass the threshold), biases the largest mant << exp.
+    """
+    n, shift = node.neuron, arithmetic["activation_shift"]
+    channels = node.shape[0]
+    per_channel = lambda x: np.abs(np.asarray(x, dtype=np.float64)).reshape(channels, -1).max(1)  # noqa: E731
+    state_room = (_state_limit(arithmetic) // 2) / 2 ** shift
+    bias_room = ((2 ** (arithmetic["bias_mant_bits"] - 1) - 1) << (2 ** arithmetic["bias_exp_bits"] - 1)) / 2 ** shift
+    floor = np.maximum(per_channel(n.initial_state) / state_room, per_channel(n.bias) / bias_room)
+    for values in (n.threshold, n.reset_amount):
+        if values is not None:
+            floor = np.maximum(floor, per_channel(values) / state_room)
+    return floor
+
+
+def _choose_scales(node, synapses, in_units, in_max, arithmetic) -> np.ndarray:
+    """Per-channel activation scale: the full weight range, coarsened only as far as needed for
+    one step's input to fit the current register and the neuron's parameters theirs."""
+    w_limit = _weight_limit(arithmetic)
+    real = [syn.weight * unit for syn, unit in zip(synapses, in_units)]
+    largest = np.max([np.abs(w).reshape(w.shape[0], -1).max(1) for w in real], axis=0)
+    scale = np.maximum(largest / w_limit, _neuron_scale_floor(node, arithmetic))
+    scale = np.where(scale > 0, scale, 1.0)
+    u_room = _state_limit(arithmetic) >> arithmetic["activation_shift"]
+    bound = _activation_bound(synapses, [w / _per_channel(scale, w.shape) for w in real], in_max)
+    return scale * np.maximum(1.0, bound / u_room)
+
+
+def _bias_representable(name: str, bias: np.ndarray, arithmetic: dict) -> np.ndarray:
+    """Round a bias to mant << exp with the target's mantissa and exponent widths."""
+    mant_limit = 2 ** (arithmetic["bias_mant_bits"] - 1) - 1
+    max_exp = 2 ** arithmetic["bias_exp_bits"] - 1
+    magnitude = np.abs(bias)
+    with np.errstate(divide="ignore"):
+        needed = np.where(magnitude > mant_limit, np.ceil(np.log2(magnitude / mant_limit)), 0)
+    _check_fits(name, "bias exponent", needed, max_exp)
+    step = 2.0 ** needed
+    return (np.clip(np.round(bias / step), -mant_limit - 1, mant_limit) * step).astype(np.int64)
+
+
+def _threshold_integer(theta: np.ndarray, arithmetic: dict) -> np.ndarray:
+    """The integer register for the rule `v >= theta` (real theta, integer v) under the target's rule."""
+    exact = np.ceil(theta - 1e-9 * np.maximum(1.0, np.abs(theta)))  # tolerate float folding noise
+    register = exact - 1 if arithmetic["fire_rule"] == ">" else exact
+    step = 2 ** arithmetic["threshold_shift"]
+    return (np.round(register / step) * step).astype(np.int64)
+
+
+def _check_fits(name: str, field: str, values: np.ndarray, limit: int) -> None:
+    worst = int(np.max(np.abs(values))) if values.size else 0
+    if worst > limit:
+        raise DesignRuleError(f"layer '{name}': {field} needs {worst}, above the target's limit {limit}")
+
+
+def _quantize_neuron(node: Node, scale: np.ndarray, arithmetic: dict) -> None:
+    """Express the float neuron in membrane units of s_c / 2^shift, in place."""
+    n = node.neuron
+    unit = _per_channel(scale / 2 ** arithmetic["activation_shift"], node.shape)
+    state_limit = _state_limit(arithmetic)
+    n.bias = _bias_representable(node.name, n.bias / unit, arithmetic)
+    n.initial_state = np.round(n.initial_state / unit).astype(np.int64)
+    _check_fits(node.name, "initial state", n.initial_state, state_limit)
+    if n.kind == "spiking":
+        if n.reset not in arithmetic["reset_modes"]:
+            raise DesignRuleError(f"layer '{node.name}': {n.reset} reset is not supported by the target "
+                                  f"(it offers {', '.join(arithmetic['reset_modes'])})")
+        n.threshold = _threshold_integer(n.threshold / unit, arithmetic)
+        thr_limit = (2 ** arithmetic["threshold_mant_bits"] - 1) << arithmetic["threshold_shift"]
+        _check_fits(node.name, "threshold", n.threshold, min(thr_limit, state_limit))
+        if np.any(n.threshold < 0):
+            raise DesignRuleError(f"layer '{node.name}': negative threshold after folding")
+        if n.reset == "soft":
+            n.reset_amount = np.round(n.reset_amount / unit).astype(np.int64)
+            _check_fits(node.name, "reset amount", n.reset_amount, state_limit)
+    decay_unity = 2 ** arithmetic["decay_bits"]
+    n.v_decay = int(round(float(n.v_decay) * decay_unity))
+    n.u_decay = int(round(float(n.u_decay) * decay_unity)) - 1
+    n.input_gain, n.mpr = 1.0, False
+    node.scale = np.asarray(scale, dtype=np.float64)
+
+
+def quantize(net: Network, target: Target) -> Network:
+    """Fixed-point network for `target` from a folded float network (run passes.fold_all first)."""
+    arithmetic = dict(target.arithmetic, kind="fixed")
+    out = net.copy()
+    unit: dict[str, float] = {}     # real value of one integer unit of each node's output
+    int_max: dict[str, int] = {}    # largest integer a node's output can take
+    w_limit = _weight_limit(arithmetic)
+    for node in out.nodes:
+        if node.bn is not None or (node.neuron is not None and (node.neuron.mpr or node.neuron.input_gain != 1.0)):
+            raise ValueError(f"node '{node.name}': fold the network before quantizing")
+        if node.op == "input":
+            unit[node.name], int_max[node.name] = out.encoding["scale"], out.encoding["max"]
+        elif node.op == "avgpool":
+            k = node.attrs["kernel"]
+            node.op = "sumpool"
+            unit[node.name] = unit[node.inputs[0]] / (k * k)
+            int_max[node.name] = int_max[node.inputs[0]] * k * k
+        elif node.op in ("sumpool", "flatten"):
+            factor = node.attrs["kernel"] ** 2 if node.op == "sumpool" else 1
+            unit[node.name], int_max[node.name] = unit[node.inputs[0]], int_max[node.inputs[0]] * factor
+        elif node.op == "add" and node.neuron is None:
+            units = {unit[name] for name in node.inputs}
+            if len(units) != 1:
+                raise DesignRuleError(f"layer '{node.name}': adds tensors of different scales {sorted(units)}")
+            unit[node.name], int_max[node.name] = units.pop(), sum(int_max[name] for name in node.inputs)
+        if node.neuron is None:
+            continue
+        synapses = _synaptic_inputs(out, node)
+        in_units = [unit[syn.inputs[0]] for syn in synapses]
+        in_max = [int_max[syn.inputs[0]] for syn in synapses]
+        scale = _choose_scales(node, synapses, in_units, in_max, arithmetic)
+        for syn, in_unit in zip(synapses, in_units):
+            per = scale.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
+            syn.weight = np.clip(np.round(syn.weight * in_unit / per), -w_limit, w_limit).astype(np.int64)
+            if syn is not node:
+                syn.scale = np.asarray(scale, dtype=np.float64)
+        _quantize_neuron(node, scale, arithmetic)
+        unit[node.name], int_max[node.name] = 1.0, 1
+    out.arithmetic = arithmetic
+    out.metadata = dict(out.metadata, target=target.name)
+    return out
+
+
+def bound_analysis(net: Network) -> list[dict]:
+    """Worst-case register ranges of a fixed network over its T steps, before anything runs.
+
+    Interval arithmetic: every input at its extreme, the current and membrane iterated T steps with
+    the decays and resets. Returns one entry per neuron layer with the bounds and `overflow` flags.
+    """
+    arithmetic = net.arithmetic
+    limit, shift = _state_limit(arithmetic), arithmetic["activation_shift"]
+    int_max: dict[str, int] = {}
+    report = []
+    for node in net.nodes:
+        if node.op == "input":
+            int_max[node.name] = net.encoding["max"]
+        elif node.neuron is not None:
+            int_max[node.name] = 1
+        elif node.op == "sumpool":
+            int_max[node.name] = int_max[node.inputs[0]] * node.attrs["kernel"] ** 2
+        elif node.op == "add":
+            int_max[node.name] = sum(int_max[name] for name in node.inputs)
+        elif node.op == "flatten":
+            int_max[node.name] = int_max[node.inputs[0]]
+        if node.neuron is None:
+            continue
+        synapses = _synaptic_inputs(net, node)
+        weights = [syn.weight.reshape(syn.weight.shape[0], -1) for syn in synapses]
+        in_max = [int_max[syn.inputs[0]] for syn in synapses]
+        a_hi = sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max))
+        a_lo = -sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max))
+        n = node.neuron
+        channels = node.shape[0]
+        per_channel = lambda x: np.asarray(x).reshape(channels, -1)  # noqa: E731
+        bias_hi, bias_lo = per_channel(n.bias).max(1), per_channel(n.bias).min(1)
+        v_hi = per_channel(n.initial_state).max(1).astype(np.float64)
+        v_lo = per_channel(n.initial_state).min(1).astype(np.float64)
+        keep_u = (4096 - n.u_decay - 1) / 4096
+        keep_v = (4096 - n.v_decay) / 4096
+        u_hi = u_lo = 0.0
+        worst_u = worst_v = 0.0
+        for _ in range(net.T):
+            u_hi, u_lo = keep_u * u_hi + a_hi * 2 ** shift, keep_u * u_lo + a_lo * 2 ** shift
+            v_hi, v_lo = keep_v * v_hi + u_hi + bias_hi, keep_v * v_lo + u_lo + bias_lo
+            worst_u = max(worst_u, float(np.max(np.maximum(np.abs(u_hi), np.abs(u_lo)))))
+            worst_v = max(worst_v, float(np.max(np.maximum(np.abs(v_hi), np.abs(v_lo)))))
+            if n.kind == "spiking":
+                thr = per_channel(n.threshold).max(1)
+                if n.reset == "hard":
+                    v_hi = np.maximum(np.minimum(v_hi, thr), 0.0)
+                elif n.reset == "soft":
+                    v_hi = np.maximum(np.minimum(v_hi, thr), v_hi - per_channel(n.reset_amount).min(1))
+        report.append({"layer": node.name, "max_abs_current": int(math.ceil(worst_u)),
+                       "max_abs_voltage": int(math.ceil(worst_v)), "limit": limit,
+                       "current_overflow": worst_u > limit, "voltage_overflow": worst_v > limit})
+    return report

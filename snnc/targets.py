@@ -1,0 +1,164 @@
+"""Hardware targets: bit widths, resource limits and per-operation energy/time, read from YAML.
+
+Nothing about a chip is hard-coded in snnc: every number comes from `targets/*.yaml` (or a
+user-written file given by path), validated here so that a bad file names the offending field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from snnc.errors import TargetError
+
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+
+_INT = (int,)
+_NUM = (int, float)
+ARITHMETIC_FIELDS = {
+    "weight_bits": _INT, "activation_shift": _INT, "state_bits": _INT, "decay_bits": _INT,
+    "bias_mant_bits": _INT, "bias_exp_bits": _INT, "threshold_mant_bits": _INT,
+    "threshold_shift": _INT, "input_bits": _INT, "current_overflow": (str,),
+    "voltage_overflow": (str,), "fire_rule": (str,), "reset_modes": (list,),
+}
+CHOICES = {"current_overflow": ("wrap", "saturate"), "voltage_overflow": ("wrap", "saturate"),
+           "fire_rule": (">", ">=")}
+LIMIT_FIELDS = ("cores", "neurons_per_core", "synaptic_memory_bits_per_core",
+                "fan_in_axons_per_core", "fan_out_per_core")
+OPERATION_FIELDS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive",
+                    "spike_within_tile", "hop_east_west", "hop_north_south")
+TIME_FIELDS = OPERATION_FIELDS + ("barrier_min", "barrier_max")
+ENERGY_TABLE_FIELDS = ("mac", "ac")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A validated chip description; `arithmetic` is copied into every network quantized for it."""
+
+    name: str
+    description: str
+    arithmetic: dict
+    limits: dict
+    energy_pj: dict
+    time_ns: dict
+    static_power_mw: float
+    source_path: str
+
+
+@dataclass(frozen=True)
+class EnergyTable:
+    """A per-operation energy convention (E_MAC, E_AC) such as 45 nm CMOS."""
+
+    name: str
+    description: str
+    energy_pj: dict
+
+
+def _resolve(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise TargetError(f"target file {name_or_path} does not exist")
+        return candidate
+    path = TARGETS_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise TargetError(f"unknown target '{name_or_path}' (known: {', '.join(available())})")
+    return path
+
+
+def _read(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise TargetError(f"{path}: not valid YAML ({str(error).splitlines()[0]})")
+    if not isinstance(doc, dict):
+        raise TargetError(f"{path}: a target file must be a mapping")
+    return doc
+
+
+def _section(doc: dict, path: Path, key: str) -> dict:
+    section = doc.get(key)
+    if not isinstance(section, dict):
+        raise TargetError(f"{path}: field '{key}' is missing or not a mapping")
+    return section
+
+
+def _number(section: dict, path: Path, where: str, key: str, kinds=_NUM, positive=False):
+    value = section.get(key)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        kind = "an integer" if kinds == _INT else "a number"
+        raise TargetError(f"{path}: field '{where}.{key}' must be {kind}, got {value!r}")
+    if positive and value <= 0:
+        raise TargetError(f"{path}: field '{where}.{key}' must be positive, got {value!r}")
+    return value
+
+
+def _validate_arithmetic(arithmetic: dict, path: Path) -> None:
+    for key, kinds in ARITHMETIC_FIELDS.items():
+        value = arithmetic.get(key)
+        if kinds == _INT:
+            _number(arithmetic, path, "arithmetic", key, _INT)
+            if value < 0:
+                raise TargetError(f"{path}: field 'arithmetic.{key}' must not be negative")
+        elif isinstance(value, bool) or not isinstance(value, kinds):
+            raise TargetError(f"{path}: field 'arithmetic.{key}' is missing or has the wrong type")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise TargetError(f"{path}: field 'arithmetic.{key}' must be one of {CHOICES[key]}")
+    if not set(arithmetic["reset_modes"]) <= {"hard", "soft"} or not arithmetic["reset_modes"]:
+        raise TargetError(f"{path}: field 'arithmetic.reset_modes' must list hard and/or soft")
+    if not 2 <= arithmetic["weight_bits"] <= 16 or not 8 <= arithmetic["state_bits"] <= 32:
+        raise TargetError(f"{path}: field 'arithmetic.weight_bits' or 'state_bits' out of range")
+
+
+def load_target(name_or_path: str) -> Target:
+    """Load a chip target by name (targets/NAME.yaml) or by path to a YAML file."""
+    path = _resolve(name_or_path)
+    doc = _read(path)
+    if "arithmetic" not in doc and "energy_pj" in doc:
+        raise TargetError(f"{path}: '{doc.get('name')}' is an energy table, not a chip target")
+    arithmetic = _section(doc, path, "arithmetic")
+    _validate_arithmetic(arithmetic, path)
+    limits = _section(doc, path, "limits")
+    for key in LIMIT_FIELDS:
+        _number(limits, path, "limits", key, _INT, positive=True)
+    mesh = limits.get("mesh")
+    if not (isinstance(mesh, list) and len(mesh) == 2 and all(isinstance(v, int) and v > 0 for v in mesh)):
+        raise TargetError(f"{path}: field 'limits.mesh' must be [rows, columns]")
+    energy = _section(doc, path, "energy_pj")
+    time = _section(doc, path, "time_ns")
+    for key in OPERATION_FIELDS:
+        _number(energy, path, "energy_pj", key, positive=True)
+    for key in TIME_FIELDS:
+        _number(time, path, "time_ns", key, positive=True)
+    for where, section in (("energy_pj", energy), ("time_ns", time)):
+        if not isinstance(section.get("source"), str):
+            raise TargetError(f"{path}: field '{where}.source' must say where the figures come from")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise TargetError(f"{path}: field 'name' is missing")
+    static_power = _number(doc, path, "", "static_power_mw")
+    return Target(name=name, description=str(doc.get("description", "")), arithmetic=dict(arithmetic),
+                  limits=dict(limits), energy_pj=dict(energy), time_ns=dict(time),
+                  static_power_mw=float(static_power), source_path=str(path))
+
+
+def load_energy_table(name_or_path: str = "cmos45nm") -> EnergyTable:
+    """Load an E_MAC/E_AC energy convention such as targets/cmos45nm.yaml."""
+    path = _resolve(name_or_path)
+    doc = _read(path)
+    energy = _section(doc, path, "energy_pj")
+    for key in ENERGY_TABLE_FIELDS:
+        _number(energy, path, "energy_pj", key, positive=True)
+    return EnergyTable(name=str(doc.get("name", path.stem)), description=str(doc.get("description", "")),
+                       energy_pj=dict(energy))
+
+
+def available() -> list[str]:
+    """Names of the shipped YAML files (chip targets and energy tables)."""
+    return sorted(path.stem for path in TARGETS_DIR.glob("*.yaml"))
+
+
+def describe(name: str) -> str:
+    """The YAML text of a shipped target or table, for `snnc targets show`."""
+    return _resolve(name).read_text()

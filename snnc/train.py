@@ -1,0 +1,202 @@
+"""Training, evaluation and the checkpoint file (a plain dict of tensors and Python values).
+
+A checkpoint is loadable with torch.load(path, weights_only=True): no pickled classes, so loading
+one never runs code from the file.
+"""
+import math
+import warnings
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+import snnc
+from snnc.data import encode
+from snnc.errors import InputError
+from snnc.models import build, validate_recipe
+
+CHECKPOINT_FORMAT = "snnc-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("format", "format_version", "recipe", "state_dict", "training")
+LOSSES = ("sdt", "tet", "tet-s", "lts")
+LABEL_SMOOTHING = 0.1
+EVAL_BATCH = 250
+
+
+def sequence_loss(name, y, labels, tet_lambda=0.0, tet_target=1.0):
+    """Training objective over the per-step readout values y [T, B, classes].
+
+    sdt: CE(mean_t y[t]); tet: mean_t CE(y[t]) (+ tet_lambda * mean_t MSE(y[t], tet_target));
+    tet-s: tet with label smoothing LABEL_SMOOTHING in each per-step CE; lts: CE(y[T]).
+    """
+    if name == "sdt":
+        return F.cross_entropy(y.mean(dim=0), labels)
+    if name == "lts":
+        return F.cross_entropy(y[-1], labels)
+    if name not in ("tet", "tet-s"):
+        raise InputError(f"unknown loss {name!r}; known: {', '.join(LOSSES)}")
+    smoothing = LABEL_SMOOTHING if name == "tet-s" else 0.0
+    steps = y.shape[0]
+    per_step = F.cross_entropy(y.flatten(0, 1), labels.repeat(steps), label_smoothing=smoothing)
+    if tet_lambda:
+        per_step = per_step + tet_lambda * F.mse_loss(y, torch.full_like(y, tet_target))
+    return per_step
+
+
+def random_shift(images, max_shift, generator):
+    """Translate each image [B, C, H, W] by up to max_shift pixels along each axis, zero-filled.
+
+    Augmentation: mnist5k has only 4000 training digits, which a conv SNN otherwise memorises.
+    """
+    if max_shift == 0:
+        return images
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator).tolist()
+    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width]
+                        for i, (dy, dx) in enumerate(offsets)])
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, steps=None):
+    """Fraction of `images` (uint8 [N, C, H, W]) classified as `labels` by the recipe's readout."""
+    model.eval()
+    steps = steps or model.recipe["T"]
+    labels = torch.as_tensor(labels)
+    correct = 0
+    for start in range(0, len(labels), EVAL_BATCH):
+        scores = model.readout(model(encode(images[start:start + EVAL_BATCH], steps)))
+        correct += (scores.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum().item()
+    return correct / len(labels)
+
+
+def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0, threads=2,
+          on_batch=None, on_epoch=None):
+    """Train a recipe's network with Adam and a cosine learning-rate schedule; deterministic by seed
+    and thread count (more threads than free cores slows torch down badly on a shared machine).
+
+    shift: random translation of the training images, in pixels (0: none).
+    on_batch() is called after each optimiser step (progress bars); on_epoch(epoch, mean_loss,
+    test_accuracy) after each epoch. Returns the model (eval mode) and its final test accuracy.
+    """
+    if loss not in LOSSES:
+        raise InputError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+    recipe = validate_recipe(recipe)
+    if tuple(recipe["input_shape"]) != dataset.input_shape:
+        raise InputError(f"recipe {recipe['name']} expects input_shape {recipe['input_shape']}, "
+                         f"data set {dataset.name} has {list(dataset.input_shape)}")
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    model = build(recipe)
+    images = torch.as_tensor(dataset.train_images)
+    labels = torch.as_tensor(dataset.train_labels)
+    batches_per_epoch = math.ceil(len(labels) / batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
+    shuffler = torch.Generator().manual_seed(seed)
+    accuracy = float("nan")
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = torch.randperm(len(labels), generator=shuffler)
+        total = 0.0
+        for start in range(0, len(labels), batch_size):
+            batch = order[start:start + batch_size]
+            y = model(encode(random_shift(images[batch], shift, shuffler), recipe["T"]))
+            objective = sequence_loss(loss, y, labels[batch])
+            optimizer.zero_grad()
+            objective.backward()
+            optimizer.step()
+            schedule.step()
+            total += objective.item() * len(batch)
+            if on_batch:
+                on_batch()
+        accuracy = evaluate(model, dataset.test_images, dataset.test_labels)
+        if on_epoch:
+            on_epoch(epoch, total / len(labels), accuracy)
+    model.eval()
+    return model, accuracy
+
+
+def save_checkpoint(path, model, training):
+    """Write the plain-dict checkpoint (format snnc-checkpoint, version 1)."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "recipe": model.recipe,
+        "state_dict": {key: tensor.detach().clone() for key, tensor in model.state_dict().items()},
+        "training": {**training, "snnc_version": snnc.__version__},
+    }
+    torch.save(checkpoint, path)
+
+
+def _load_failure_detail(error):
+    """The informative line of a torch.load error (weights-only errors bury it in advice)."""
+    text = str(error).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _read_checkpoint_file(path):
+    if not path.exists():
+        raise InputError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise InputError(f"checkpoint is a directory, not a file: {path}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt files (pickle, zip, EOF, ...)
+        detail = _load_failure_detail(error)
+        if detail.startswith("Unsupported global"):
+            raise InputError(f"checkpoint {path} holds pickled Python objects "
+                             f"({detail.split(' was not')[0]}); snnc only loads weights-only "
+                             "checkpoints (plain dicts of tensors)") from None
+        raise InputError(f"checkpoint {path} is not a readable torch file: {detail}") from None
+
+
+def _check_state_dict(path, state_dict, model):
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(key, str) and isinstance(value, torch.Tensor)
+            for key, value in state_dict.items()):
+        raise InputError(f"checkpoint {path}: state_dict must map names to tensors")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    extra = sorted(set(state_dict) - set(expected))
+    if missing or extra:
+        first = f"missing tensor {missing[0]}" if missing else f"unexpected tensor {extra[0]}"
+        raise InputError(f"checkpoint {path}: state_dict does not match its recipe: {first} "
+                         f"({len(missing)} missing, {len(extra)} unexpected)")
+    for key, tensor in state_dict.items():
+        if tensor.shape != expected[key].shape:
+            raise InputError(f"checkpoint {path}: tensor {key} has shape {list(tensor.shape)}, "
+                             f"its recipe needs {list(expected[key].shape)}")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise InputError(f"checkpoint {path}: tensor {key} contains NaN or Inf")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise InputError(f"checkpoint {path}: state_dict does not match its recipe: "
+                         f"{' '.join(str(error).split())}") from None
+
+
+def load_checkpoint(path):
+    """(model in eval mode, checkpoint dict) from a checkpoint file; InputError if it is unusable."""
+    path = Path(path)
+    checkpoint = _read_checkpoint_file(path)
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"checkpoint {path}: expected a dict, got {type(checkpoint).__name__}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise InputError(f"checkpoint {path}: missing key(s) {', '.join(missing)}")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise InputError(f"checkpoint {path}: format is {checkpoint['format']!r}, "
+                         f"expected {CHECKPOINT_FORMAT!r}")
+    if checkpoint["format_version"] != CHECKPOINT_VERSION:
+        raise InputError(f"checkpoint {path}: format_version {checkpoint['format_version']!r} "
+                         f"is not supported (this snnc reads {CHECKPOINT_VERSION})")
+    model = build(validate_recipe(checkpoint["recipe"], source=f"in checkpoint {path}"))
+    _check_state_dict(path, checkpoint["state_dict"], model)
+    model.eval()
+    return model, checkpoint

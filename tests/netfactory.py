@@ -1,0 +1,51 @@
+"""Untrained but non-trivial networks for tests: random weights, batch-norm statistics and IMP.
+
+(Kept as a plain module next to the tests; lava-nc installs its own top-level `tests` package, so
+the test directory is not a package.)
+"""
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from snnc import models
+from snnc.frontends.checkpoint import network_from_model
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def recipe(name: str, **overrides) -> dict:
+    """A shipped recipe (models/NAME.yaml) with top-level fields replaced."""
+    spec = yaml.safe_load((MODELS_DIR / f"{name}.yaml").read_text())
+    spec.update(overrides)
+    return spec
+
+
+def random_model(spec: dict, seed: int = 0):
+    """A model of `spec` whose batch norms and IMPs hold random, trained-looking values (eval mode)."""
+    torch.manual_seed(seed)
+    model = models.build(spec)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_var"):
+                channels = module.running_var.shape
+                module.running_var.copy_(0.5 + 1.5 * torch.rand(channels, generator=generator))
+                module.running_mean.copy_(torch.rand(channels, generator=generator) - 0.5)
+                module.weight.copy_(torch.rand(channels, generator=generator) * 1.5 - 0.25)
+                module.bias.copy_(torch.rand(channels, generator=generator) * 0.4 - 0.1)
+            if getattr(module, "imp", None) is not None:
+                module.imp.copy_(torch.rand(module.imp.shape, generator=generator) - 0.5)
+    return model.eval()
+
+
+def random_network(spec: dict, seed: int = 0):
+    """The float IR of random_model(spec, seed)."""
+    return network_from_model(random_model(spec, seed), spec["name"])
+
+
+def random_images(spec: dict, count: int, seed: int = 0) -> np.ndarray:
+    """uint8 images shaped like the recipe's input."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count,) + tuple(spec["input_shape"]), dtype=np.int64).astype(np.uint8)

@@ -1,0 +1,179 @@
+"""Folding and quantization passes, each checked against the network it came from."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import netfactory
+from snnc import execute, passes
+from snnc.errors import DesignRuleError
+from snnc.ir import Network
+from snnc.passes.fold import mpr_inverse
+from snnc.targets import load_target
+
+SRIF = netfactory.recipe("mnist_srif")
+LIF = netfactory.recipe("mnist_lif")
+
+
+def spikes_of(net: Network, images) -> dict:
+    return execute.run(net, execute.encode(net, images)).spikes
+
+
+def assert_same_spikes(a: Network, b: Network, images):
+    sa, sb = spikes_of(a, images), spikes_of(b, images)
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert np.array_equal(sa[name], sb[name]), f"layer {name}: {(sa[name] != sb[name]).sum()} spikes differ"
+    return sa
+
+
+@pytest.fixture(scope="module")
+def images():
+    return netfactory.random_images(SRIF, 16, seed=3)
+
+
+def test_mpr_inverse_inverts_phi():
+    from snnc.nn import mpr
+    import torch
+
+    v = np.linspace(-3, 3, 2001)
+    u = mpr_inverse(v)
+    assert np.allclose(mpr(torch.from_numpy(u)).numpy(), v, atol=1e-12)
+    assert mpr_inverse(np.array(0.5)) == pytest.approx(0.5)
+
+
+def test_fold_mpr_moves_phi_into_the_threshold(images):
+    net = netfactory.random_network(SRIF, seed=1)
+    folded = passes.fold_mpr(net)
+    assert all(not n.neuron.mpr for n in folded.nodes if n.neuron is not None)
+    conv1 = folded.node("conv1").neuron
+    assert np.allclose(conv1.threshold, mpr_inverse(net.node("conv1").neuron.threshold))
+    assert net.node("conv1").neuron.mpr, "the pass must not modify its input"
+    assert_same_spikes(net, folded, images)
+
+
+@pytest.mark.parametrize("into", ["neuron", "weights"])
+def test_fold_bn_with_negative_scales(images, into):
+    net = netfactory.random_network(LIF, seed=2)
+    bn = net.node("conv2").bn
+    bn.scale[:3] = -np.abs(bn.scale[:3])  # negative tdBN scales flip those channels
+    folded = passes.fold_bn(net, into=into)
+    assert all(node.bn is None for node in folded.nodes)
+    original, result = net.node("conv2"), folded.node("conv2")
+    if into == "neuron":
+        assert np.array_equal(result.weight[:3], -original.weight[:3])
+        per_channel = result.neuron.threshold[:, 0, 0] * np.abs(bn.scale)
+        assert np.allclose(per_channel, original.neuron.threshold[:, 0, 0])
+    else:
+        assert np.array_equal(result.neuron.threshold, original.neuron.threshold)
+    assert_same_spikes(net, folded, images)
+
+
+def test_fold_bn_scales_imp_initial_state(images):
+    net = netfactory.random_network(SRIF, seed=4)
+    original = net.node("conv1")
+    folded = passes.fold_bn(passes.fold_mpr(net)).node("conv1")
+    scale = np.abs(original.bn.scale).reshape(-1, 1, 1)
+    assert np.any(original.neuron.initial_state != 0), "IMP must reach the IR as the initial state"
+    assert np.allclose(folded.neuron.initial_state * scale, original.neuron.initial_state)
+    assert np.allclose(folded.neuron.reset_amount * scale, original.neuron.reset_amount)
+
+
+def test_fold_decay_input_into_synapses(images):
+    spec = dict(LIF, neuron=dict(LIF["neuron"], decay_input=True), bn="none")
+    net = netfactory.random_network(spec, seed=5)
+    assert net.node("conv1").neuron.input_gain == pytest.approx(1 / spec["neuron"]["tau"])
+    folded = passes.fold_decay_input(net)
+    assert all(n.neuron.input_gain == 1.0 for n in folded.nodes if n.neuron is not None)
+    assert np.allclose(folded.node("fc1").weight, net.node("fc1").weight / spec["neuron"]["tau"])
+    assert_same_spikes(net, folded, images)
+
+
+def test_fold_all_leaves_only_adds_compares_and_resets(images):
+    net = netfactory.random_network(SRIF, seed=6)
+    folded = passes.fold_all(net)
+    for node in folded.nodes:
+        assert node.bn is None and node.bias is None
+        if node.neuron is not None:
+            assert not node.neuron.mpr and node.neuron.input_gain == 1.0
+    assert_same_spikes(net, folded, images)
+    readout_a = execute.run(net, execute.encode(net, images)).readout
+    readout_b = execute.run(folded, execute.encode(folded, images)).readout
+    assert np.allclose(readout_a, readout_b)
+
+
+def test_folding_a_residual_network():
+    spec = netfactory.recipe("sew_resnet18", input_shape=[3, 16, 16])
+    spec["arch_params"] = dict(spec["arch_params"], channels=[4, 8, 8, 8])
+    net = netfactory.random_network(spec, seed=7)
+    assert_same_spikes(net, passes.fold_all(net), netfactory.random_images(spec, 4))
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    folded = passes.fold_all(netfactory.random_network(SRIF, seed=8))
+    return folded, passes.quantize(folded, load_target("loihi2"))
+
+
+def test_quantized_parameters_fit_the_target(quantized):
+    _, fixed = quantized
+    arithmetic = fixed.arithmetic
+    w_limit = 2 ** (arithmetic["weight_bits"] - 1) - 1
+    for node in fixed.nodes:
+        if node.weight is not None:
+            assert node.weight.dtype == np.int64 and np.abs(node.weight).max() <= w_limit
+            assert np.abs(node.weight).max() >= w_limit // 2, f"{node.name} wastes its weight range"
+        if node.neuron is not None:
+            bias = node.neuron.bias
+            exponent = np.zeros_like(bias)
+            odd = bias != 0
+            while np.any(odd & (bias % (2 ** (exponent + 1)) == 0) & (np.abs(bias) >> exponent > 4095)):
+                exponent = np.where(odd & (np.abs(bias) >> exponent > 4095), exponent + 1, exponent)
+            assert np.all(np.abs(bias) >> exponent <= 4095) and np.all(exponent <= 7)
+            if node.spiking:
+                assert node.neuron.threshold.dtype == np.int64
+                assert node.neuron.threshold.max() < 2 ** 23
+
+
+def test_quantized_network_tracks_the_float_one(quantized):
+    folded, fixed = quantized
+    images = netfactory.random_images(SRIF, 32, seed=9)
+    float_trace = execute.run(folded, execute.encode(folded, images))
+    fixed_trace = execute.run(fixed, execute.encode(fixed, images))
+    for name, spikes in fixed_trace.spikes.items():
+        assert (spikes == float_trace.spikes[name]).mean() > 0.85, name
+
+
+def test_fire_rule_conversion_is_exact(quantized):
+    folded, fixed = quantized
+    strict_target = dataclasses.replace(load_target("loihi2"),
+                                        arithmetic=dict(load_target("loihi2").arithmetic, fire_rule=">"))
+    strict = passes.quantize(folded, strict_target)
+    assert np.array_equal(strict.node("conv1").neuron.threshold, fixed.node("conv1").neuron.threshold - 1)
+    images = netfactory.random_images(SRIF, 8, seed=10)
+    a = execute.run(fixed, execute.encode(fixed, images))
+    b = execute.run(strict, execute.encode(strict, images))
+    assert all(np.array_equal(a.spikes[k], b.spikes[k]) for k in a.spikes)
+    assert np.array_equal(a.readout, b.readout)
+
+
+def test_soft_reset_is_refused_where_the_target_lacks_it():
+    folded = passes.fold_all(netfactory.random_network(SRIF, seed=11))
+    with pytest.raises(DesignRuleError, match="layer 'conv1': soft reset is not supported"):
+        passes.quantize(folded, load_target("loihi1"))
+
+
+def test_bound_analysis_is_sound_and_flags_overflow(quantized):
+    _, fixed = quantized
+    report = {entry["layer"]: entry for entry in passes.bound_analysis(fixed)}
+    images = np.full((4,) + tuple(SRIF["input_shape"]), 255, dtype=np.uint8)
+    images[1] = 0
+    images[2, :, ::2] = 0
+    trace = execute.run(fixed, execute.encode(fixed, images), record_voltages=tuple(report))
+    for name, volts in trace.voltages.items():
+        assert np.abs(volts).max() <= report[name]["max_abs_voltage"], name
+    quiet = fixed.copy()
+    quiet.node("fc1").weight = np.sign(quiet.node("fc1").weight)  # at most 1568 << 6 per step
+    assert not {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
+    quiet.node("fc1").neuron.bias = quiet.node("fc1").neuron.bias - 2 ** 22  # two steps pass -2^23
+    assert {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
