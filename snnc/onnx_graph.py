@@ -1,0 +1,530 @@
+"""Building ONNX graphs from snnc networks (docs/onnx.md explains the layout and why it is exact).
+
+Three graphs come out of one network:
+- `fixed_model(net)`: the quantized network over all T steps (model.onnx). Synaptic ops run on the
+  time-merged [T*batch, ...] tensor, then each neuron layer's recurrence is unrolled over T.
+- `fixed_model(net, stepwise=True)`: one time step with every neuron state as an input and an
+  output (model_step.onnx).
+- `float_model(folded_net)`: the folded float network in float32 (model_float.onnx), approximate.
+
+Exactness of the fixed graphs: every synaptic op (conv, linear, sum pool, add of spikes) runs in
+float32 on integer-valued tensors, and every partial sum it can form is bounded by
+sum(|w|) * (largest input) per output channel. While that bound stays below 2^24 every partial sum
+is an integer that float32 represents exactly, so the result is exact whatever order or blocking
+the runtime uses. A weight matrix whose bound reaches 2^24 is split into digit planes
+(w = sum_i plane_i * base^i) that each stay below it, and the planes' results are combined in int64.
+Neuron state (u, v), decays, wraps, saturations, thresholds and resets run in int64.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from snnc import __version__
+from snnc.errors import DesignRuleError, InputError
+from snnc.ir import Network, Node
+
+OPSET = 17
+IR_VERSION = 8
+PRODUCER = "snnc"
+INPUT = "input"
+READOUT = "readout"
+READOUT_STEPS = "readout_steps"
+READOUT_STEP = "readout_step"
+BATCH = "batch"
+FLOAT32_EXACT = 2 ** 24   # float32 holds every integer of magnitude up to 2^24 exactly
+DECAY_UNITY = 4096        # the same 12-bit decay fraction as snnc.execute
+
+_ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
+              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.bool_): TensorProto.BOOL}
+
+
+def state_names(node_name: str) -> tuple[str, str, str, str]:
+    """(u input, v input, u output, v output) names of a neuron layer's state in model_step.onnx."""
+    return (f"state.{node_name}.u", f"state.{node_name}.v", f"next.{node_name}.u", f"next.{node_name}.v")
+
+
+class _Builder:
+    """Accumulates nodes and initializers with deterministic, unique names."""
+
+    def __init__(self, reserved: set[str]):
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.taken = set(reserved)
+        self.constants: dict[tuple, str] = {}
+        self.count = 0
+
+    def fresh(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self.taken:
+            k += 1
+            name = f"{hint}~{k}"
+        self.taken.add(name)
+        return name
+
+    def array(self, value: np.ndarray, hint: str) -> str:
+        name = self.fresh(hint)
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def const(self, value, dtype) -> str:
+        """A (deduplicated) constant: scalars and small shape vectors."""
+        value = np.asarray(value, dtype=dtype)
+        key = (value.dtype.str, value.shape, value.tobytes())
+        if key not in self.constants:
+            text = "_".join(str(v) for v in value.ravel()) if value.size else "empty"
+            self.constants[key] = self.array(value, f"const.{value.dtype.name}.{text}")
+        return self.constants[key]
+
+    def op(self, op_type: str, inputs: list[str], scope: str, outputs: int | list[str] = 1,
+           **attrs) -> str | list[str]:
+        self.count += 1
+        if isinstance(outputs, int):
+            names = [self.fresh(f"{scope}/{op_type}_{self.count}" + (f":{i}" if outputs > 1 else ""))
+                     for i in range(outputs)]
+        else:
+            names = list(outputs)
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=f"{scope}/{op_type}_{self.count}",
+                                           **attrs))
+        return names[0] if len(names) == 1 else names
+
+
+def _value_info(name: str, dtype, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, _ONNX_TYPE[np.dtype(dtype)], list(shape))
+
+
+def _model(builder: _Builder, name: str, doc: str, inputs, outputs, metadata: dict) -> onnx.ModelProto:
+    graph = helper.make_graph(builder.nodes, name, inputs, outputs, builder.initializers, doc_string=doc)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name=PRODUCER, producer_version=__version__, doc_string=doc)
+    model.ir_version = IR_VERSION
+    for key in sorted(metadata):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(metadata[key])
+    return model
+
+
+def _check_names(net: Network, reserved: set[str]) -> None:
+    for node in net.spiking_nodes():
+        if node.name in reserved or node.name.startswith(("state.", "next.", "const.")):
+            raise InputError(f"layer '{node.name}': its name clashes with a reserved ONNX tensor name")
+
+
+def _value_bounds(net: Network) -> dict[str, int]:
+    """The largest integer each node's output can take (as in the bound analysis)."""
+    largest: dict[str, int] = {}
+    for node in net.nodes:
+        if node.op == "input":
+            largest[node.name] = int(net.encoding["max"])
+        elif node.neuron is not None:
+            largest[node.name] = 1
+        elif node.op == "sumpool":
+            largest[node.name] = largest[node.inputs[0]] * node.attrs["kernel"] ** 2
+        elif node.op == "add":
+            largest[node.name] = sum(largest[name] for name in node.inputs)
+        elif node.op == "flatten":
+            largest[node.name] = largest[node.inputs[0]]
+        else:  # a synapse without neuron: its integer current, bounded below
+            largest[node.name] = 0
+    return largest
+
+
+def _partial_sum_bound(weight: np.ndarray, in_max: int) -> int:
+    magnitude = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1)
+    return int(magnitude.max()) * int(in_max) if magnitude.size else 0
+
+
+def weight_planes(weight: np.ndarray, in_max: int, limit: int = FLOAT32_EXACT) -> list[tuple[np.ndarray, int]]:
+    """Split integer weights into (plane, factor) pairs, w = sum(plane * factor), such that every
+    plane's partial sums stay below `limit`; a single plane when the weights already do."""
+    weight = np.asarray(weight, dtype=np.int64)
+    if _partial_sum_bound(weight, in_max) < limit:
+        return [(weight, 1)]
+    sign, rest0 = np.sign(weight), np.abs(weight)
+    for bits in range(max(int(rest0.max()).bit_length() - 1, 1), 0, -1):
+        base, rest, factor, planes = 1 << bits, rest0, 1, []
+        while rest.any():
+            plane = sign * (rest % base)
+            if plane.any():
+                planes.append((plane, factor))
+            rest, factor = rest // base, factor * base
+        if all(_partial_sum_bound(plane, in_max) < limit for plane, _ in planes):
+            return planes
+    raise DesignRuleError(f"a synapse's partial sums reach {_partial_sum_bound(weight, in_max)} even with "
+                          f"1-bit weight planes: not exact in float32 (limit {limit})")
+
+
+class _FixedGraph:
+    """The fixed-point network as ONNX ops over `steps` time steps."""
+
+    def __init__(self, net: Network, stepwise: bool, spikes: bool, limit: int):
+        self.net, self.stepwise, self.spikes, self.limit = net, stepwise, spikes, limit
+        self.steps = 1 if stepwise else net.T
+        self.arith = net.arithmetic
+        self.top = 2 ** (self.arith["state_bits"] - 1)
+        reserved = {INPUT, READOUT, READOUT_STEPS, READOUT_STEP}
+        _check_names(net, reserved)
+        reserved |= {node.name for node in net.spiking_nodes()}
+        for node in net.nodes:
+            if node.neuron is not None:
+                reserved |= set(state_names(node.name))
+        self.g = _Builder(reserved)
+        self.largest = _value_bounds(net)
+        self.inputs, self.outputs = [], []
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _per_sample(self, node: Node, array, dtype, hint: str) -> str:
+        return self.g.array(np.asarray(array).astype(dtype).reshape((1,) + tuple(node.shape)), f"{node.name}/{hint}")
+
+    def _split_steps(self, tensor: str, scope: str) -> list[str]:
+        if self.steps == 1:
+            return [tensor]
+        return self.g.op("Split", [tensor], scope, outputs=self.steps, axis=0)
+
+    def _merge_steps(self, tensors: list[str], scope: str) -> str:
+        return tensors[0] if len(tensors) == 1 else self.g.op("Concat", tensors, scope, axis=0)
+
+    def _limit(self, x: str, mode: str, scope: str) -> str:
+        """The target's overflow rule on a state register, exactly as snnc.execute._limit."""
+        g, top = self.g, self.top
+        if mode == "saturate":
+            low = g.op("Max", [x, g.const(-(top - 1), np.int64)], scope)
+            return g.op("Min", [low, g.const(top - 1, np.int64)], scope)
+        span = g.const(2 * top, np.int64)
+        above = g.op("Greater", [x, g.const(top, np.int64)], scope)
+        below = g.op("LessOrEqual", [x, g.const(-top, np.int64)], scope)
+        lowered = g.op("Where", [above, g.op("Sub", [x, span], scope), x], scope)
+        return g.op("Where", [below, g.op("Add", [x, span], scope), lowered], scope)
+
+    def _decay(self, x: str, keep: int, scope: str) -> str | None:
+        """trunc(x * keep / 4096) as sign(x) * ((|x| * keep) div 4096): the division only ever sees
+        non-negative operands, where every integer-division convention agrees. None means zero."""
+        g = self.g
+        if keep == DECAY_UNITY:
+            return x
+        if keep == 0:
+            return None
+        scaled = g.op("Mul", [g.op("Abs", [x], scope), g.const(keep, np.int64)], scope)
+        quotient = g.op("Div", [scaled, g.const(DECAY_UNITY, np.int64)], scope)
+        return g.op("Mul", [g.op("Sign", [x], scope), quotient], scope)
+
+    # --- synapses -------------------------------------------------------------------------------
+    def _float_input(self, node: Node, values: dict[str, str]) -> str:
+        name = node.inputs[0]
+        if name not in values:
+            raise InputError(f"layer '{node.name}': its input '{name}' is a synapse without neuron, "
+                             "which only an add node with a neuron may consume")
+        if self.largest[name] >= self.limit:
+            raise DesignRuleError(f"layer '{node.name}': input values up to {self.largest[name]} are not "
+                                  "exact in float32")
+        return values[name]
+
+    def _current(self, node: Node, values: dict[str, str]) -> str:
+        """The integer activation (int64, [steps*batch, ...]) of a conv2d or linear node."""
+        g, scope = self.g, node.name
+        x = self._float_input(node, values)
+        planes = weight_planes(node.weight, self.largest[node.inputs[0]], self.limit)
+        total = None
+        for index, (plane, factor) in enumerate(planes):
+            suffix = "" if len(planes) == 1 else f".plane{index}"
+            if node.op == "conv2d":
+                weight = g.array(plane.astype(np.float32), f"{scope}/weight{suffix}")
+                pads = list(node.attrs["padding"]) * 2
+                out = g.op("Conv", [x, weight], scope, kernel_shape=list(node.weight.shape[2:]),
+                           strides=list(node.attrs["stride"]), pads=pads)
+            else:
+                weight = g.array(plane.T.astype(np.float32), f"{scope}/weight{suffix}")
+                out = g.op("MatMul", [x, weight], scope)
+            out = g.op("Cast", [out], scope, to=TensorProto.INT64)
+            if factor != 1:
+                out = g.op("Mul", [out, g.const(factor, np.int64)], scope)
+            total = out if total is None else g.op("Add", [total, out], scope)
+        return total
+
+    def _plain(self, node: Node, values: dict[str, str]) -> str:
+        """sumpool, flatten, add of spikes: float32 [steps*batch, ...] outputs."""
+        g, scope = self.g, node.name
+        if node.op == "sumpool":
+            x = self._float_input(node, values)
+            k, s = node.attrs["kernel"], node.attrs["stride"]
+            channels = node.shape[0]
+            ones = g.array(np.ones((channels, 1, k, k), np.float32), f"{scope}/ones")
+            return g.op("Conv", [x, ones], scope, kernel_shape=[k, k], strides=[s, s], group=channels)
+        if node.op == "flatten":
+            return g.op("Flatten", [self._float_input(node, values)], scope, axis=1)
+        if node.op == "add":
+            if self.largest[node.name] >= self.limit:
+                raise DesignRuleError(f"layer '{node.name}': sums up to {self.largest[node.name]} are not exact")
+            for name in node.inputs:
+                if name not in values:
+                    raise InputError(f"layer '{node.name}': adds a synapse without neuron but has no neuron")
+            return g.op("Sum", [values[name] for name in node.inputs], scope)
+        raise InputError(f"layer '{node.name}': op '{node.op}' has no ONNX form")
+
+    # --- neurons --------------------------------------------------------------------------------
+    def _state_inputs(self, node: Node) -> tuple[str, str]:
+        """Initial (u, v): constants in the T-step graph, graph inputs (defaulting to them) stepwise."""
+        n = node.neuron
+        zeros = np.zeros((1,) + tuple(node.shape), np.int64)
+        initial = np.asarray(n.initial_state, np.int64).reshape((1,) + tuple(node.shape))
+        if not self.stepwise:
+            return self._per_sample(node, zeros, np.int64, "u0"), self._per_sample(node, initial, np.int64, "v0")
+        u_name, v_name = state_names(node.name)[:2]
+        for name, value in ((u_name, zeros), (v_name, initial)):
+            self.g.initializers.append(numpy_helper.from_array(value, name))
+            self.inputs.append(_value_info(name, np.int64, [BATCH] + list(node.shape)))
+        return u_name, v_name
+
+    def _neuron(self, node: Node, current: str) -> str:
+        """Run the layer's CUBA recurrence; returns its per-step outputs merged over time:
+        spikes (bool) for a spiking layer, v (int64) for the integrator."""
+        g, n, scope, arith = self.g, node.neuron, node.name, self.arith
+        keep_u = DECAY_UNITY - int(n.u_decay) - 1
+        keep_v = DECAY_UNITY - int(n.v_decay)
+        u_state, v_state = self._state_inputs(node)
+        a = g.op("Mul", [current, g.const(2 ** arith["activation_shift"], np.int64)], scope)
+        bias = self._per_sample(node, n.bias, np.int64, "bias")
+        if keep_u == 0:
+            # no current memory: u[t] = wrap(a[t] << shift) for every step at once
+            u_all = self._limit(a, arith["current_overflow"], scope)
+            drive = self._split_steps(g.op("Add", [u_all, bias], scope), scope)
+            u_steps = self._split_steps(u_all, scope) if self.stepwise else None
+        else:
+            drive, u_steps = [], []
+            u = u_state
+            for a_t in self._split_steps(a, scope):
+                decayed = self._decay(u, keep_u, scope)
+                u = self._limit(g.op("Add", [decayed, a_t], scope), arith["current_overflow"], scope)
+                u_steps.append(u)
+                drive.append(g.op("Add", [u, bias], scope))
+        threshold = reset_amount = None
+        if n.kind == "spiking":
+            threshold = self._per_sample(node, n.threshold, np.int64, "threshold")
+            if n.reset == "soft":
+                reset_amount = self._per_sample(node, n.reset_amount, np.int64, "reset_amount")
+        compare = "Greater" if arith["fire_rule"] == ">" else "GreaterOrEqual"
+        zero = g.const(0, np.int64)
+        v, outputs = v_state, []
+        for drive_t in drive:
+            decayed = self._decay(v, keep_v, scope)
+            v = drive_t if decayed is None else g.op("Add", [decayed, drive_t], scope)
+            v = self._limit(v, arith["voltage_overflow"], scope)
+            if n.kind == "spiking":
+                fired = g.op(compare, [v, threshold], scope)
+                if n.reset == "hard":
+                    v = g.op("Where", [fired, zero, v], scope)
+                elif n.reset == "soft":
+                    v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+                outputs.append(fired)
+            else:
+                outputs.append(v)
+        if self.stepwise:
+            names = state_names(node.name)
+            g.op("Identity", [u_steps[-1]], scope, outputs=[names[2]])
+            g.op("Identity", [v], scope, outputs=[names[3]])
+            self.outputs += [_value_info(names[2], np.int64, [BATCH] + list(node.shape)),
+                             _value_info(names[3], np.int64, [BATCH] + list(node.shape))]
+        return self._merge_steps(outputs, scope)
+
+    # --- whole graph ----------------------------------------------------------------------------
+    def build(self) -> onnx.ModelProto:
+        net, g = self.net, self.g
+        in_shape = list(net.input_node.shape)
+        time = [] if self.stepwise else [net.T]
+        self.inputs.append(_value_info(INPUT, np.int64, time + [BATCH] + in_shape))
+        merged = INPUT if self.stepwise else g.op("Reshape", [INPUT, g.const([-1] + in_shape, np.int64)], "input")
+        values = {net.input_node.name: g.op("Cast", [merged], "input", to=TensorProto.FLOAT)}
+        currents: dict[str, str] = {}
+        spike_outputs = []
+        for node in net.nodes[1:]:
+            if node.op in ("conv2d", "linear"):
+                current = self._current(node, values)
+            elif node.op == "add" and node.neuron is not None:
+                missing = [name for name in node.inputs if name not in currents]
+                if missing:
+                    raise InputError(f"layer '{node.name}': an add with a neuron must sum synapses without "
+                                     f"neurons ({', '.join(missing)} are not)")
+                current = g.op("Sum", [currents[name] for name in node.inputs], node.name)
+            else:
+                if node.neuron is not None:
+                    raise InputError(f"layer '{node.name}': a neuron after '{node.op}' is not supported")
+                values[node.name] = self._plain(node, values)
+                continue
+            if node.neuron is None:
+                currents[node.name] = current
+                continue
+            out = self._neuron(node, current)
+            if node.spiking:
+                values[node.name] = g.op("Cast", [out], node.name, to=TensorProto.FLOAT)
+                if self.spikes:
+                    spike_outputs.append(self._spike_output(node, out))
+            else:
+                self._readout(node, out)
+        self.outputs += spike_outputs
+        kind = "step" if self.stepwise else "sequence"
+        doc = (f"snnc {__version__}: spike-exact fixed-point network '{net.name}' "
+               f"({'one time step' if self.stepwise else f'{net.T} time steps'}); see docs/onnx.md")
+        metadata = {"snnc.network": net.name, "snnc.T": net.T, "snnc.readout": net.readout,
+                    "snnc.kind": kind, "snnc.arithmetic": "fixed", "snnc.target": net.metadata.get("target", ""),
+                    "snnc.fire_rule": self.arith["fire_rule"]}
+        return _model(g, f"snnc_{kind}", doc, self.inputs, self.outputs, metadata)
+
+    def _spike_output(self, node: Node, fired: str) -> onnx.ValueInfoProto:
+        g, shape = self.g, list(node.shape)
+        if self.stepwise:
+            g.op("Cast", [fired], node.name, outputs=[node.name], to=TensorProto.UINT8)
+            return _value_info(node.name, np.uint8, [BATCH] + shape)
+        spikes = g.op("Cast", [fired], node.name, to=TensorProto.UINT8)
+        g.op("Reshape", [spikes, g.const([self.net.T, -1] + shape, np.int64)], node.name, outputs=[node.name])
+        return _value_info(node.name, np.uint8, [self.net.T, BATCH] + shape)
+
+    def _readout(self, node: Node, v: str) -> None:
+        g, classes = self.g, list(node.shape)
+        if self.stepwise:
+            g.op("Identity", [v], node.name, outputs=[READOUT_STEP])
+            self.outputs.insert(0, _value_info(READOUT_STEP, np.int64, [BATCH] + classes))
+            return
+        steps = g.op("Reshape", [v, g.const([self.net.T, -1] + classes, np.int64)], node.name,
+                     outputs=[READOUT_STEPS])
+        if self.net.readout == "last":
+            g.op("Gather", [steps, g.const(self.net.T - 1, np.int64)], node.name, outputs=[READOUT], axis=0)
+        else:
+            g.op("ReduceSum", [steps, g.const([0], np.int64)], node.name, outputs=[READOUT], keepdims=0)
+        self.outputs[:0] = [_value_info(READOUT, np.int64, [BATCH] + classes),
+                            _value_info(READOUT_STEPS, np.int64, [self.net.T, BATCH] + classes)]
+
+
+def fixed_model(net: Network, stepwise: bool = False, spikes: bool = True,
+                limit: int = FLOAT32_EXACT) -> onnx.ModelProto:
+    """The spike-exact ONNX model of a fixed-point network: all T steps, or one step with state I/O.
+
+    `spikes` adds every spiking layer's spikes as outputs (always on for the step model);
+    `limit` is the float32 exactness bound (lower it only to test the weight-plane split)."""
+    if not net.fixed:
+        raise InputError(f"network '{net.name}' is not fixed-point: quantize it before the ONNX export")
+    net.validate()
+    return _FixedGraph(net, stepwise, spikes or stepwise, limit).build()
+
+
+# --- float32 model of the folded network --------------------------------------------------------
+
+def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
+    """The folded float network as a plain float32 ONNX model over T steps (not bit-exact).
+
+    Same input as model.onnx (integer pixels [T, batch, C, H, W], int64), scaled by the encoding
+    inside; outputs readout (mean or last of the integrator) and readout_steps, float32."""
+    if net.fixed:
+        raise InputError(f"network '{net.name}' is fixed-point; the float model needs the folded float network")
+    net.validate()
+    reserved = {INPUT, READOUT, READOUT_STEPS}
+    _check_names(net, reserved)
+    g = _Builder(reserved | {node.name for node in net.spiking_nodes()})
+    T, in_shape = net.T, list(net.input_node.shape)
+    inputs = [_value_info(INPUT, np.int64, [T, BATCH] + in_shape)]
+    outputs, spike_outputs = [], []
+    merged = g.op("Reshape", [INPUT, g.const([-1] + in_shape, np.int64)], "input")
+    pixels = g.op("Cast", [merged], "input", to=TensorProto.FLOAT)
+    values = {net.input_node.name: g.op("Mul", [pixels, g.const(net.encoding["scale"], np.float32)], "input")}
+
+    def per_sample(node, array, hint):
+        return g.array(np.asarray(array, np.float32).reshape((1,) + tuple(node.shape)), f"{node.name}/{hint}")
+
+    for node in net.nodes[1:]:
+        scope, ins = node.name, [values[name] for name in node.inputs]
+        if node.op == "conv2d":
+            args = [ins[0], g.array(node.weight.astype(np.float32), f"{scope}/weight")]
+            if node.bias is not None:
+                args.append(g.array(node.bias.astype(np.float32), f"{scope}/bias"))
+            z = g.op("Conv", args, scope, kernel_shape=list(node.weight.shape[2:]),
+                     strides=list(node.attrs["stride"]), pads=list(node.attrs["padding"]) * 2)
+        elif node.op == "linear":
+            args = [ins[0], g.array(node.weight.astype(np.float32), f"{scope}/weight")]
+            if node.bias is not None:
+                args.append(g.array(node.bias.astype(np.float32), f"{scope}/bias"))
+            z = g.op("Gemm", args, scope, transB=1)
+        elif node.op in ("avgpool", "sumpool"):
+            k, s = node.attrs["kernel"], node.attrs["stride"]
+            z = g.op("AveragePool", ins, scope, kernel_shape=[k, k], strides=[s, s])
+            if node.op == "sumpool":
+                z = g.op("Mul", [z, g.const(k * k, np.float32)], scope)
+        elif node.op == "flatten":
+            z = g.op("Flatten", ins, scope, axis=1)
+        elif node.op == "add":
+            z = g.op("Sum", ins, scope)
+        else:
+            raise InputError(f"layer '{node.name}': op '{node.op}' has no ONNX form")
+        if node.bn is not None:
+            channel_shape = (-1,) + (1,) * (len(node.shape) - 1)
+            z = g.op("Mul", [z, g.array(np.asarray(node.bn.scale, np.float32).reshape(channel_shape),
+                                         f"{scope}/bn_scale")], scope)
+            z = g.op("Add", [z, g.array(np.asarray(node.bn.shift, np.float32).reshape(channel_shape),
+                                         f"{scope}/bn_shift")], scope)
+        if node.neuron is None:
+            values[node.name] = z
+            continue
+        n = node.neuron
+        bias = per_sample(node, n.bias, "bias")
+        threshold = None
+        if n.kind == "spiking":
+            theta = n.threshold
+            if n.mpr:
+                from snnc.passes.fold import mpr_inverse
+                theta = mpr_inverse(theta)
+            threshold = per_sample(node, theta, "threshold")
+        reset_amount = per_sample(node, n.reset_amount, "reset_amount") if n.reset == "soft" else None
+        steps = g.op("Split", [z], scope, outputs=T, axis=0) if T > 1 else [z]
+        v = per_sample(node, n.initial_state, "v0")
+        current, results = None, []
+        for z_t in steps:
+            if current is None or float(n.u_decay) == 1.0:
+                current = z_t
+            else:
+                current = g.op("Add", [g.op("Mul", [current, g.const(1.0 - float(n.u_decay), np.float32)], scope),
+                                       z_t], scope)
+            drive = current if float(n.input_gain) == 1.0 else \
+                g.op("Mul", [current, g.const(n.input_gain, np.float32)], scope)
+            if float(n.v_decay) != 0.0:
+                v = g.op("Mul", [v, g.const(1.0 - float(n.v_decay), np.float32)], scope)
+            v = g.op("Add", [g.op("Add", [v, drive], scope), bias], scope)
+            if n.kind == "spiking":
+                fired = g.op("GreaterOrEqual", [v, threshold], scope)
+                if n.reset == "hard":
+                    v = g.op("Where", [fired, g.const(0.0, np.float32), v], scope)
+                elif n.reset == "soft":
+                    v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+                results.append(fired)
+            else:
+                results.append(v)
+        out = results[0] if T == 1 else g.op("Concat", results, scope, axis=0)
+        if node.spiking:
+            values[node.name] = g.op("Cast", [out], scope, to=TensorProto.FLOAT)
+            if spikes:
+                cast = g.op("Cast", [out], scope, to=TensorProto.UINT8)
+                g.op("Reshape", [cast, g.const([T, -1] + list(node.shape), np.int64)], scope, outputs=[node.name])
+                spike_outputs.append(_value_info(node.name, np.uint8, [T, BATCH] + list(node.shape)))
+        else:
+            classes = list(node.shape)
+            g.op("Reshape", [out, g.const([T, -1] + classes, np.int64)], scope, outputs=[READOUT_STEPS])
+            if net.readout == "last":
+                g.op("Gather", [READOUT_STEPS, g.const(T - 1, np.int64)], scope, outputs=[READOUT], axis=0)
+            else:
+                g.op("ReduceMean", [READOUT_STEPS], scope, outputs=[READOUT], axes=[0], keepdims=0)
+            outputs = [_value_info(READOUT, np.float32, [BATCH] + classes),
+                       _value_info(READOUT_STEPS, np.float32, [T, BATCH] + classes)]
+            values[node.name] = out
+    doc = (f"snnc {__version__}: float32 model of the folded network '{net.name}' ({T} time steps); "
+           "approximate, see docs/onnx.md")
+    metadata = {"snnc.network": net.name, "snnc.T": T, "snnc.readout": net.readout, "snnc.kind": "sequence",
+                "snnc.arithmetic": "float32", "snnc.encoding_scale": repr(float(net.encoding["scale"]))}
+    return _model(g, "snnc_float", doc, inputs, outputs + spike_outputs, metadata)
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    """Deterministic bytes of a model."""
+    return model.SerializeToString(deterministic=True)
+
+
+def check(model: onnx.ModelProto) -> None:
+    """onnx.checker with full shape/type inference."""
+    onnx.checker.check_model(model, full_check=True)
