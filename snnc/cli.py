@@ -11,6 +11,19 @@ import click
 from snnc.errors import SnncError
 
 
+INTERRUPTED = 130
+
+
+def interrupt_on_sigterm():
+    """Turn SIGTERM into KeyboardInterrupt so that cleanup (the export's staging directory) runs."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def reports_errors(command):
     """Turn SnncError into one line on stderr and its exit code, never a traceback."""
 
@@ -21,6 +34,9 @@ def reports_errors(command):
         except SnncError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(INTERRUPTED)
 
     return wrapper
 
@@ -171,6 +187,7 @@ def export(checkpoint, output, target, force, bn_into, onnx_spikes, float_onnx, 
     """Compile CHECKPOINT for a target and write the export directory."""
     from snnc.compiler import export as export_checkpoint
 
+    interrupt_on_sigterm()
     summary = export_checkpoint(checkpoint, output, target=target, force=force,
                                 options={"bn_into": bn_into, "onnx_spikes": onnx_spikes,
                                          "float_onnx": float_onnx},
@@ -234,3 +251,76 @@ def run_command(outdir, backend, data, samples, as_json):
 
 if __name__ == "__main__":
     main()
+
+
+def _progress_bar(as_json, label):
+    """A click progress bar on stderr for long runs, or nothing (--json, or not a terminal)."""
+    if as_json or not sys.stderr.isatty():
+        return None
+    return click.progressbar(length=1, label=label, file=sys.stderr)
+
+
+@main.command()
+@click.argument("outdir")
+@click.option("--backends", default="reference,onnx,lava,cycle", show_default=True,
+              help="Comma-separated backends to compare with the integer reference.")
+@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--input", "input_file", default=None, help="Replay an input saved by a failed verify.")
+@click.option("--save-input", default="snnc-verify-input.npz", show_default=True,
+              help="Where to save the input of the first divergence.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@reports_errors
+def verify(outdir, backends, data, samples, input_file, save_input, as_json):
+    """Check that backends compute the integer reference's spikes exactly; exit 1 if not."""
+    from snnc.errors import CheckFailed
+    from snnc.verify import verify as run_verify
+
+    bar = _progress_bar(as_json, "verifying")
+
+    def progress(done, total):
+        if bar is not None:
+            bar.length = total
+            bar.update(done - bar.pos)
+
+    try:
+        report = run_verify(outdir, [b.strip() for b in backends.split(",") if b.strip()], data=data,
+                            samples=samples, input_file=input_file, save_input=save_input, progress=progress)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if as_json:
+        print_json(report)
+    else:
+        _print_verify(report)
+    if not report["equivalent"]:
+        raise CheckFailed(f"backends diverge: {_divergence_line(report['first_divergence'])}")
+
+
+def _divergence_line(first):
+    where = "readout" if first["layer"] == "readout" else f"layer '{first['layer']}' step {first['step']}"
+    values = ", ".join(f"{k}={v}" for k, v in first["values"].items())
+    return (f"sample {first['sample']}, {where}, neuron {first['neuron']} {first['neuron_index']}: "
+            f"{values} (input saved to {first['saved_input']})")
+
+
+def _print_verify(report):
+    click.echo(f"backends: {', '.join(report['backends'])} on {report['samples']} samples of {report['inputs']}")
+    for backend, counts in report["mismatches"].items():
+        total = sum(counts.values()) if counts else 0
+        click.echo(f"  {backend}: {'identical' if total == 0 else f'{total} mismatches {counts}'}")
+    if "fidelity" in report:
+        f = report["fidelity"]
+        click.echo(f"fidelity: float accuracy {f['float_accuracy']:.4f}, quantized {f['quantized_accuracy']:.4f}, "
+                   f"per-layer spike agreement " +
+                   ", ".join(f"{k} {v:.4f}" for k, v in f["spike_agreement"].items()))
+    events = {k: v for k, v in report["overflow_events"].items() if sum(v.values())}
+    if events:
+        click.echo(f"overflow events (saturation/wrap): {events}")
+    if not report["equivalent"]:
+        first = report["first_divergence"]
+        click.echo(f"FIRST DIVERGENCE: {_divergence_line(first)}")
+        for backend, history in first.get("membrane_history", {}).items():
+            click.echo(f"  membrane of that neuron, {backend}: {history}")
+    else:
+        click.echo("equivalent: all backends identical to the integer reference")

@@ -73,10 +73,10 @@ def compile_checkpoint(path, target: str | Target = "loihi2", bn_into: str = "ne
     return compile_network(float_net, target, source=Path(path).name, data=data, bn_into=bn_into)
 
 
-def fidelity(compiled: Compiled, images: np.ndarray, labels: np.ndarray) -> dict:
+def fidelity(folded: ir.Network, fixed: ir.Network, images: np.ndarray, labels: np.ndarray) -> dict:
     """Float (folded, float64) against quantized: accuracy of each and per-layer spike agreement."""
-    float_trace = execute.run(compiled.folded, execute.encode(compiled.folded, images))
-    fixed_trace = execute.run(compiled.fixed, execute.encode(compiled.fixed, images))
+    float_trace = execute.run(folded, execute.encode(folded, images))
+    fixed_trace = execute.run(fixed, execute.encode(fixed, images))
     agreement = {name: float((float_trace.spikes[name] == spikes).mean())
                  for name, spikes in fixed_trace.spikes.items()}
     return {
@@ -120,7 +120,7 @@ def export(source, outdir, target: str = "loihi2", force: bool = False, options:
     compiled = compile_checkpoint(source, target, bn_into=options.get("bn_into", "neuron"))
     progress("measuring fidelity")
     dataset = load_dataset(compiled.data)
-    report = fidelity(compiled, dataset.test_images, dataset.test_labels)
+    report = fidelity(compiled.folded, compiled.fixed, dataset.test_images, dataset.test_labels)
     report["data"] = compiled.data
     staging = _staging_dir(outdir)
     try:
@@ -153,6 +153,11 @@ def export(source, outdir, target: str = "loihi2", force: bool = False, options:
     return {"outdir": str(outdir), "target": compiled.target.name, "files": sorted(written) + [MANIFEST],
             "float_accuracy": report["float_accuracy"], "quantized_accuracy": report["quantized_accuracy"],
             "layers_that_may_overflow": overflowing}
+
+
+def load_float_export(outdir) -> ir.Network:
+    """The folded float network saved next to the fixed one (checked by load_export first)."""
+    return ir.load(Path(outdir) / FLOAT_DIR)
 
 
 def load_export(outdir) -> tuple[ir.Network, dict]:

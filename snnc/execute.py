@@ -123,33 +123,55 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
     return torch.div(x * keep, DECAY_UNITY, rounding_mode="trunc")
 
 
+class FixedNeuronStep:
+    """One population's fixed-point rule, one time step at a time (the per-step form of
+    `fixed_neuron`, for simulators that advance the whole chip step by step).
+
+    `initial_state(sample_shape)` gives (u, v) at the start; `step(u, v, a)` applies one step to the
+    integer synaptic input `a` and returns (output, u, v, current_events, voltage_events): the output
+    is the spike mask (spiking) or v (integrator), and v is the membrane after reset.
+    """
+
+    def __init__(self, node: Node, arithmetic: dict):
+        n = node.neuron
+        self.spiking, self.reset = n.kind == "spiking", n.reset
+        self.bits, self.shift = arithmetic["state_bits"], arithmetic["activation_shift"]
+        self.current_mode, self.voltage_mode = arithmetic["current_overflow"], arithmetic["voltage_overflow"]
+        self.strict = arithmetic["fire_rule"] == ">"
+        self.threshold = _param(n.threshold, torch.int64) if self.spiking else None
+        self.reset_amount = _param(n.reset_amount, torch.int64) if n.reset == "soft" else None
+        self.bias = _param(n.bias, torch.int64)
+        self.initial = _param(n.initial_state, torch.int64)
+        self.keep_u, self.keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
+
+    def initial_state(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        v = self.initial.expand(shape).clone()
+        return torch.zeros_like(v), v
+
+    def step(self, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor):
+        u, current_events = _limit(_decay(u, self.keep_u) + (a << self.shift), self.bits, self.current_mode)
+        v, voltage_events = _limit(_decay(v, self.keep_v) + u + self.bias, self.bits, self.voltage_mode)
+        if not self.spiking:
+            return v.clone(), u, v, current_events, voltage_events
+        fired = v > self.threshold if self.strict else v >= self.threshold
+        if self.reset == "hard":
+            v = torch.where(fired, torch.zeros_like(v), v)
+        elif self.reset == "soft":
+            v = v - self.reset_amount * fired
+        return fired, u, v, current_events, voltage_events
+
+
 def fixed_neuron(node: Node, a: torch.Tensor, arithmetic: dict, record_voltage: bool):
     """Loihi's CUBA rule (SEMANTICS section 2) with snnc's threshold/reset options, in int64."""
-    n = node.neuron
-    bits, shift = arithmetic["state_bits"], arithmetic["activation_shift"]
-    strict = arithmetic["fire_rule"] == ">"
-    threshold = _param(n.threshold, torch.int64) if n.kind == "spiking" else None
-    reset_amount = _param(n.reset_amount, torch.int64) if n.reset == "soft" else None
-    bias = _param(n.bias, torch.int64)
-    v = _param(n.initial_state, torch.int64).expand(a.shape[1:]).clone()
-    u = torch.zeros_like(v)
-    keep_u, keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
+    rule = FixedNeuronStep(node, arithmetic)
+    u, v = rule.initial_state(a.shape[1:])
     current_events = voltage_events = 0
     outputs, voltages = [], []
     for t in range(a.shape[0]):
-        u, events = _limit(_decay(u, keep_u) + (a[t] << shift), bits, arithmetic["current_overflow"])
-        current_events += events
-        v, events = _limit(_decay(v, keep_v) + u + bias, bits, arithmetic["voltage_overflow"])
-        voltage_events += events
-        if n.kind == "spiking":
-            fired = v > threshold if strict else v >= threshold
-            if n.reset == "hard":
-                v = torch.where(fired, torch.zeros_like(v), v)
-            elif n.reset == "soft":
-                v = v - reset_amount * fired
-            outputs.append(fired)
-        else:
-            outputs.append(v.clone())
+        out, u, v, events_u, events_v = rule.step(u, v, a[t])
+        current_events += events_u
+        voltage_events += events_v
+        outputs.append(out)
         if record_voltage:
             voltages.append(v.clone())
     overflow = {"current": current_events, "voltage": voltage_events}

@@ -6,6 +6,7 @@ output = neuron(z) if it has a neuron (spikes, or the per-step values of the Rea
 The recipe schema is documented in models/README.md.
 """
 import copy
+import math
 from pathlib import Path
 
 import torch
@@ -52,6 +53,8 @@ def _check_int_list(source, field, value, length=None):
 def _number(source, field, value, positive=True):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(source, field, f"must be a number, got {value!r}")
+    if not math.isfinite(value):
+        _fail(source, field, f"must be finite, got {value!r}")
     if positive and not value > 0:
         _fail(source, field, f"must be > 0, got {value!r}")
     return float(value)

@@ -33,6 +33,7 @@ READOUT = "readout"
 READOUT_STEPS = "readout_steps"
 READOUT_STEP = "readout_step"
 BATCH = "batch"
+STATE_BATCH = "state_batch"  # model_step.onnx's state inputs: batch, or 1 for the default initial state
 FLOAT32_EXACT = 2 ** 24   # float32 holds every integer of magnitude up to 2^24 exactly
 DECAY_UNITY = 4096        # the same 12-bit decay fraction as snnc.execute
 
@@ -65,7 +66,7 @@ class _Builder:
 
     def array(self, value: np.ndarray, hint: str) -> str:
         name = self.fresh(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.initializers.append(numpy_helper.from_array(np.array(value, order="C"), name))
         return name
 
     def const(self, value, dtype) -> str:
@@ -273,7 +274,7 @@ class _FixedGraph:
         u_name, v_name = state_names(node.name)[:2]
         for name, value in ((u_name, zeros), (v_name, initial)):
             self.g.initializers.append(numpy_helper.from_array(value, name))
-            self.inputs.append(_value_info(name, np.int64, [BATCH] + list(node.shape)))
+            self.inputs.append(_value_info(name, np.int64, [STATE_BATCH] + list(node.shape)))
         return u_name, v_name
 
     def _neuron(self, node: Node, current: str) -> str:
@@ -345,7 +346,9 @@ class _FixedGraph:
                 if missing:
                     raise InputError(f"layer '{node.name}': an add with a neuron must sum synapses without "
                                      f"neurons ({', '.join(missing)} are not)")
-                current = g.op("Sum", [currents[name] for name in node.inputs], node.name)
+                current = currents[node.inputs[0]]
+                for name in node.inputs[1:]:  # ONNX Sum is float-only: int64 adds one by one
+                    current = g.op("Add", [current, currents[name]], node.name)
             else:
                 if node.neuron is not None:
                     raise InputError(f"layer '{node.name}': a neuron after '{node.op}' is not supported")

@@ -172,6 +172,9 @@ def _check_state_dict(path, state_dict, model):
         if tensor.shape != expected[key].shape:
             raise InputError(f"checkpoint {path}: tensor {key} has shape {list(tensor.shape)}, "
                              f"its recipe needs {list(expected[key].shape)}")
+        if tensor.dtype != expected[key].dtype:
+            raise InputError(f"checkpoint {path}: tensor {key} has dtype {tensor.dtype}, its recipe "
+                             f"needs {expected[key].dtype}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"checkpoint {path}: tensor {key} contains NaN or Inf")
     try:

@@ -96,3 +96,19 @@ def test_export_is_reproducible(checkpoint, tmp_path):
     files = json.loads((tmp_path / "a" / "manifest.json").read_text())["files"]
     for name in list(files) + ["manifest.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_interrupted_export_leaves_no_directory(checkpoint, tmp_path):
+    import signal
+    import time
+
+    process = subprocess.Popen(SNNC + ["export", str(checkpoint), "-o", str(tmp_path / "out")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.partial-*")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, "export finished before it could be interrupted"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.strip() == "error: interrupted"
+    assert list(tmp_path.iterdir()) == []

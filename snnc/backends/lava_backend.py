@@ -1,0 +1,584 @@
+"""The Lava backend: a fixed-point snnc network as a graph of real Lava processes, run in Lava's
+CPU simulator (`Loihi2SimCfg(select_tag="fixed_pt")`), spike for spike equal to the reference.
+
+Process graph (docs/lava.md has the picture and the reasons):
+- input: `lava.proc.io.source.RingBuffer` streaming the encoded samples one after the other;
+- synapses: Lava's own `Conv` (a conv2d reading a producer directly), `Dense` (a linear layer,
+  possibly after sum pooling and flatten, which are composed into its matrix) and `Sparse` (a
+  conv2d after sum pooling: the unrolled, composed matrix). Each adds Lava's one-step delay;
+- neurons: snnc.lava_procs.SnncNeuron (snnc.execute.fixed_neuron, per-neuron parameters), the
+  readout integrator being one too; a ResNet add with a neuron is several synapse groups into one
+  SnncNeuron (Lava sums an InPort's connections);
+- SnncRelay: a SEW add (graded sum of spike tensors, zero latency) and the delay line that holds
+  back the shorter branch of a residual connection so that both branches arrive together.
+
+Latency alignment (by construction): a population whose longest synaptic path from the input
+has d synapses is `d` steps deep; it works on logical step t of sample i at Lava step
+i * period + t + d (0-based) and is idle before (no bias, no decay) and between samples. A
+synapse group from a producer at depth p into a population at depth d gets a relay of d - 1 - p
+steps. Samples are streamed back to back (period = T by default): each population restarts
+(u = 0, v = initial state) at its own sample boundary, so no draining is needed between samples;
+a run takes (samples - 1) * period + T + L steps, L being the readout's depth. The populations
+write their outputs into .npy memmaps, which `LavaGraph.read` turns into a Trace in logical time.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from snnc import ir
+from snnc.errors import DesignRuleError, InputError
+
+NAME = "lava"
+ARTIFACT_DIR = "lava"
+GRAPH_FILE = "graph.json"
+ARRAYS_FILE = "network.npz"
+FORMAT = "snnc-lava-graph"
+FORMAT_VERSION = 1
+SELECT_TAG = "fixed_pt"
+# Lava's Dense/Sparse (bit-accurate models) clip weights to 8 bits and, in mixed-sign mode, drop
+# the least significant bit; storing 2*w with weight_exp = -1 keeps every snnc weight exact.
+DENSE_WEIGHT_SHIFT = 1
+DENSE_WEIGHT_LIMIT = 127
+SPARSE_DENSITY = 0.25  # composed matrices denser than this become Dense
+
+
+# --- layouts --------------------------------------------------------------------------------
+# snnc orders a feature map (channel, y, x); Lava orders it (x, y, channel). A Lava vector is the
+# C-order flattening of Lava's layout, so "flat" and "xyc" ports differ only by a reshape.
+
+def lava_shape(shape) -> tuple[int, ...]:
+    return tuple(int(n) for n in reversed(tuple(shape)))
+
+
+def to_lava(array: np.ndarray, shape) -> np.ndarray:
+    """[..., *shape] in snnc order -> [..., *lava_shape(shape)]."""
+    lead = array.ndim - len(shape)
+    return np.transpose(array, tuple(range(lead)) + tuple(lead + i for i in reversed(range(len(shape)))))
+
+
+def from_lava(array: np.ndarray, shape) -> np.ndarray:
+    """[..., n] (flattened Lava order) -> [..., *shape] in snnc order."""
+    lead = array.shape[:-1]
+    rev = array.reshape(lead + lava_shape(shape))
+    k = len(lead)
+    return np.transpose(rev, tuple(range(k)) + tuple(k + i for i in reversed(range(len(shape)))))
+
+
+def _lava_order(shape) -> np.ndarray:
+    """For each position of the flattened Lava layout, the flat snnc index it holds."""
+    size = int(np.prod(shape))
+    return to_lava(np.arange(size).reshape(shape), shape).reshape(-1)
+
+
+# --- linear maps between producers and synapses (snnc order) --------------------------------
+
+def _conv_matrix(node: ir.Node, in_shape) -> "object":
+    import scipy.sparse as sp
+
+    weight = np.asarray(node.weight, dtype=np.int64)
+    co, ci, kh, kw = weight.shape
+    _, height, width = in_shape
+    _, out_h, out_w = node.shape
+    sh, sw = node.attrs["stride"]
+    ph, pw = node.attrs["padding"]
+    o_c, o_y, o_x, i_c, k_y, k_x = np.meshgrid(np.arange(co), np.arange(out_h), np.arange(out_w),
+                                               np.arange(ci), np.arange(kh), np.arange(kw),
+                                               indexing="ij", sparse=True)
+    iy, ix = o_y * sh - ph + k_y, o_x * sw - pw + k_x
+    shape6 = (co, out_h, out_w, ci, kh, kw)
+    valid = np.broadcast_to((iy >= 0) & (iy < height) & (ix >= 0) & (ix < width), shape6)
+    rows = np.broadcast_to((o_c * out_h + o_y) * out_w + o_x, shape6)[valid]
+    cols = np.broadcast_to((i_c * height + iy) * width + ix, shape6)[valid]
+    vals = np.broadcast_to(weight[:, None, None, :, :, :], shape6)[valid]
+    keep = vals != 0
+    return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])),
+                         shape=(co * out_h * out_w, ci * height * width), dtype=np.int64)
+
+
+def _pool_matrix(node: ir.Node, in_shape) -> "object":
+    import scipy.sparse as sp
+
+    k, s = node.attrs["kernel"], node.attrs["stride"]
+    channels, height, width = in_shape
+    _, out_h, out_w = node.shape
+    c, oy, ox, ky, kx = np.meshgrid(np.arange(channels), np.arange(out_h), np.arange(out_w),
+                                    np.arange(k), np.arange(k), indexing="ij")
+    rows = ((c * out_h + oy) * out_w + ox).reshape(-1)
+    cols = ((c * height + oy * s + ky) * width + ox * s + kx).reshape(-1)
+    return sp.csr_matrix((np.ones(rows.size, dtype=np.int64), (rows, cols)),
+                         shape=(channels * out_h * out_w, channels * height * width))
+
+
+def _composed_matrix(net: ir.Network, synapse: ir.Node, views: list[ir.Node], src_shape):
+    """The synapse after its sumpool/flatten views as one integer matrix [out, in], snnc order."""
+    import scipy.sparse as sp
+
+    matrix = sp.identity(int(np.prod(src_shape)), dtype=np.int64, format="csr")
+    shape = tuple(src_shape)
+    for view in views:
+        if view.op == "sumpool":
+            matrix = _pool_matrix(view, shape) @ matrix
+        shape = tuple(view.shape)
+    if synapse.op == "conv2d":
+        last = _conv_matrix(synapse, shape)
+    else:
+        last = sp.csr_matrix(np.asarray(synapse.weight, dtype=np.int64))
+    return (last @ matrix).tocsr()
+
+
+# --- the graph description --------------------------------------------------------------------
+
+@dataclass
+class _Producer:
+    """Something synapses read from: the source, a spiking population, a relay."""
+
+    process: str
+    shape: tuple[int, ...]       # its Lava port shape
+    ir_shape: tuple[int, ...]
+    depth: int
+    max_value: int
+
+
+class _SpecBuilder:
+    def __init__(self, net: ir.Network):
+        self.net = net
+        self.processes: list[dict] = []
+        self.connections: list[dict] = []
+        self.arrays: dict[str, np.ndarray] = {}
+        self.producers: dict[str, _Producer] = {}
+        self.delayed: dict[tuple[str, int], _Producer] = {}
+
+    def connect(self, source: _Producer | tuple, target: str, port: str, shape) -> None:
+        name, out_port, out_shape = ((source.process, "s_out", source.shape)
+                                     if isinstance(source, _Producer) else source)
+        shape = tuple(shape)
+        if int(np.prod(out_shape)) != int(np.prod(shape)):
+            raise DesignRuleError(f"Lava graph: cannot connect {name} {out_shape} to {target} {shape}")
+        self.connections.append({"from": [name, out_port], "to": [target, port],
+                                 "reshape": None if tuple(out_shape) == shape else list(shape)})
+
+    def add_process(self, entry: dict, **arrays) -> None:
+        for key, value in arrays.items():
+            self.arrays[f"{entry['name']}/{key}"] = value
+            entry[key] = f"{entry['name']}/{key}"
+        self.processes.append(entry)
+
+    def delayed_producer(self, producer: _Producer, steps: int) -> _Producer:
+        if steps == 0:
+            return producer
+        key = (producer.process, steps)
+        if key not in self.delayed:
+            name = f"{producer.process}@delay{steps}"
+            self.add_process({"type": "relay", "name": name, "shape": list(producer.shape),
+                              "delay": steps})
+            self.connect(producer, name, "a_in", producer.shape)
+            self.delayed[key] = _Producer(name, producer.shape, producer.ir_shape,
+                                          producer.depth + steps, producer.max_value)
+        return self.delayed[key]
+
+    def trace_views(self, synapse: ir.Node) -> tuple[_Producer, list[ir.Node]]:
+        views = []
+        name = synapse.inputs[0]
+        while name not in self.producers:
+            node = self.net.node(name)
+            if node.op not in ("sumpool", "flatten"):
+                raise DesignRuleError(f"layer '{synapse.name}': the Lava backend cannot feed a synapse "
+                                      f"from '{name}' ({node.op} without a neuron)")
+            views.insert(0, node)
+            name = node.inputs[0]
+        return self.producers[name], views
+
+    def synapse(self, synapse: ir.Node, source: _Producer, views: list[ir.Node], target: str,
+                target_shape, use_conv: bool) -> None:
+        bits = max(1, int(source.max_value).bit_length())
+        name = synapse.name
+        if use_conv:
+            weight = np.asarray(synapse.weight, dtype=np.int64)
+            lava_weight = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)).astype(np.int32)
+            self.add_process({"type": "conv", "name": name, "node": synapse.name,
+                              "input_shape": list(source.shape),
+                              "padding": list(reversed(synapse.attrs["padding"])),
+                              "stride": list(reversed(synapse.attrs["stride"])),
+                              "num_message_bits": bits}, weight=lava_weight)
+            self.connect(source, name, "s_in", source.shape)
+            self.connect((name, "a_out", lava_shape(synapse.shape)), target, "a_in", target_shape)
+            return
+        matrix = _composed_matrix(self.net, synapse, views, source.ir_shape)
+        matrix = matrix[_lava_order(synapse.shape)][:, _lava_order(source.ir_shape)].tocsr()
+        matrix.sum_duplicates()
+        worst = int(np.abs(matrix.data).max()) if matrix.nnz else 0
+        if worst > DENSE_WEIGHT_LIMIT:
+            raise DesignRuleError(f"layer '{name}': composed weight {worst} does not fit Lava's 8-bit "
+                                  f"synapse (limit {DENSE_WEIGHT_LIMIT})")
+        matrix.data = (matrix.data << DENSE_WEIGHT_SHIFT).astype(np.int32)
+        entry = {"name": name, "node": synapse.name, "shape": list(matrix.shape),
+                 "views": [view.name for view in views], "weight_exp": -DENSE_WEIGHT_SHIFT,
+                 "num_weight_bits": 8, "sign_mode": "mixed", "num_message_bits": bits}
+        density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
+        if synapse.op == "linear" or density > SPARSE_DENSITY:
+            self.add_process(dict(entry, type="dense"), weights=matrix.toarray().astype(np.int32))
+        else:
+            matrix.sort_indices()
+            self.add_process(dict(entry, type="sparse"), data=matrix.data.astype(np.int32),
+                             indices=matrix.indices.astype(np.int64),
+                             indptr=matrix.indptr.astype(np.int64))
+        self.connect(source, name, "s_in", (matrix.shape[1],))
+        self.connect((name, "a_out", (matrix.shape[0],)), target, "a_in", target_shape)
+
+    def neuron(self, node: ir.Node) -> None:
+        if node.op in ir.SYNAPTIC_OPS:
+            groups = [node]
+        elif node.op == "add":
+            groups = [self.net.node(name) for name in node.inputs]
+            for group in groups:
+                if group.op not in ir.SYNAPTIC_OPS or group.neuron is not None:
+                    raise DesignRuleError(f"layer '{node.name}': an add with a neuron must sum "
+                                          f"synapses without neurons ('{group.name}' is {group.op})")
+        else:
+            raise DesignRuleError(f"layer '{node.name}': a neuron after {node.op} is not supported")
+        sources = [self.trace_views(group) for group in groups]
+        depth = max(source.depth for source, _ in sources) + 1
+        use_conv = len(node.shape) == 3 and all(
+            group.op == "conv2d" and not views and len(source.ir_shape) == 3
+            for group, (source, views) in zip(groups, sources))
+        shape = lava_shape(node.shape) if use_conv else (int(np.prod(node.shape)),)
+        n = node.neuron
+        per_neuron = lambda values: to_lava(np.asarray(  # noqa: E731
+            np.zeros(node.shape) if values is None else values, dtype=np.int64), node.shape).reshape(shape)
+        self.add_process({"type": "neuron", "name": node.name, "node": node.name, "shape": list(shape),
+                          "ir_shape": list(node.shape), "depth": depth, "kind": n.kind,
+                          "reset": n.reset, "du": int(n.u_decay), "dv": int(n.v_decay)},
+                         threshold=per_neuron(n.threshold), bias=per_neuron(n.bias),
+                         reset_amount=per_neuron(n.reset_amount),
+                         initial_state=per_neuron(n.initial_state))
+        for group, (source, views) in zip(groups, sources):
+            delayed = self.delayed_producer(source, depth - 1 - source.depth)
+            self.synapse(group, delayed, views, node.name, shape, use_conv)
+        if node.spiking:
+            self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, 1)
+
+    def sew_add(self, node: ir.Node) -> None:
+        missing = [name for name in node.inputs if name not in self.producers]
+        if missing:
+            raise DesignRuleError(f"layer '{node.name}': the Lava backend adds spikes or sums of spikes "
+                                  f"only ('{missing[0]}' is neither)")
+        inputs = [self.producers[name] for name in node.inputs]
+        depth = max(p.depth for p in inputs)
+        shape = lava_shape(node.shape)
+        self.add_process({"type": "relay", "name": node.name, "node": node.name, "shape": list(shape),
+                          "delay": 0})
+        for producer in inputs:
+            self.connect(self.delayed_producer(producer, depth - producer.depth), node.name, "a_in", shape)
+        self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth,
+                                              sum(p.max_value for p in inputs))
+
+    def build(self) -> dict:
+        net = self.net
+        for node in net.nodes:
+            if node.op == "input":
+                shape = lava_shape(node.shape)
+                self.add_process({"type": "source", "name": node.name, "node": node.name,
+                                  "shape": list(shape), "ir_shape": list(node.shape)})
+                top = int(net.encoding.get("max", 2 ** net.arithmetic.get("input_bits", 8) - 1))
+                self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), 0, top)
+            elif node.neuron is not None:
+                self.neuron(node)
+            elif node.op == "add":
+                self.sew_add(node)
+            elif node.op in ("sumpool", "flatten", "conv2d", "linear"):
+                continue  # views composed into their consumers / synapse groups of an add
+            else:
+                raise DesignRuleError(f"layer '{node.name}': op {node.op} is not supported on Lava")
+        readout = net.output_node
+        depths = {p["name"]: p["depth"] for p in self.processes if p["type"] == "neuron"}
+        arithmetic = {key: net.arithmetic[key] for key in ("state_bits", "activation_shift", "fire_rule",
+                                                            "current_overflow", "voltage_overflow")}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": net.name,
+                "T": int(net.T), "readout": net.readout, "readout_process": readout.name,
+                "source": net.input_node.name, "latency": depths[readout.name],
+                "spiking": [node.name for node in net.spiking_nodes()],
+                "arithmetic": arithmetic, "select_tag": SELECT_TAG,
+                "processes": self.processes, "connections": self.connections}
+
+
+def lava_spec(net: ir.Network) -> tuple[dict, dict[str, np.ndarray]]:
+    """The Lava process graph of a fixed network: (graph description, arrays by key)."""
+    if not net.fixed:
+        raise InputError(f"network '{net.name}' is not fixed-point: quantize it before running on Lava")
+    builder = _SpecBuilder(net)
+    spec = builder.build()
+    return spec, builder.arrays
+
+
+# --- the artifact ---------------------------------------------------------------------------
+
+def write_artifacts(compiled, directory, options=None) -> list[str]:
+    """Write lava/graph.json and lava/network.npz (deterministic bytes) for compiled.fixed."""
+    spec, arrays = lava_spec(compiled.fixed)
+    folder = Path(directory) / ARTIFACT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / GRAPH_FILE).write_text(json.dumps(spec, indent=1, sort_keys=True) + "\n")
+    (folder / ARRAYS_FILE).write_bytes(ir.deterministic_npz(arrays))
+    return [f"{ARTIFACT_DIR}/{GRAPH_FILE}", f"{ARTIFACT_DIR}/{ARRAYS_FILE}"]
+
+
+def load_artifact(outdir) -> tuple[dict, dict[str, np.ndarray]]:
+    """The Lava graph description of an export directory (its lava/ artifact when present,
+    otherwise derived from network.json); raises InputError when it is unreadable."""
+    from snnc.compiler import load_export
+
+    outdir = Path(outdir)
+    net, _ = load_export(outdir)
+    folder = outdir / ARTIFACT_DIR
+    if not (folder / GRAPH_FILE).is_file():
+        return lava_spec(net)
+    try:
+        spec = json.loads((folder / GRAPH_FILE).read_text())
+        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError) as error:
+        raise InputError(f"{folder}: unreadable Lava artifact ({error})")
+    if spec.get("format") != FORMAT or spec.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{folder}: not an snnc Lava graph version {FORMAT_VERSION}")
+    return spec, arrays
+
+
+# --- building and running the processes -------------------------------------------------------
+
+@dataclass
+class LavaGraph:
+    """Lava process objects of one network, ready to run.
+
+    source: the RingBuffer; neurons: node name -> SnncNeuron (the readout included); synapses:
+    name -> Dense / Sparse / Conv; relays: name -> SnncRelay; sink: the readout SnncNeuron (it
+    writes its per-step state to `record_dir`); num_steps: how many steps to run.
+    """
+
+    spec: dict
+    source: object
+    neurons: dict
+    synapses: dict
+    relays: dict
+    sink: object
+    num_steps: int
+    samples: int
+    steps: int
+    period: int
+    record_dir: Path
+    record_voltages: tuple = ()
+    _owned_dir: object = field(default=None, repr=False)
+
+    @property
+    def processes(self) -> dict:
+        return {self.spec["source"]: self.source, **self.neurons, **self.synapses, **self.relays}
+
+    def run(self) -> "LavaGraph":
+        """Run all steps in Lava's simulator (fixed_pt models) and stop it, even on error."""
+        from lava.magma.core.run_conditions import RunSteps
+        from lava.magma.core.run_configs import Loihi2SimCfg
+
+        try:
+            self.source.run(condition=RunSteps(num_steps=self.num_steps),
+                            run_cfg=Loihi2SimCfg(select_tag=self.spec.get("select_tag", SELECT_TAG)))
+        finally:
+            self.source.stop()
+        return self
+
+    def _file(self, name: str, what: str) -> Path:
+        return self.record_dir / f"{_safe(name)}.{what}.npy"
+
+    def read(self):
+        """The results as a snnc.execute.Trace in logical time ([T, samples, ...])."""
+        from snnc.execute import Trace
+
+        shapes = {p["name"]: tuple(p["ir_shape"]) for p in self.spec["processes"] if p["type"] == "neuron"}
+        spikes = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "out")), shapes[name])
+                                             .swapaxes(0, 1)).astype(np.uint8)
+                  for name in self.spec["spiking"]}
+        readout = self.spec["readout_process"]
+        steps = np.load(self._file(readout, "out")).swapaxes(0, 1).astype(np.int64)
+        voltages = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "v")), shapes[name])
+                                               .swapaxes(0, 1)).astype(np.int64)
+                    for name in self.record_voltages}
+        overflow = {}
+        for name in shapes:
+            counts = np.load(self._file(name, "overflow")).sum(axis=0)
+            overflow[name] = {"current": int(counts[0]), "voltage": int(counts[1])}
+        final = steps[-1] if self.spec["readout"] == "last" else steps.sum(axis=0)
+        return Trace(spikes=spikes, readout_steps=np.ascontiguousarray(steps), readout=final,
+                     voltages=voltages, overflow=overflow)
+
+    def close(self) -> None:
+        if self._owned_dir is not None:
+            self._owned_dir.cleanup()
+            self._owned_dir = None
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def _lava_inputs(spec: dict, inputs: np.ndarray, period: int, num_steps: int) -> np.ndarray:
+    """The RingBuffer data [*port shape, num_steps]: sample i's step t at column i * period + t."""
+    source = next(p for p in spec["processes"] if p["type"] == "source")
+    ir_shape = tuple(source["ir_shape"])
+    steps, samples = inputs.shape[:2]
+    if tuple(inputs.shape[2:]) != ir_shape:
+        raise InputError(f"inputs have per-sample shape {tuple(inputs.shape[2:])}, the network expects {ir_shape}")
+    data = np.zeros((num_steps,) + tuple(source["shape"]), dtype=np.int32)
+    lava = to_lava(np.asarray(inputs), ir_shape)
+    for i in range(samples):
+        data[i * period:i * period + steps] = lava[:, i]
+    return np.ascontiguousarray(np.moveaxis(data, 0, -1))
+
+
+def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
+    kind = entry["type"]
+    get = lambda key: arrays[entry[key]]  # noqa: E731
+    if kind == "conv":
+        from lava.proc.conv.process import Conv
+
+        return Conv(weight=get("weight"), input_shape=tuple(entry["input_shape"]),
+                    padding=tuple(entry["padding"]), stride=tuple(entry["stride"]),
+                    num_message_bits=entry["num_message_bits"], name=entry["name"])
+    if kind in ("dense", "sparse"):
+        from lava.utils.weightutils import SignMode
+
+        common = dict(num_message_bits=entry["num_message_bits"], weight_exp=entry["weight_exp"],
+                      num_weight_bits=entry["num_weight_bits"], sign_mode=SignMode.MIXED,
+                      name=entry["name"])
+        if kind == "dense":
+            from lava.proc.dense.process import Dense
+
+            return Dense(weights=get("weights"), **common)
+        import scipy.sparse as sp
+        from lava.proc.sparse.process import Sparse
+
+        matrix = sp.csr_matrix((get("data"), get("indices"), get("indptr")), shape=tuple(entry["shape"]))
+        return Sparse(weights=matrix, **common)
+    if kind == "relay":
+        from snnc.lava_procs.process import SnncRelay
+
+        return SnncRelay(shape=tuple(entry["shape"]), delay=entry["delay"], name=entry["name"])
+    if kind == "neuron":
+        from snnc.lava_procs.process import SnncNeuron
+
+        return SnncNeuron(shape=tuple(entry["shape"]), threshold=get("threshold"), bias=get("bias"),
+                          reset_amount=get("reset_amount"), initial_state=get("initial_state"),
+                          du=entry["du"], dv=entry["dv"], kind=entry["kind"], reset=entry["reset"],
+                          start=entry["depth"], name=entry["name"], **schedule, **files[entry["name"]])
+    raise InputError(f"Lava graph: unknown process type '{kind}'")
+
+
+def _new_memmap(path: Path, dtype, shape) -> str:
+    np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape).flush()
+    return str(path)
+
+
+def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=None,
+                     record_voltages=()) -> LavaGraph:
+    """Instantiate the Lava processes of `network` (a fixed ir.Network, an export directory, or a
+    (spec, arrays) pair from lava_spec / load_artifact), fed with `inputs` (encoded, [T, B, ...]) or
+    `images` (uint8 [B, ...], direct-encoded). Results are written below `record_dir` (a temporary
+    directory owned by the graph when None). Run with `graph.run()` or Lava's own
+    `graph.source.run(RunSteps(graph.num_steps), Loihi2SimCfg(select_tag="fixed_pt"))`, then
+    `graph.read()`."""
+    if isinstance(network, ir.Network):
+        spec, arrays = lava_spec(network)
+    elif isinstance(network, tuple):
+        spec, arrays = network
+    else:
+        spec, arrays = load_artifact(network)
+    source_entry = next(p for p in spec["processes"] if p["type"] == "source")
+    if inputs is None:
+        if images is None:
+            images = np.zeros((1,) + tuple(source_entry["ir_shape"]), dtype=np.int64)
+        images = np.asarray(images)
+        inputs = np.broadcast_to(images, (spec["T"],) + images.shape)
+    inputs = np.asarray(inputs)
+    if inputs.ndim < 2 or not np.issubdtype(inputs.dtype, np.integer):
+        raise InputError("Lava backend inputs must be integers shaped [T, batch, ...]")
+    steps, samples = int(inputs.shape[0]), int(inputs.shape[1])
+    if samples < 1 or steps < 1:
+        raise InputError("Lava backend needs at least one sample and one step")
+    period = steps if period is None else int(period)
+    if period < steps:
+        raise InputError(f"period {period} is shorter than the {steps} steps of a sample")
+    num_steps = (samples - 1) * period + steps + int(spec["latency"])
+    neurons = [p for p in spec["processes"] if p["type"] == "neuron"]
+    unknown = set(record_voltages) - {p["name"] for p in neurons}
+    if unknown:
+        raise InputError(f"cannot record voltages of {sorted(unknown)}: not neuron layers")
+    owned = None
+    if record_dir is None:
+        owned = tempfile.TemporaryDirectory(prefix="snnc-lava-")
+        record_dir = owned.name
+    record_dir = Path(record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for p in neurons:
+        name, size = p["name"], int(np.prod(p["shape"]))
+        out = (np.uint8 if p["kind"] == "spiking" else np.int64)
+        files[name] = {
+            "record_path": _new_memmap(record_dir / f"{_safe(name)}.out.npy", out, (samples, steps, size)),
+            "overflow_path": _new_memmap(record_dir / f"{_safe(name)}.overflow.npy", np.int64, (samples, 2)),
+            "voltage_path": (_new_memmap(record_dir / f"{_safe(name)}.v.npy", np.int64, (samples, steps, size))
+                             if name in record_voltages else None)}
+    schedule = dict(period=period, steps=steps, samples=samples, **spec["arithmetic"])
+    from lava.proc.io.source import RingBuffer
+
+    processes = {}
+    for entry in spec["processes"]:
+        if entry["type"] == "source":
+            processes[entry["name"]] = RingBuffer(data=_lava_inputs(spec, inputs, period, num_steps))
+        else:
+            processes[entry["name"]] = _make_process(entry, arrays, schedule, files)
+    for link in spec["connections"]:
+        (src, out_port), (dst, in_port) = link["from"], link["to"]
+        port = getattr(processes[src], out_port)
+        if link["reshape"] is not None:
+            port = port.reshape(tuple(link["reshape"]))
+        port.connect(getattr(processes[dst], in_port))
+    by_type = lambda kind: {p["name"]: processes[p["name"]] for p in spec["processes"] if p["type"] in kind}  # noqa: E731
+    return LavaGraph(spec=spec, source=processes[spec["source"]], neurons=by_type(("neuron",)),
+                     synapses=by_type(("conv", "dense", "sparse")), relays=by_type(("relay",)),
+                     sink=processes[spec["readout_process"]], num_steps=num_steps, samples=samples,
+                     steps=steps, period=period, record_dir=record_dir,
+                     record_voltages=tuple(record_voltages), _owned_dir=owned)
+
+
+def run(net, inputs, record_voltages=(), period=None):
+    """Execute a fixed network in Lava's simulator; a Trace in logical time, equal to the reference's."""
+    graph = build_lava_graph(net, inputs=inputs, period=period, record_voltages=record_voltages)
+    try:
+        graph.run()
+        return graph.read()
+    finally:
+        graph.close()
+
+
+def run_export(outdir, images_or_inputs, samples=None, record_voltages=(), period=None):
+    """Run an export directory's Lava artifact on uint8 images [B, ...] or encoded inputs [T, B, ...]
+    (the first `samples` of them); returns the Trace."""
+    spec, arrays = load_artifact(outdir)
+    data = np.asarray(images_or_inputs)
+    source = next(p for p in spec["processes"] if p["type"] == "source")
+    per_sample = len(source["ir_shape"])
+    if data.ndim == per_sample + 1:
+        data = data[:samples] if samples is not None else data
+        inputs = np.broadcast_to(data.astype(np.int64), (spec["T"],) + data.shape)
+    elif data.ndim == per_sample + 2:
+        inputs = data[:, :samples] if samples is not None else data
+    else:
+        raise InputError(f"expected images [B, {', '.join(map(str, source['ir_shape']))}] or inputs [T, B, ...]")
+    graph = build_lava_graph((spec, arrays), inputs=inputs, period=period, record_voltages=record_voltages)
+    try:
+        graph.run()
+        return graph.read()
+    finally:
+        graph.close()

@@ -1,0 +1,163 @@
+"""Fixed-point process models (tag 'fixed_pt') for snnc.lava_procs.process.
+
+The neuron arithmetic is snnc.execute.fixed_neuron, written again in numpy (this file must stay
+importable without torch or the rest of snnc: Lava executes it while searching for models).
+"""
+import numpy as np
+from lava.magma.core.decorator import implements, requires, tag
+from lava.magma.core.model.py.model import PyLoihiProcessModel
+from lava.magma.core.model.py.ports import PyInPort, PyOutPort
+from lava.magma.core.model.py.type import LavaPyType
+from lava.magma.core.resources import CPU
+from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
+
+from snnc.lava_procs.process import MemmapSink, SnncNeuron, SnncRelay
+
+DECAY_SHIFT = 12  # decays are fractions of 4096
+
+
+def _decay(x, keep):
+    """trunc(x * keep / 4096), rounding toward zero as Loihi does."""
+    scaled = x * keep
+    return np.sign(scaled) * (np.abs(scaled) >> DECAY_SHIFT)
+
+
+def _limit(x, bits, mode):
+    """The target's overflow rule for a state register; returns (value, number of events)."""
+    top = 1 << (bits - 1)
+    if mode == "saturate":
+        out = np.clip(x, -(top - 1), top - 1)
+    else:
+        out = np.where(x > top, x - 2 * top, x)
+        out = np.where(out <= -top, x + 2 * top, out)
+    return out, int(np.count_nonzero(out != x))
+
+
+def _open(path):
+    return None if path is None else np.load(path, mmap_mode="r+")
+
+
+@implements(proc=SnncNeuron, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySnncNeuronModelFixed(PyLoihiProcessModel):
+    """snnc's CUBA neuron with per-neuron threshold, bias, reset amount and initial state."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+    threshold: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    bias: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    reset_amount: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    initial_state: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    du: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=12)
+    dv: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=12)
+    u: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+    v: np.ndarray = LavaPyType(np.ndarray, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._ready = False
+
+    def _setup(self):
+        p = self.proc_params
+        self._p = {key: p[key] for key in ("kind", "reset", "fire_rule", "state_bits",
+                                             "activation_shift", "current_overflow",
+                                             "voltage_overflow", "start", "period", "steps",
+                                             "samples")}
+        self._threshold = self.threshold.astype(np.int64)
+        self._bias = self.bias.astype(np.int64)
+        self._reset_amount = self.reset_amount.astype(np.int64)
+        self._initial = self.initial_state.astype(np.int64)
+        self._keep_u = (1 << DECAY_SHIFT) - int(self.du[0]) - 1
+        self._keep_v = (1 << DECAY_SHIFT) - int(self.dv[0])
+        self._zeros = np.zeros(self.s_out.shape, dtype=np.int32)
+        self._record = _open(p.get("record_path"))
+        self._voltage = _open(p.get("voltage_path"))
+        self._overflow = _open(p.get("overflow_path"))
+        self._u = np.zeros(self.u.shape, dtype=np.int64)
+        self._v = self._initial.copy()
+        self._ready = True
+
+    def run_spk(self):
+        if not self._ready:
+            self._setup()
+        p = self._p
+        a = self.a_in.recv()
+        local = self.time_step - 1 - p["start"]
+        sample, t = divmod(local, p["period"])
+        if local < 0 or sample >= p["samples"] or t >= p["steps"]:
+            self.s_out.send(self._zeros)
+            return
+        if t == 0:
+            self._u = np.zeros_like(self._u)
+            self._v = self._initial.copy()
+        bits = p["state_bits"]
+        u, current_events = _limit(_decay(self._u, self._keep_u)
+                                   + (a.astype(np.int64) << p["activation_shift"]),
+                                   bits, p["current_overflow"])
+        v, voltage_events = _limit(_decay(self._v, self._keep_v) + u + self._bias,
+                                   bits, p["voltage_overflow"])
+        if p["kind"] == "spiking":
+            fired = v > self._threshold if p["fire_rule"] == ">" else v >= self._threshold
+            if p["reset"] == "hard":
+                v = np.where(fired, 0, v)
+            elif p["reset"] == "soft":
+                v = v - self._reset_amount * fired
+            out = fired.astype(np.int32)
+        else:
+            out = self._zeros
+        self._u, self._v = u, v
+        self.u[:] = u
+        self.v[:] = v
+        if self._record is not None:
+            self._record[sample, t] = (out if p["kind"] == "spiking" else v).reshape(-1)
+        if self._voltage is not None:
+            self._voltage[sample, t] = v.reshape(-1)
+        if self._overflow is not None:
+            self._overflow[sample] += (current_events, voltage_events)
+        self.s_out.send(out)
+
+
+@implements(proc=SnncRelay, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PySnncRelayModelFixed(PyLoihiProcessModel):
+    """A FIFO of `delay` steps (a plain pass-through when delay = 0)."""
+
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+    s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._delay = int(proc_params["delay"])
+        self._buffer = None
+
+    def run_spk(self):
+        value = self.a_in.recv().astype(np.int32)
+        if self._delay == 0:
+            self.s_out.send(value)
+            return
+        if self._buffer is None:
+            self._buffer = np.zeros((self._delay,) + value.shape, dtype=np.int32)
+        slot = (self.time_step - 1) % self._delay
+        self.s_out.send(self._buffer[slot].copy())
+        self._buffer[slot] = value
+
+
+@implements(proc=MemmapSink, protocol=LoihiProtocol)
+@requires(CPU)
+@tag("fixed_pt")
+class PyMemmapSinkModelFixed(PyLoihiProcessModel):
+    a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
+
+    def __init__(self, proc_params):
+        super().__init__(proc_params)
+        self._memmap = None
+
+    def run_spk(self):
+        value = self.a_in.recv()
+        if self._memmap is None:
+            self._memmap = np.load(self.proc_params["path"], mmap_mode="r+")
+        step = self.time_step - 1
+        if step < self.proc_params["steps"]:
+            self._memmap[step] = value.reshape(-1)

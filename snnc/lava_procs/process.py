@@ -1,0 +1,78 @@
+"""Lava processes for snnc's fixed-point networks (their models are in snnc.lava_procs.models).
+
+Layout convention: arrays are in Lava's order, (x, y, channel) for feature maps and (n,) for
+vectors; the backend converts from snnc's (channel, y, x).
+"""
+import numpy as np
+from lava.magma.core.process.ports.ports import InPort, OutPort
+from lava.magma.core.process.process import AbstractProcess
+from lava.magma.core.process.variable import Var
+
+
+def _array(value, shape):
+    return np.broadcast_to(np.asarray(value, dtype=np.int64), shape).copy()
+
+
+class SnncNeuron(AbstractProcess):
+    """One snnc neuron population (a spiking layer or the readout integrator).
+
+    Per step, in int64: u = trunc(u * (4096 - du - 1) / 4096) + (a << activation_shift), limited
+    to state_bits by `current_overflow`; v = trunc(v * (4096 - dv) / 4096) + u + bias, limited by
+    `voltage_overflow`; a spiking population fires where v >= threshold (v > threshold when
+    fire_rule is '>') and resets v to 0 ('hard') or subtracts reset_amount ('soft'); the
+    integrator only integrates and sends v.
+
+    Schedule: the population is `start` steps deep in the pipeline (the number of synapses, each
+    with its one-step delay, between the input and it). At step s (0-based) it works on logical
+    step t of sample i where s - start = i * period + t; it restarts from u = 0, v =
+    initial_state at t = 0, and is idle (no bias, no decay, sends zeros) when t >= steps, before
+    `start` and after the last sample. Results go to .npy memmaps given by path:
+    record_path [samples, steps, n] (spikes as uint8, or the integrator's v as int64),
+    voltage_path [samples, steps, n] (v after reset), overflow_path [samples, 2] (counts of
+    current and voltage limit events).
+    """
+
+    def __init__(self, *, shape, threshold=0, bias=0, reset_amount=0, initial_state=0,
+                 du=4095, dv=0, kind="spiking", reset="hard", fire_rule=">=", state_bits=24,
+                 activation_shift=6, current_overflow="wrap", voltage_overflow="saturate",
+                 start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
+                 overflow_path=None, name=None):
+        shape = tuple(int(n) for n in shape)
+        super().__init__(shape=shape, kind=kind, reset=reset, fire_rule=fire_rule,
+                         state_bits=int(state_bits), activation_shift=int(activation_shift),
+                         current_overflow=current_overflow, voltage_overflow=voltage_overflow,
+                         start=int(start), period=int(period), steps=int(steps),
+                         samples=int(samples), record_path=record_path, voltage_path=voltage_path,
+                         overflow_path=overflow_path, name=name)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+        self.threshold = Var(shape=shape, init=_array(threshold, shape))
+        self.bias = Var(shape=shape, init=_array(bias, shape))
+        self.reset_amount = Var(shape=shape, init=_array(reset_amount, shape))
+        self.initial_state = Var(shape=shape, init=_array(initial_state, shape))
+        self.du = Var(shape=(1,), init=int(du))
+        self.dv = Var(shape=(1,), init=int(dv))
+        self.u = Var(shape=shape, init=0)
+        self.v = Var(shape=shape, init=_array(initial_state, shape))
+
+
+class SnncRelay(AbstractProcess):
+    """Forwards the sum of everything connected to `a_in`, `delay` steps later (zero latency when
+    delay = 0). snnc uses it to delay the shorter branch of a residual connection and to form a
+    SEW add (the graded sum of two spike tensors)."""
+
+    def __init__(self, *, shape, delay=0, name=None):
+        shape = tuple(int(n) for n in shape)
+        super().__init__(shape=shape, delay=int(delay), name=name)
+        self.a_in = InPort(shape=shape)
+        self.s_out = OutPort(shape=shape)
+
+
+class MemmapSink(AbstractProcess):
+    """Writes what arrives on `a_in` at every step into a .npy memmap [steps, n] at `path` (a
+    cheap alternative to Lava's element-by-element Var.get for reading results)."""
+
+    def __init__(self, *, shape, path, steps, name=None):
+        shape = tuple(int(n) for n in shape)
+        super().__init__(shape=shape, path=str(path), steps=int(steps), name=name)
+        self.a_in = InPort(shape=shape)
