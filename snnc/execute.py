@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from snnc.ir import Network, Node
 
 DECAY_UNITY = 4096  # Loihi decays are 12-bit fractions of 4096
+_DECAY_SHIFT = 12  # 4096 == 1 << 12
 DEFAULT_CHUNK = 256
 
 
@@ -66,7 +67,7 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
         return out
     if node.op in ("avgpool", "sumpool"):
         kernel, stride = node.attrs["kernel"], node.attrs["stride"]
-        return F.avg_pool2d(inputs[0], kernel, stride, divisor_override=None if node.op == "avgpool" else kernel * kernel)
+        return F.avg_pool2d(inputs[0], kernel, stride, divisor_override=None if node.op == "avgpool" else 1)
     if node.op == "flatten":
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if node.op == "add":
@@ -111,6 +112,10 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
 def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
     """Apply the target's overflow rule to a state register; returns (value, number of events)."""
     top = 2 ** (bits - 1)
+    if x.numel():  # fast path for the common case: one min/max pass, nothing to limit
+        low, high = (int(value) for value in torch.aminmax(x))
+        if (-(top - 1) <= low and high <= top - 1) if mode == "saturate" else (-top < low and high <= top):
+            return x, 0
     if mode == "saturate":
         out = x.clamp(-(top - 1), top - 1)
     else:  # wrap, exactly as Lava's PyLifModelBitAcc wraps u
@@ -120,7 +125,14 @@ def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
 
 
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-    return torch.div(x * keep, DECAY_UNITY, rounding_mode="trunc")
+    """trunc_toward_zero(x * keep / 4096) on int64, computed with shifts (an exact identity)."""
+    if keep == DECAY_UNITY:
+        return x
+    if keep == 0:
+        return torch.zeros_like(x)
+    y = x * keep
+    y += (y >> 63).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
+    return y.bitwise_right_shift_(_DECAY_SHIFT)
 
 
 class FixedNeuronStep:
@@ -155,7 +167,7 @@ class FixedNeuronStep:
             return v.clone(), u, v, current_events, voltage_events
         fired = v > self.threshold if self.strict else v >= self.threshold
         if self.reset == "hard":
-            v = torch.where(fired, torch.zeros_like(v), v)
+            v = v.masked_fill(fired, 0)
         elif self.reset == "soft":
             v = v - self.reset_amount * fired
         return fired, u, v, current_events, voltage_events

@@ -149,6 +149,8 @@ def quantize(net: Network, target: Target) -> Network:
         in_units = [unit[syn.inputs[0]] for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
         scale = _choose_scales(node, synapses, in_units, in_max, arithmetic)
+        if node.neuron.kind == "integrator":  # class scores are compared with each other: one scale
+            scale = np.full_like(scale, scale.max())
         for syn, in_unit in zip(synapses, in_units):
             per = scale.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
             syn.weight = np.clip(np.round(syn.weight * in_unit / per), -w_limit, w_limit).astype(np.int64)
