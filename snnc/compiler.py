@@ -42,7 +42,9 @@ class Compiled:
 # Artifact writers add backend files (ONNX, Lava, core mapping) to the staging directory, as
 # "module:function" names imported only when an export runs:
 # function(compiled, directory, options) -> list of paths written, relative to `directory`.
-ARTIFACT_WRITERS: list[tuple[str, str]] = []
+ARTIFACT_WRITERS: list[tuple[str, str]] = [
+    ("Lava process graph", "snnc.backends.lava_backend:write_artifacts"),
+]
 
 
 def _writer(spec: str):

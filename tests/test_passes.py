@@ -177,3 +177,14 @@ def test_bound_analysis_is_sound_and_flags_overflow(quantized):
     assert not {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
     quiet.node("fc1").neuron.bias = quiet.node("fc1").neuron.bias - 2 ** 22  # two steps pass -2^23
     assert {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
+
+
+def test_sumpool_sums_and_avgpool_averages():
+    import torch
+
+    from snnc.ir import Node
+
+    ones = torch.ones(1, 2, 4, 4, dtype=torch.float64)
+    for op, expected in (("sumpool", 4.0), ("avgpool", 1.0)):
+        node = Node(name="p", op=op, inputs=["x"], shape=(2, 2, 2), attrs={"kernel": 2, "stride": 2})
+        assert torch.all(execute.synaptic_op(node, [ones], with_bias=False) == expected)

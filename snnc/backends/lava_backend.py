@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +45,6 @@ SELECT_TAG = "fixed_pt"
 # the least significant bit; storing 2*w with weight_exp = -1 keeps every snnc weight exact.
 DENSE_WEIGHT_SHIFT = 1
 DENSE_WEIGHT_LIMIT = 127
-SPARSE_DENSITY = 0.25  # composed matrices denser than this become Dense
 
 
 # --- layouts --------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _pool_matrix(node: ir.Node, in_shape) -> "object":
                          shape=(channels * out_h * out_w, channels * height * width))
 
 
-def _composed_matrix(net: ir.Network, synapse: ir.Node, views: list[ir.Node], src_shape):
+def _composed_matrix(synapse: ir.Node, views: list[ir.Node], src_shape):
     """The synapse after its sumpool/flatten views as one integer matrix [out, in], snnc order."""
     import scipy.sparse as sp
 
@@ -129,6 +129,26 @@ def _composed_matrix(net: ir.Network, synapse: ir.Node, views: list[ir.Node], sr
     else:
         last = sp.csr_matrix(np.asarray(synapse.weight, dtype=np.int64))
     return (last @ matrix).tocsr()
+
+
+def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
+    """The Dense/Sparse matrix of a synapse after its views, in Lava's order, pre-shifted: the
+    artifact stores these factors (a composed matrix is up to k*k*Cin*kh*kw times larger)."""
+    views = [ir.Node(name=v["name"], op=v["op"], inputs=[], shape=tuple(v["shape"]),
+                     attrs={"kernel": v.get("kernel"), "stride": v.get("stride")}) for v in factors["views"]]
+    synapse = ir.Node(name=name, op=factors["op"], inputs=[], shape=tuple(factors["out_shape"]),
+                      attrs=dict(factors["attrs"]), weight=weight)
+    source_shape = tuple(factors["source_shape"])
+    matrix = _composed_matrix(synapse, views, source_shape)
+    matrix = matrix[_lava_order(synapse.shape)][:, _lava_order(source_shape)].tocsr()
+    matrix.sum_duplicates()
+    matrix.sort_indices()
+    worst = int(np.abs(matrix.data).max()) if matrix.nnz else 0
+    if worst > DENSE_WEIGHT_LIMIT:
+        raise DesignRuleError(f"layer '{name}': composed weight {worst} does not fit Lava's 8-bit "
+                              f"synapse (limit {DENSE_WEIGHT_LIMIT})")
+    matrix.data = (matrix.data << DENSE_WEIGHT_SHIFT).astype(np.int32)
+    return matrix
 
 
 # --- the graph description --------------------------------------------------------------------
@@ -173,7 +193,7 @@ class _SpecBuilder:
             return producer
         key = (producer.process, steps)
         if key not in self.delayed:
-            name = f"{producer.process}@delay{steps}"
+            name = f"{producer.process}.delay{steps}"
             self.add_process({"type": "relay", "name": name, "shape": list(producer.shape),
                               "delay": steps})
             self.connect(producer, name, "a_in", producer.shape)
@@ -196,39 +216,37 @@ class _SpecBuilder:
     def synapse(self, synapse: ir.Node, source: _Producer, views: list[ir.Node], target: str,
                 target_shape, use_conv: bool) -> None:
         bits = max(1, int(source.max_value).bit_length())
-        name = synapse.name
+        name = f"{synapse.name}.synapse"
         if use_conv:
             weight = np.asarray(synapse.weight, dtype=np.int64)
             lava_weight = np.ascontiguousarray(weight[:, :, ::-1, ::-1].transpose(0, 3, 2, 1)).astype(np.int32)
+            in_shape = lava_shape(source.ir_shape)
             self.add_process({"type": "conv", "name": name, "node": synapse.name,
-                              "input_shape": list(source.shape),
+                              "input_shape": list(in_shape),
                               "padding": list(reversed(synapse.attrs["padding"])),
                               "stride": list(reversed(synapse.attrs["stride"])),
                               "num_message_bits": bits}, weight=lava_weight)
-            self.connect(source, name, "s_in", source.shape)
+            self.connect(source, name, "s_in", in_shape)
             self.connect((name, "a_out", lava_shape(synapse.shape)), target, "a_in", target_shape)
             return
-        matrix = _composed_matrix(self.net, synapse, views, source.ir_shape)
-        matrix = matrix[_lava_order(synapse.shape)][:, _lava_order(source.ir_shape)].tocsr()
-        matrix.sum_duplicates()
-        worst = int(np.abs(matrix.data).max()) if matrix.nnz else 0
-        if worst > DENSE_WEIGHT_LIMIT:
-            raise DesignRuleError(f"layer '{name}': composed weight {worst} does not fit Lava's 8-bit "
-                                  f"synapse (limit {DENSE_WEIGHT_LIMIT})")
-        matrix.data = (matrix.data << DENSE_WEIGHT_SHIFT).astype(np.int32)
-        entry = {"name": name, "node": synapse.name, "shape": list(matrix.shape),
-                 "views": [view.name for view in views], "weight_exp": -DENSE_WEIGHT_SHIFT,
+        factors = {"op": synapse.op, "attrs": synapse.attrs, "out_shape": list(synapse.shape),
+                   "source_shape": list(source.ir_shape),
+                   "views": [{"name": v.name, "op": v.op, "shape": list(v.shape),
+                              **({"kernel": v.attrs["kernel"], "stride": v.attrs["stride"]}
+                                 if v.op == "sumpool" else {})} for v in views]}
+        weight = np.asarray(synapse.weight, dtype=np.int64)
+        if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT or any(
+                v.op == "sumpool" and v.attrs["kernel"] > v.attrs["stride"] for v in views):
+            _lava_matrix(factors, weight, name)  # overlapping pools can sum weights: check now
+        rows, cols = int(np.prod(synapse.shape)), int(np.prod(source.ir_shape))
+        entry = {"name": name, "node": synapse.name, "shape": [rows, cols], **factors,
+                 "weight_shift": DENSE_WEIGHT_SHIFT, "weight_exp": -DENSE_WEIGHT_SHIFT,
                  "num_weight_bits": 8, "sign_mode": "mixed", "num_message_bits": bits}
-        density = matrix.nnz / max(1, matrix.shape[0] * matrix.shape[1])
-        if synapse.op == "linear" or density > SPARSE_DENSITY:
-            self.add_process(dict(entry, type="dense"), weights=matrix.toarray().astype(np.int32))
-        else:
-            matrix.sort_indices()
-            self.add_process(dict(entry, type="sparse"), data=matrix.data.astype(np.int32),
-                             indices=matrix.indices.astype(np.int64),
-                             indptr=matrix.indptr.astype(np.int64))
-        self.connect(source, name, "s_in", (matrix.shape[1],))
-        self.connect((name, "a_out", (matrix.shape[0],)), target, "a_in", target_shape)
+        # a linear layer's composed matrix is dense; an unrolled convolution is sparse
+        self.add_process(dict(entry, type="dense" if synapse.op == "linear" else "sparse"),
+                         weight=weight.astype(np.int32))
+        self.connect(source, name, "s_in", (cols,))
+        self.connect((name, "a_out", (rows,)), target, "a_in", target_shape)
 
     def neuron(self, node: ir.Node) -> None:
         if node.op in ir.SYNAPTIC_OPS:
@@ -371,6 +389,8 @@ class LavaGraph:
     period: int
     record_dir: Path
     record_voltages: tuple = ()
+    files: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
     _owned_dir: object = field(default=None, repr=False)
 
     @property
@@ -382,32 +402,37 @@ class LavaGraph:
         from lava.magma.core.run_conditions import RunSteps
         from lava.magma.core.run_configs import Loihi2SimCfg
 
+        config = Loihi2SimCfg(select_tag=self.spec.get("select_tag", SELECT_TAG))
+        started = time.perf_counter()
         try:
-            self.source.run(condition=RunSteps(num_steps=self.num_steps),
-                            run_cfg=Loihi2SimCfg(select_tag=self.spec.get("select_tag", SELECT_TAG)))
+            self.source.create_runtime(run_cfg=config)
+            running = time.perf_counter()
+            self.source.run(condition=RunSteps(num_steps=self.num_steps), run_cfg=config)
+            self.timings = {"compile_and_start_s": running - started,
+                            "run_s": time.perf_counter() - running}
         finally:
             self.source.stop()
         return self
 
     def _file(self, name: str, what: str) -> Path:
-        return self.record_dir / f"{_safe(name)}.{what}.npy"
+        return Path(self.files[name][what])
 
     def read(self):
         """The results as a snnc.execute.Trace in logical time ([T, samples, ...])."""
         from snnc.execute import Trace
 
         shapes = {p["name"]: tuple(p["ir_shape"]) for p in self.spec["processes"] if p["type"] == "neuron"}
-        spikes = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "out")), shapes[name])
+        spikes = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "record_path")), shapes[name])
                                              .swapaxes(0, 1)).astype(np.uint8)
                   for name in self.spec["spiking"]}
         readout = self.spec["readout_process"]
-        steps = np.load(self._file(readout, "out")).swapaxes(0, 1).astype(np.int64)
-        voltages = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "v")), shapes[name])
+        steps = np.load(self._file(readout, "record_path")).swapaxes(0, 1).astype(np.int64)
+        voltages = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "voltage_path")), shapes[name])
                                                .swapaxes(0, 1)).astype(np.int64)
                     for name in self.record_voltages}
         overflow = {}
         for name in shapes:
-            counts = np.load(self._file(name, "overflow")).sum(axis=0)
+            counts = np.load(self._file(name, "overflow_path")).sum(axis=0)
             overflow[name] = {"current": int(counts[0]), "voltage": int(counts[1])}
         final = steps[-1] if self.spec["readout"] == "last" else steps.sum(axis=0)
         return Trace(spikes=spikes, readout_steps=np.ascontiguousarray(steps), readout=final,
@@ -449,17 +474,17 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
     if kind in ("dense", "sparse"):
         from lava.utils.weightutils import SignMode
 
+        matrix = _lava_matrix(entry, get("weight"), entry["name"])
+
         common = dict(num_message_bits=entry["num_message_bits"], weight_exp=entry["weight_exp"],
                       num_weight_bits=entry["num_weight_bits"], sign_mode=SignMode.MIXED,
                       name=entry["name"])
         if kind == "dense":
             from lava.proc.dense.process import Dense
 
-            return Dense(weights=get("weights"), **common)
-        import scipy.sparse as sp
+            return Dense(weights=matrix.toarray(), **common)
         from lava.proc.sparse.process import Sparse
 
-        matrix = sp.csr_matrix((get("data"), get("indices"), get("indptr")), shape=tuple(entry["shape"]))
         return Sparse(weights=matrix, **common)
     if kind == "relay":
         from snnc.lava_procs.process import SnncRelay
@@ -520,14 +545,16 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
         record_dir = owned.name
     record_dir = Path(record_dir)
     record_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for p in neurons:
+    files, stems = {}, set()
+    for index, p in enumerate(neurons):
         name, size = p["name"], int(np.prod(p["shape"]))
+        stem = _safe(name) if _safe(name) not in stems else f"{_safe(name)}_{index}"
+        stems.add(stem)
         out = (np.uint8 if p["kind"] == "spiking" else np.int64)
         files[name] = {
-            "record_path": _new_memmap(record_dir / f"{_safe(name)}.out.npy", out, (samples, steps, size)),
-            "overflow_path": _new_memmap(record_dir / f"{_safe(name)}.overflow.npy", np.int64, (samples, 2)),
-            "voltage_path": (_new_memmap(record_dir / f"{_safe(name)}.v.npy", np.int64, (samples, steps, size))
+            "record_path": _new_memmap(record_dir / f"{stem}.out.npy", out, (samples, steps, size)),
+            "overflow_path": _new_memmap(record_dir / f"{stem}.overflow.npy", np.int64, (samples, 2)),
+            "voltage_path": (_new_memmap(record_dir / f"{stem}.v.npy", np.int64, (samples, steps, size))
                              if name in record_voltages else None)}
     schedule = dict(period=period, steps=steps, samples=samples, **spec["arithmetic"])
     from lava.proc.io.source import RingBuffer
@@ -549,7 +576,7 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
                      synapses=by_type(("conv", "dense", "sparse")), relays=by_type(("relay",)),
                      sink=processes[spec["readout_process"]], num_steps=num_steps, samples=samples,
                      steps=steps, period=period, record_dir=record_dir,
-                     record_voltages=tuple(record_voltages), _owned_dir=owned)
+                     record_voltages=tuple(record_voltages), files=files, _owned_dir=owned)
 
 
 def run(net, inputs, record_voltages=(), period=None):
@@ -582,3 +609,137 @@ def run_export(outdir, images_or_inputs, samples=None, record_voltages=(), perio
         return graph.read()
     finally:
         graph.close()
+
+
+# --- cross-check against Lava's own LIF -------------------------------------------------------
+
+def bias_mant_exp(bias: np.ndarray, mant_bits: int = 13, exp_bits: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (mantissa, exponent) pairs with bias == mant << exp, as Lava's LIF takes them."""
+    bias = np.asarray(bias, dtype=np.int64)
+    mant_hi, mant_lo = 2 ** (mant_bits - 1) - 1, -(2 ** (mant_bits - 1))
+    mant, exp = bias.copy(), np.zeros_like(bias)
+    for _ in range(2 ** exp_bits - 1):
+        shift = (mant > mant_hi) | (mant < mant_lo)
+        if not shift.any():
+            break
+        if np.any(mant[shift] % 2):
+            break
+        mant = np.where(shift, mant >> 1, mant)
+        exp = exp + shift
+    if np.any(mant > mant_hi) or np.any(mant < mant_lo) or np.any((mant << exp) != bias):
+        raise DesignRuleError("a bias is not representable as a 13-bit mantissa << 3-bit exponent")
+    return mant, exp
+
+
+def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
+    """(spiking node, producer name, views) of a chain that Lava's LIF can run, or DesignRuleError."""
+    arithmetic = net.arithmetic
+    lava_rules = {"fire_rule": ">", "activation_shift": 6, "state_bits": 24,
+                  "current_overflow": "wrap", "voltage_overflow": "saturate"}
+    for key, value in lava_rules.items():
+        if arithmetic.get(key) != value:
+            raise DesignRuleError(f"Lava's LIF needs {key} = {value!r}, the network has {arithmetic.get(key)!r}")
+    layers, producers = [], {net.input_node.name}
+    for node in net.spiking_nodes():
+        n = node.neuron
+        if node.op not in ir.SYNAPTIC_OPS:
+            raise DesignRuleError(f"layer '{node.name}': Lava's LIF takes one synapse group ({node.op})")
+        if n.reset != "hard":
+            raise DesignRuleError(f"layer '{node.name}': Lava's LIF resets hard only")
+        thresholds = np.unique(n.threshold)
+        if thresholds.size != 1 or thresholds[0] % 64 or not 0 <= thresholds[0] >> 6 < 2 ** 17:
+            raise DesignRuleError(f"layer '{node.name}': Lava's LIF needs one threshold vth << 6 "
+                                  f"(vth < 2^17) per population, got {thresholds[:4]}")
+        views, name = [], node.inputs[0]
+        while name not in producers:
+            view = net.node(name)
+            if view.op not in ("sumpool", "flatten"):
+                raise DesignRuleError(f"layer '{node.name}': not a chain of synapses")
+            views.insert(0, view)
+            name = view.inputs[0]
+        layers.append((node, name, views))
+        producers.add(node.name)
+    return layers
+
+
+def run_lava_lif(net: ir.Network, inputs: np.ndarray, record_dir=None) -> dict[str, np.ndarray]:
+    """Spikes of every spiking layer [T, B, *shape] from a graph of Lava's own `LIF` (bit-accurate
+    model) and `Dense` processes: the cross-check that snnc's integer reference is Lava's LIF.
+
+    For hard-reset networks with fire rule '>' and one threshold vth << 6 per layer (a network
+    quantized for targets/loihi1.yaml, say). Lava's LIF has no start step, so each layer starts at
+    its depth by Var.set: its bias mantissa and v (u too when du < 4095) are written at its start
+    step and the bias cleared after its T steps; samples are `T + L` steps apart (drained).
+    """
+    from lava.magma.core.run_conditions import RunSteps
+    from lava.magma.core.run_configs import Loihi2SimCfg
+    from lava.proc.dense.process import Dense
+    from lava.proc.io.source import RingBuffer
+    from lava.proc.lif.process import LIF
+    from lava.utils.weightutils import SignMode
+
+    from snnc.lava_procs.process import MemmapSink
+
+    layers = _lif_layers(net)
+    inputs = np.asarray(inputs)
+    steps, samples = inputs.shape[:2]
+    depth, top = {net.input_node.name: 0}, {net.input_node.name: int(net.encoding.get("max", 255))}
+    for node, source, _ in layers:
+        depth[node.name], top[node.name] = depth[source] + 1, 1
+    latency = max(depth.values())
+    period = steps + latency
+    num_steps = samples * period
+    owned = tempfile.TemporaryDirectory(prefix="snnc-lava-lif-") if record_dir is None else None
+    folder = Path(owned.name if owned else record_dir)
+    data = np.zeros((num_steps, int(np.prod(net.input_node.shape))), dtype=np.int32)
+    for i in range(samples):
+        data[i * period:i * period + steps] = inputs[:, i].reshape(steps, -1)
+    procs = {net.input_node.name: RingBuffer(data=np.ascontiguousarray(data.T))}
+    events: dict[int, list] = {}
+    paths = {}
+    for node, source, views in layers:
+        n = node.neuron
+        matrix = _composed_matrix(node, views, net.node(source).shape).toarray()
+        if np.abs(matrix).max() > DENSE_WEIGHT_LIMIT:
+            raise DesignRuleError(f"layer '{node.name}': composed weights exceed 8 bits")
+        dense = Dense(weights=(matrix << DENSE_WEIGHT_SHIFT).astype(np.int32), weight_exp=-DENSE_WEIGHT_SHIFT,
+                      num_weight_bits=8, sign_mode=SignMode.MIXED,
+                      num_message_bits=max(1, top[source].bit_length()))
+        mant, exp = bias_mant_exp(np.asarray(n.bias).reshape(-1))
+        size = mant.size
+        lif = LIF(shape=(size,), du=int(n.u_decay), dv=int(n.v_decay), vth=int(np.asarray(n.threshold).flat[0]) >> 6,
+                  bias_mant=np.zeros(size, dtype=np.int64), bias_exp=exp, u=0, v=0, name=node.name)
+        paths[node.name] = _new_memmap(folder / f"{_safe(node.name)}.lif.npy", np.int32, (num_steps, size))
+        sink = MemmapSink(shape=(size,), path=paths[node.name], steps=num_steps)
+        procs[source].s_out.connect(dense.s_in)
+        dense.a_out.connect(lif.a_in)
+        lif.s_out.connect(sink.a_in)
+        procs[node.name] = lif
+        initial = np.asarray(n.initial_state, dtype=np.int64).reshape(-1)
+        for i in range(samples):
+            start = i * period + depth[node.name]
+            events.setdefault(start, []).append((lif.bias_mant, mant))
+            events[start].append((lif.v, initial))
+            if int(n.u_decay) != 4095:
+                events[start].append((lif.u, np.zeros(size, dtype=np.int64)))
+            events.setdefault(start + steps, []).append((lif.bias_mant, np.zeros(size, dtype=np.int64)))
+    source = procs[net.input_node.name]
+    cuts = sorted(step for step in events if step < num_steps) + [num_steps]
+    try:
+        done = 0
+        for cut in cuts:
+            if cut > done:
+                source.run(condition=RunSteps(num_steps=cut - done), run_cfg=Loihi2SimCfg(select_tag=SELECT_TAG))
+                done = cut
+            for var, value in events.get(cut, []) if cut < num_steps else []:
+                var.set(np.asarray(value))
+    finally:
+        source.stop()
+    spikes = {}
+    for node, _, _ in layers:
+        record = np.load(paths[node.name])
+        rows = np.arange(samples)[None, :] * period + depth[node.name] + np.arange(steps)[:, None]
+        spikes[node.name] = record[rows].reshape((steps, samples) + tuple(node.shape)).astype(np.uint8)
+    if owned:
+        owned.cleanup()
+    return spikes
