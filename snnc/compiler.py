@@ -43,6 +43,7 @@ class Compiled:
 # "module:function" names imported only when an export runs:
 # function(compiled, directory, options) -> list of paths written, relative to `directory`.
 ARTIFACT_WRITERS: list[tuple[str, str]] = [
+    ("ONNX models", "snnc.backends.onnx_backend:write_artifacts"),
     ("Lava process graph", "snnc.backends.lava_backend:write_artifacts"),
 ]
 
