@@ -40,7 +40,7 @@ def _first_difference(net: Network, expected: Trace, actual: Trace) -> Optional[
             best = (key, {"sample": sample, "step": step, "layer": layer, "neuron": neuron,
                           "neuron_index": [int(i) for i in np.unravel_index(neuron, differs.shape[2:])]})
     readout_differs = np.nonzero((expected.readout != actual.readout).any(axis=1))[0]
-    if readout_differs.size and (best is None or readout_differs[0] < best[0][0][0]):
+    if readout_differs.size and (best is None or readout_differs[0] < best[0][0]):
         sample = int(readout_differs[0])
         cls = int(np.nonzero(expected.readout[sample] != actual.readout[sample])[0][0])
         return {"sample": sample, "step": None, "layer": "readout", "neuron": cls, "neuron_index": [cls]}

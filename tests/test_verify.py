@@ -1,0 +1,99 @@
+"""`snnc verify`: equivalent backends pass; a planted one-bit difference is found and pinned down."""
+import json
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from snnc import compiler, verify
+from snnc.backends import get_backend
+from snnc.cli import main
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("verify") / "lif"
+    compiler.export(MODELS / "mnist_lif.pt", out)
+    return out
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_all_backends_agree(outdir):
+    result = invoke("verify", outdir, "--backends", "reference,onnx,lava,cycle", "--samples", "40", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["equivalent"] is True and report["samples"] == 40
+    assert set(report["backends"]) == {"reference", "onnx", "lava", "cycle"}
+    assert all(sum(counts.values()) == 0 for counts in report["mismatches"].values())
+    fidelity = report["fidelity"]
+    assert set(fidelity["spike_agreement"]) == {"conv1", "conv2", "fc1"}
+    assert 0.9 < fidelity["quantized_accuracy"] <= 1.0
+
+
+def _planted_onnx(layer, neuron, bit):
+    """The ONNX backend run on parameters with one threshold bit flipped."""
+    onnx = get_backend("onnx")
+
+    def run(net, inputs, record_voltages=()):
+        tampered = net.copy()
+        threshold = tampered.node(layer).neuron.threshold.reshape(-1)
+        threshold[neuron] ^= 1 << bit
+        return onnx.run(tampered, inputs, record_voltages)
+
+    return types.SimpleNamespace(NAME="onnx", run=run)
+
+
+def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
+    net, _ = compiler.load_export(outdir)
+    reference = get_backend("reference")
+    inputs, _ = compiler.test_inputs(net, "mnist5k", 30)
+    baseline = reference.run(net, inputs)
+    layer = "conv2"
+    fired = baseline.spikes[layer].reshape(net.T, 30, -1)
+    neuron = int(np.nonzero(fired[:, 3].any(axis=0))[0][7])  # a neuron that fires on sample 3
+    bit = 22  # thresholds are below 2^22 here: the flip stops that neuron from ever firing
+    assert net.node(layer).neuron.threshold.max() < 2 ** bit
+    # Independently: where does that neuron's spike train first change?
+    changed = fired[:, :, neuron] != 0
+    sample = int(np.nonzero(changed.any(axis=0))[0][0])
+    step = int(np.nonzero(changed[:, sample])[0][0])
+
+    real_get_backend = verify.get_backend
+    monkeypatch.setattr(verify, "get_backend",
+                        lambda name: _planted_onnx(layer, neuron, bit) if name == "onnx" else real_get_backend(name))
+    saved = tmp_path / "case.npz"
+    result = invoke("verify", outdir, "--backends", "onnx", "--samples", "30", "--json", "--save-input", saved)
+    assert result.exit_code == 1, result.output
+    first = json.loads(result.stdout)["first_divergence"]
+    assert (first["sample"], first["layer"], first["neuron"], first["step"]) == (sample, layer, neuron, step)
+    assert first["values"] == {"reference": 1, "onnx": 0} and first["backend"] == "onnx"
+    history = first["membrane_history"]["reference"]
+    assert len(history) == net.T
+    assert "backends diverge" in result.stderr and "Traceback" not in result.output
+
+    replay = invoke("verify", outdir, "--backends", "onnx", "--input", saved, "--json",
+                    "--save-input", tmp_path / "again.npz")
+    assert replay.exit_code == 1
+    again = json.loads(replay.stdout)["first_divergence"]
+    assert (again["sample"], again["layer"], again["neuron"], again["step"]) == (0, layer, neuron, step)
+
+
+def test_human_readable_report_names_the_divergence(outdir, tmp_path, monkeypatch):
+    net, _ = compiler.load_export(outdir)
+    inputs, _ = compiler.test_inputs(net, "mnist5k", 5)
+    fired = get_backend("reference").run(net, inputs).spikes["fc1"].reshape(net.T, 5, -1)
+    neuron = int(np.nonzero(fired.any(axis=(0, 1)))[0][0])
+    real_get_backend = verify.get_backend
+    monkeypatch.setattr(verify, "get_backend",
+                        lambda name: _planted_onnx("fc1", neuron, 22) if name == "onnx" else real_get_backend(name))
+    result = invoke("verify", outdir, "--backends", "onnx", "--samples", "5", "--save-input", tmp_path / "x.npz")
+    assert result.exit_code == 1
+    assert "FIRST DIVERGENCE" in result.stdout and "layer 'fc1'" in result.stdout
+    assert f"neuron {neuron}" in result.stdout and "membrane of that neuron, reference" in result.stdout
