@@ -64,11 +64,14 @@ def main():
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--shift", type=click.IntRange(min=0), default=0, show_default=True,
               help="Augment: translate training images randomly by up to this many pixels.")
+@click.option("--tet-lambda", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of TET's MSE regulariser (losses tet and tet-s).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="CPU threads for torch.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @reports_errors
-def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, threads, force):
+def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_lambda, threads,
+          force):
     """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint."""
     import contextlib
     from pathlib import Path
@@ -98,13 +101,13 @@ def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, threa
     bar = (click.progressbar(length=batches, label="training", file=sys.stderr) if show_bar
            else contextlib.nullcontext())
     with bar:
-        model, accuracy = train_model(spec, dataset, loss, epochs, seed=seed, lr=lr,
-                                      batch_size=batch_size, shift=shift, threads=threads,
-                                      on_batch=(lambda: bar.update(1)) if show_bar else None,
-                                      on_epoch=report_epoch)
+        model, accuracy = train_model(
+            spec, dataset, loss, epochs, seed=seed, lr=lr, batch_size=batch_size, shift=shift,
+            tet_lambda=tet_lambda, threads=threads,
+            on_batch=(lambda: bar.update(1)) if show_bar else None, on_epoch=report_epoch)
     save_checkpoint(output, model, {"data": data, "loss": loss, "epochs": epochs, "seed": seed,
                                     "lr": lr, "batch_size": batch_size, "shift": shift,
-                                    "test_accuracy": accuracy})
+                                    "tet_lambda": tet_lambda, "test_accuracy": accuracy})
     click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {len(dataset.test_labels)} "
                f"{data} test samples")
 
@@ -173,7 +176,7 @@ def _progress(as_json):
 
 
 @main.command()
-@click.argument("checkpoint")
+@click.argument("source")
 @click.option("-o", "--output", required=True, help="Export directory to create.")
 @click.option("--target", default="loihi2", show_default=True, help="Target name or YAML file.")
 @click.option("--force", is_flag=True, help="Replace an existing export directory.")
@@ -181,22 +184,31 @@ def _progress(as_json):
               help="Fold tdBN into per-channel thresholds (neuron) or into the weights.")
 @click.option("--onnx-spikes", is_flag=True, help="model.onnx also outputs every layer's spikes.")
 @click.option("--float-onnx", is_flag=True, help="Also write model_float.onnx (folded, unquantized).")
+@click.option("--data", default=None, help="Data set for fidelity (default: the checkpoint's, else mnist5k).")
+@click.option("--T", "steps", type=click.IntRange(min=1), default=None,
+              help="Time steps per sample (NIR graphs; netx files default to their own).")
+@click.option("--dt", type=float, default=None, help="NIR: time step for tau and r (default: inferred).")
+@click.option("--readout", type=click.Choice(["mean", "last"]), default=None, help="NIR: readout mode.")
+@click.option("--input-scale", type=float, default=None, help="NIR: input current per pixel unit (default 1/255).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
-def export(checkpoint, output, target, force, bn_into, onnx_spikes, float_onnx, as_json):
-    """Compile CHECKPOINT for a target and write the export directory."""
-    from snnc.compiler import export as export_checkpoint
+def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt, readout,
+           input_scale, as_json):
+    """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net) and write the
+    export directory."""
+    from snnc.compiler import export as export_source
 
     interrupt_on_sigterm()
-    summary = export_checkpoint(checkpoint, output, target=target, force=force,
-                                options={"bn_into": bn_into, "onnx_spikes": onnx_spikes,
-                                         "float_onnx": float_onnx},
-                                progress=_progress(as_json))
+    options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
+               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale}
+    summary = export_source(source, output, target=target, force=force, options=options,
+                            progress=_progress(as_json))
     if as_json:
         print_json(summary)
         return
-    click.echo(f"wrote {summary['outdir']} for {summary['target']}: float accuracy "
-               f"{summary['float_accuracy']:.4f}, quantized accuracy {summary['quantized_accuracy']:.4f}")
+    float_part = "" if summary["float_accuracy"] is None else f"float accuracy {summary['float_accuracy']:.4f}, "
+    click.echo(f"wrote {summary['outdir']} for {summary['target']}: {float_part}"
+               f"quantized accuracy {summary['quantized_accuracy']:.4f}")
     for layer in summary["layers_that_may_overflow"]:
         click.echo(f"warning: layer '{layer}' may leave the target's state range (see bounds.json)", err=True)
 
@@ -222,11 +234,12 @@ def inspect(path, target):
 
             click.echo("\n" + format_mapping(mapping))
         return
-    from snnc.compiler import compile_checkpoint
+    from snnc.compiler import compile_source
 
-    compiled = compile_checkpoint(path, target)
-    click.echo(describe_network(compiled.float_net))
-    click.echo()
+    compiled = compile_source(path, target)
+    if compiled.float_net is not None:
+        click.echo(describe_network(compiled.float_net))
+        click.echo()
     click.echo(describe_network(compiled.fixed))
 
 
@@ -324,3 +337,30 @@ def _print_verify(report):
             click.echo(f"  membrane of that neuron, {backend}: {history}")
     else:
         click.echo("equivalent: all backends identical to the integer reference")
+
+
+@main.command()
+@click.argument("outdir")
+@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--target", default=None, help="Price with this target's table (default: the export's).")
+@click.option("--format", "output_format", type=click.Choice(["table", "json", "markdown"]), default="table",
+              show_default=True)
+@click.option("--budget-uj", type=float, default=None, help="Fail when energy per sample exceeds this (uJ).")
+@click.option("--baseline", default=None, help="A saved `--format json` report to compare with.")
+@click.option("--max-regression", type=float, default=None,
+              help="Fail when energy or SOPs grew more than this percentage over --baseline.")
+@click.option("--plot", "plot_file", default=None, help="Draw per-layer energy and firing rates (PNG).")
+@reports_errors
+def energy(outdir, data, samples, target, output_format, budget_uj, baseline, max_regression, plot_file):
+    """Operation counts, energy per sample and chip latency; optional CI gates (exit 1 on failure)."""
+    from snnc import energy as energy_model
+
+    report = energy_model.energy_report(outdir, data=data, samples=samples, target=target)
+    if output_format == "json":
+        print_json(report)
+    else:
+        click.echo(energy_model.format_table(report, markdown=output_format == "markdown"))
+    if plot_file:
+        energy_model.plot(report, plot_file)
+    energy_model.gate(report, budget_uj=budget_uj, baseline=baseline, max_regression=max_regression)

@@ -14,12 +14,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 
 from snnc import __version__, execute, ir, passes
 from snnc.errors import InputError, OutputError
+from snnc.frontends.checkpoint import PIXEL_ENCODING
 from snnc.targets import Target, load_target
 
 MANIFEST = "manifest.json"
@@ -28,11 +29,14 @@ FLOAT_DIR = "float"
 
 @dataclass
 class Compiled:
-    """Every stage of one compilation, for export, inspection and tests."""
+    """Every stage of one compilation, for export, inspection and tests.
+
+    float_net and folded are None for a source that is already fixed point (a netx network).
+    """
 
     source: str
-    float_net: ir.Network
-    folded: ir.Network
+    float_net: Optional[ir.Network]
+    folded: Optional[ir.Network]
     fixed: ir.Network
     target: Target
     bounds: list[dict]
@@ -44,6 +48,8 @@ class Compiled:
 # function(compiled, directory, options) -> list of paths written, relative to `directory`.
 ARTIFACT_WRITERS: list[tuple[str, str]] = [
     ("ONNX models", "snnc.backends.onnx_backend:write_artifacts"),
+    ("NIR graph", "snnc.exporters.nir_export:write_artifact"),
+    ("netx network", "snnc.exporters.netx_export:write_artifact"),
     ("Lava process graph", "snnc.backends.lava_backend:write_artifacts"),
 ]
 
@@ -53,12 +59,45 @@ def _writer(spec: str):
     return getattr(importlib.import_module(module), function)
 
 
-def load_source(path) -> tuple[ir.Network, str]:
-    """A float network from a checkpoint file, and the name of its data set."""
-    from snnc.frontends.checkpoint import load_network
+def _dataset_shape(data: str) -> tuple[int, ...]:
+    from snnc.data import load_dataset
 
-    net, checkpoint = load_network(path)
-    return net, checkpoint.get("training", {}).get("data", "mnist5k")
+    return tuple(load_dataset(data).test_images.shape[1:])
+
+
+def compile_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Compiled:
+    """Compile a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
+
+    options: bn_into ('neuron'/'weights'); for NIR and netx sources also data (whose test inputs the
+    network takes, default mnist5k), T, dt, readout and input_scale (NIR).
+    """
+    options = dict(options or {})
+    target = target if isinstance(target, Target) else load_target(target)
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".net":
+        from snnc.frontends.netx import load_netx
+
+        data = options.get("data") or "mnist5k"
+        fixed = load_netx(path, T=options.get("T"), target=target, input_shape=_dataset_shape(data))
+        return Compiled(source=path.name, float_net=None, folded=None, fixed=fixed, target=target,
+                        bounds=passes.bound_analysis(fixed), data=data)
+    if suffix == ".nir":
+        from snnc.frontends.nir_frontend import load_nir
+
+        data = options.get("data") or "mnist5k"
+        encoding = None
+        if options.get("input_scale") is not None:
+            encoding = dict(PIXEL_ENCODING, scale=float(options["input_scale"]))
+        float_net = load_nir(path, T=options.get("T"), dt=options.get("dt"), input_shape=_dataset_shape(data),
+                             encoding=encoding, readout=options.get("readout"))
+    else:
+        from snnc.frontends.checkpoint import load_network
+
+        float_net, checkpoint = load_network(path)
+        data = options.get("data") or checkpoint.get("training", {}).get("data", "mnist5k")
+    return compile_network(float_net, target, source=path.name, data=data,
+                           bn_into=options.get("bn_into", "neuron"))
 
 
 def compile_network(float_net: ir.Network, target: Target, source: str = "", data: str = "mnist5k",
@@ -71,9 +110,7 @@ def compile_network(float_net: ir.Network, target: Target, source: str = "", dat
 
 
 def compile_checkpoint(path, target: str | Target = "loihi2", bn_into: str = "neuron") -> Compiled:
-    target = target if isinstance(target, Target) else load_target(target)
-    float_net, data = load_source(path)
-    return compile_network(float_net, target, source=Path(path).name, data=data, bn_into=bn_into)
+    return compile_source(path, target, {"bn_into": bn_into})
 
 
 def fidelity(folded: ir.Network, fixed: ir.Network, images: np.ndarray, labels: np.ndarray) -> dict:
@@ -120,16 +157,23 @@ def export(source, outdir, target: str = "loihi2", force: bool = False, options:
         raise OutputError(f"{outdir} already exists (use --force to replace it)")
     options = dict(options or {})
     progress("compiling")
-    compiled = compile_checkpoint(source, target, bn_into=options.get("bn_into", "neuron"))
+    compiled = compile_source(source, target, options)
     progress("measuring fidelity")
     dataset = load_dataset(compiled.data)
-    report = fidelity(compiled.folded, compiled.fixed, dataset.test_images, dataset.test_labels)
+    if compiled.folded is None:  # already fixed point: only the integer network's accuracy exists
+        predictions = execute.run(compiled.fixed, execute.encode(compiled.fixed, dataset.test_images)).predictions
+        report = {"samples": int(len(dataset.test_labels)), "float_accuracy": None,
+                  "quantized_accuracy": float((predictions == dataset.test_labels).mean()),
+                  "note": "the source is already fixed point: there is no float network to compare"}
+    else:
+        report = fidelity(compiled.folded, compiled.fixed, dataset.test_images, dataset.test_labels)
     report["data"] = compiled.data
     staging = _staging_dir(outdir)
     try:
         written = [path.name for path in ir.save(compiled.fixed, staging)]
-        (staging / FLOAT_DIR).mkdir()
-        written += [f"{FLOAT_DIR}/{path.name}" for path in ir.save(compiled.folded, staging / FLOAT_DIR)]
+        if compiled.folded is not None:
+            (staging / FLOAT_DIR).mkdir()
+            written += [f"{FLOAT_DIR}/{path.name}" for path in ir.save(compiled.folded, staging / FLOAT_DIR)]
         _write_json(staging / "fidelity.json", report)
         _write_json(staging / "bounds.json", compiled.bounds)
         written += ["fidelity.json", "bounds.json"]
@@ -158,9 +202,11 @@ def export(source, outdir, target: str = "loihi2", force: bool = False, options:
             "layers_that_may_overflow": overflowing}
 
 
-def load_float_export(outdir) -> ir.Network:
-    """The folded float network saved next to the fixed one (checked by load_export first)."""
-    return ir.load(Path(outdir) / FLOAT_DIR)
+def load_float_export(outdir) -> Optional[ir.Network]:
+    """The folded float network saved next to the fixed one (checked by load_export first), or None
+    for a source that had no float form."""
+    directory = Path(outdir) / FLOAT_DIR
+    return ir.load(directory) if directory.is_dir() else None
 
 
 def load_export(outdir) -> tuple[ir.Network, dict]:

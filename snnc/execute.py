@@ -44,8 +44,11 @@ class Trace:
 
 
 def encode(net: Network, images: np.ndarray) -> np.ndarray:
-    """Direct encoding: the image is presented at every step, as integers (fixed) or reals (float)."""
+    """The image presented at every step: pixels as integers (fixed) or reals (float), or as binary
+    spikes for networks whose encoding says so (netx)."""
     images = np.asarray(images)
+    if net.encoding.get("kind") == "spikes":  # binary input spikes: a pixel fires when bright enough
+        images = images >= net.encoding["threshold"]
     steps = np.broadcast_to(images, (net.T,) + images.shape)
     if net.fixed:
         return steps.astype(np.int64)
@@ -161,13 +164,18 @@ class FixedNeuronStep:
         return torch.zeros_like(v), v
 
     def step(self, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor):
-        u, current_events = _limit(_decay(u, self.keep_u) + (a << self.shift), self.bits, self.current_mode)
-        v, voltage_events = _limit(_decay(v, self.keep_v) + u + self.bias, self.bits, self.voltage_mode)
+        # u = decay(u) + (a << shift); v = decay(v) + u + bias (the in-place forms only touch new tensors)
+        u_new = a << self.shift
+        if self.keep_u:
+            u_new += _decay(u, self.keep_u)
+        u, current_events = _limit(u_new, self.bits, self.current_mode)
+        v_new = v + u if self.keep_v == DECAY_UNITY else _decay(v, self.keep_v).add_(u)
+        v, voltage_events = _limit(v_new.add_(self.bias), self.bits, self.voltage_mode)
         if not self.spiking:
             return v.clone(), u, v, current_events, voltage_events
         fired = v > self.threshold if self.strict else v >= self.threshold
         if self.reset == "hard":
-            v = v.masked_fill(fired, 0)
+            v = v.masked_fill_(fired, 0)
         elif self.reset == "soft":
             v = v - self.reset_amount * fired
         return fired, u, v, current_events, voltage_events

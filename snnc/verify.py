@@ -149,6 +149,7 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
         first["saved_input"] = str(save_input)
         report["first_divergence"] = first
         report["samples_checked"] = int(min(total, (first["sample"] // CHUNK + 1) * CHUNK))
-    if labels is not None:  # direct encoding: every step holds the image itself
-        report["fidelity"] = compiler.fidelity(compiler.load_float_export(outdir), net, inputs[0], labels)
+    folded = compiler.load_float_export(outdir)
+    if labels is not None and folded is not None:  # direct encoding: every step holds the image itself
+        report["fidelity"] = compiler.fidelity(folded, net, inputs[0], labels)
     return report

@@ -47,6 +47,8 @@ def write_artifacts(compiled, directory, options: dict) -> list[str]:
     _write(onnx_graph.fixed_model(compiled.fixed, stepwise=True), directory / STEP_MODEL)
     written = [MODEL, STEP_MODEL]
     if options.get("float_onnx"):
+        if compiled.folded is None:
+            raise InputError("--float-onnx needs a float network; this source is already fixed point")
         _write(onnx_graph.float_model(compiled.folded, spikes=bool(options.get("onnx_spikes"))),
                directory / FLOAT_MODEL)
         written.append(FLOAT_MODEL)

@@ -27,7 +27,7 @@ def _per_channel(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64).reshape((-1,) + (1,) * (len(shape) - 1))
 
 
-def _synaptic_inputs(net: Network, node: Node) -> list[Node]:
+def synaptic_inputs(net: Network, node: Node) -> list[Node]:
     """The synaptic nodes whose currents a node sums: itself, or an add node's inputs."""
     if node.op in SYNAPTIC_OPS:
         return [node]
@@ -70,7 +70,7 @@ def fold_decay_input(net: Network) -> Network:
         if node.bn is not None:
             node.bn.scale, node.bn.shift = node.bn.scale * gain, node.bn.shift * gain
         else:
-            _scale_synapses(_synaptic_inputs(out, node), gain)
+            _scale_synapses(synaptic_inputs(out, node), gain)
         n.input_gain = 1.0
     return out
 
@@ -94,7 +94,7 @@ def fold_bn(net: Network, into: str = "neuron") -> Network:
             raise ValueError(f"node '{node.name}': run fold_decay_input before fold_bn")
         scale, shift = np.asarray(node.bn.scale, np.float64), np.asarray(node.bn.shift, np.float64)
         node.bn = None
-        synapses = _synaptic_inputs(out, node)
+        synapses = synaptic_inputs(out, node)
         if into == "weights" or node.neuron is None or node.neuron.kind != "spiking":
             _scale_synapses(synapses, scale, shift)
             continue
@@ -117,7 +117,7 @@ def fold_synapse_bias(net: Network) -> Network:
     for node in out.nodes:
         if node.neuron is None:
             continue
-        for syn in _synaptic_inputs(out, node):
+        for syn in synaptic_inputs(out, node):
             if syn.bias is not None:
                 node.neuron.bias = node.neuron.bias + _per_channel(syn.bias, node.shape)
                 syn.bias = None

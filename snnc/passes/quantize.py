@@ -15,7 +15,7 @@ import numpy as np
 
 from snnc.errors import DesignRuleError
 from snnc.ir import SYNAPTIC_OPS, Network, Node
-from snnc.passes.fold import _per_channel, _synaptic_inputs
+from snnc.passes.fold import _per_channel, synaptic_inputs
 from snnc.targets import Target
 
 
@@ -145,7 +145,7 @@ def quantize(net: Network, target: Target) -> Network:
             unit[node.name], int_max[node.name] = units.pop(), sum(int_max[name] for name in node.inputs)
         if node.neuron is None:
             continue
-        synapses = _synaptic_inputs(out, node)
+        synapses = synaptic_inputs(out, node)
         in_units = [unit[syn.inputs[0]] for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
         scale = _choose_scales(node, synapses, in_units, in_max, arithmetic)
@@ -186,7 +186,7 @@ def bound_analysis(net: Network) -> list[dict]:
             int_max[node.name] = int_max[node.inputs[0]]
         if node.neuron is None:
             continue
-        synapses = _synaptic_inputs(net, node)
+        synapses = synaptic_inputs(net, node)
         weights = [syn.weight.reshape(syn.weight.shape[0], -1) for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
         a_hi = sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max))

@@ -1,0 +1,210 @@
+"""`snnc energy`: per-layer operation counts and energy per sample, with every figure's model named.
+
+Two conventions side by side (SEMANTICS section 3):
+- counted: the cycle simulator's exact events on the mapped chip (each presynaptic spike or non-zero
+  graded input costs one synaptic op per synapse it drives, borders included), priced with the
+  target's per-operation table (synaptic ops, neuron updates, spikes within a tile, hops);
+- papers' estimate: SOPs(l) = input firing rate x T x FLOPs(l), E = E_MAC x FLOPs(first layer)
+  + E_AC x sum of SOPs(other layers), with the 45 nm CMOS table (Horowitz 2014).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from snnc import compiler
+from snnc.errors import CheckFailed, InputError
+from snnc.ir import Network, Node
+from snnc.passes.fold import synaptic_inputs
+from snnc.targets import load_energy_table, load_target
+
+PJ_PER_UJ = 1e6
+
+
+def flops(node: Node) -> int:
+    """FLOPs of a synaptic node in the papers' convention: k^2 H_out W_out C_in C_out, or in x out."""
+    if node.op == "conv2d":
+        out_channels, in_channels, kh, kw = node.weight.shape
+        return int(kh * kw * node.shape[1] * node.shape[2] * in_channels * out_channels)
+    return int(node.weight.size)
+
+
+def _activity(net: Network, trace, name: str) -> float:
+    """Mean real value of a node's output per element and step: a firing rate for spikes."""
+    node = net.node(name)
+    if node.spiking:
+        return float(trace.spikes[name].mean())
+    if node.op in ("avgpool", "sumpool", "flatten"):
+        return _activity(net, trace, node.inputs[0])
+    if node.op == "add":
+        return sum(_activity(net, trace, source) for source in node.inputs)
+    raise InputError(f"layer '{name}' has no firing rate")
+
+
+def _layer_rows(net: Network, trace, counts: dict, chip_table: dict, cmos: dict) -> list[dict]:
+    rows = []
+    for node in net.nodes:
+        if node.neuron is None:
+            continue
+        synapses = synaptic_inputs(net, node)
+        first_layer = any(net.node(syn.inputs[0]).op == "input" for syn in synapses)
+        layer_flops = sum(flops(syn) for syn in synapses)
+        events = counts.get(node.name, {})
+        row = {
+            "layer": node.name,
+            "neurons": int(np.prod(node.shape)),
+            "flops": layer_flops,
+            "synaptic_ops_counted": events.get("synaptic_op", 0.0),
+            "neuron_updates_active": events.get("neuron_update_active", 0.0),
+            "neuron_updates_inactive": events.get("neuron_update_inactive", 0.0),
+            "spikes": float(trace.spikes[node.name].sum() / trace.readout.shape[0]) if node.spiking else 0.0,
+            "firing_rate": float(trace.spikes[node.name].mean()) if node.spiking else None,
+        }
+        if first_layer:
+            row.update(input_firing_rate=None, macs=layer_flops, sops_estimate=0.0,
+                       energy_45nm_estimate_pj=cmos["mac"] * layer_flops)
+        else:
+            rate = sum(_activity(net, trace, syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
+            sops = rate * net.T * layer_flops
+            row.update(input_firing_rate=rate, macs=0, sops_estimate=sops,
+                       energy_45nm_estimate_pj=cmos["ac"] * sops)
+        row["energy_45nm_counted_pj"] = cmos["ac"] * row["synaptic_ops_counted"]
+        row["energy_chip_pj"] = sum(chip_table[key] * count for key, count in events.items())
+        rows.append(row)
+    return rows
+
+
+MODELS = {
+    "synaptic_ops_counted": "events per sample from the cycle simulator: one op per synapse a spike "
+                            "(or non-zero graded input) actually drives",
+    "sops_estimate": "papers' estimate per sample: input firing rate x T x FLOPs",
+    "macs": "FLOPs of the non-spiking input layer (k^2 H_out W_out C_in C_out), the papers' MAC term",
+    "energy_chip_pj": "counted events per sample x the target's per-operation energy (pJ)",
+    "energy_45nm_estimate_pj": "E_MAC x MACs (input layer) or E_AC x SOPs estimate, 45 nm CMOS (pJ)",
+    "energy_45nm_counted_pj": "E_AC x counted synaptic ops, 45 nm CMOS (pJ)",
+    "latency_us": "modelled chip time per sample from the target's per-operation times (us)",
+}
+
+
+def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = None,
+                  target: Optional[str] = None) -> dict:
+    """Run the exported network on the cycle simulator and price what it did."""
+    from snnc.backends import cycle
+    from snnc.passes.mapping import map_to_cores
+
+    net, manifest = compiler.load_export(outdir)
+    chip = load_target(target or manifest["target"])
+    cmos = load_energy_table("cmos45nm")
+    data = data or manifest.get("data", "mnist5k")
+    inputs, labels = compiler.test_inputs(net, data, samples)
+    trace, counts = cycle.simulate(net, map_to_cores(net, chip), chip, inputs)
+    per_sample = cycle.energy_counts(counts)
+    rows = _layer_rows(net, trace, per_sample, chip.energy_pj, cmos.energy_pj)
+    time = counts.to_dict()["time"]
+    totals = {key: float(sum(row[key] for row in rows)) for key in (
+        "flops", "synaptic_ops_counted", "sops_estimate", "macs", "neuron_updates_active",
+        "neuron_updates_inactive", "spikes", "energy_chip_pj", "energy_45nm_estimate_pj",
+        "energy_45nm_counted_pj")}
+    totals["energy_chip_uj"] = totals["energy_chip_pj"] / PJ_PER_UJ
+    totals["energy_45nm_estimate_uj"] = totals["energy_45nm_estimate_pj"] / PJ_PER_UJ
+    totals["latency_us"] = time["latency_ns_mean"] / 1e3
+    totals["chip_samples_per_second"] = time["samples_per_second"]
+    return {
+        "network": net.name, "target": chip.name, "data": data, "samples": int(len(labels)), "T": net.T,
+        "accuracy": float((trace.predictions == labels).mean()),
+        "units": "per sample; counts in events, energy in pJ (totals also in uJ), latency in us",
+        "models": dict(MODELS, chip_table=chip.energy_pj["source"], cmos_table=cmos.energy_pj["source"],
+                       time=time["model"]),
+        "layers": rows, "totals": totals,
+    }
+
+
+def check_gates(report: dict, budget_uj: Optional[float] = None, baseline: Optional[str] = None,
+                max_regression: Optional[float] = None) -> list[str]:
+    """Messages for every gate the report fails (empty when all pass)."""
+    failures = []
+    energy = report["totals"]["energy_chip_uj"]
+    if budget_uj is not None and energy > budget_uj:
+        failures.append(f"energy {energy:.4f} uJ per sample exceeds the budget of {budget_uj} uJ")
+    if baseline is not None:
+        try:
+            previous = json.loads(Path(baseline).read_text())["totals"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(f"{baseline}: not an snnc energy report (snnc energy --format json)")
+        limit = 1 + (max_regression or 0.0) / 100
+        for key, label in (("energy_chip_uj", "energy"), ("synaptic_ops_counted", "synaptic ops")):
+            if previous.get(key) and report["totals"][key] > previous[key] * limit:
+                growth = 100 * (report["totals"][key] / previous[key] - 1)
+                failures.append(f"{label} per sample grew {growth:.2f}% against {baseline} "
+                                f"(limit {max_regression or 0.0}%)")
+    return failures
+
+
+def gate(report: dict, **limits) -> None:
+    failures = check_gates(report, **limits)
+    if failures:
+        raise CheckFailed("; ".join(failures))
+
+
+COLUMNS = (("layer", "layer", "{}"), ("firing_rate", "rate", "{:.4f}"), ("flops", "FLOPs", "{:,.0f}"),
+           ("synaptic_ops_counted", "SOPs counted", "{:,.0f}"), ("sops_estimate", "SOPs est.", "{:,.0f}"),
+           ("macs", "MACs", "{:,.0f}"), ("neuron_updates_active", "updates act.", "{:,.0f}"),
+           ("spikes", "spikes", "{:,.1f}"), ("energy_chip_pj", "E chip pJ", "{:,.0f}"),
+           ("energy_45nm_estimate_pj", "E 45nm est. pJ", "{:,.0f}"))
+
+
+def _cells(row: dict) -> list[str]:
+    return ["-" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def format_table(report: dict, markdown: bool = False) -> str:
+    """The per-layer report as aligned text or a Markdown table (for a CI job summary)."""
+    totals = report["totals"]
+    rows = [_cells(row) for row in report["layers"]]
+    rows.append(_cells(dict(totals, layer="total", firing_rate=None)))
+    header = [title for _, title, _ in COLUMNS]
+    title = (f"snnc energy: {report['network']} on {report['target']}, {report['samples']} samples of "
+             f"{report['data']}, T={report['T']}, accuracy {report['accuracy']:.4f}")
+    summary = [f"energy per sample: {totals['energy_chip_uj']:.4f} uJ on {report['target']} "
+               f"(counted events x target table), {totals['energy_45nm_estimate_uj']:.4f} uJ "
+               f"(papers' 45 nm estimate)",
+               f"chip latency per sample: {totals['latency_us']:.2f} us, "
+               f"{totals['chip_samples_per_second']:,.0f} samples/s (modelled)",
+               f"{report['target']} table: {report['models']['chip_table']}",
+               f"45 nm table: {report['models']['cmos_table']}"]
+    if markdown:
+        lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+        return "\n".join(lines + [""] + [f"- {line}" for line in summary])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    lines = [title, "  ".join(h.rjust(w) for h, w in zip(header, widths))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cells, widths)) for cells in rows]
+    return "\n".join(lines + summary + [f"units: {report['units']}"])
+
+
+def plot(report: dict, path) -> None:
+    """Per-layer energy (both conventions) and firing rates, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [row["layer"] for row in report["layers"]]
+    x = np.arange(len(layers))
+    figure, (energy_axis, rate_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    energy_axis.bar(x - 0.2, [row["energy_chip_pj"] / 1e3 for row in report["layers"]], 0.4,
+                    label=f"{report['target']} (counted events)")
+    energy_axis.bar(x + 0.2, [row["energy_45nm_estimate_pj"] / 1e3 for row in report["layers"]], 0.4,
+                    label="45 nm (papers' estimate)")
+    energy_axis.set(xticks=x, xticklabels=layers, ylabel="energy per sample (nJ)", title="energy per layer")
+    energy_axis.legend()
+    rates = [row["firing_rate"] or 0.0 for row in report["layers"]]
+    rate_axis.bar(x, rates, color="tab:green")
+    rate_axis.set(xticks=x, xticklabels=layers, ylabel="spikes per neuron per step", title="firing rate")
+    figure.suptitle(f"{report['network']} on {report['target']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

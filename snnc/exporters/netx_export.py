@@ -1,0 +1,268 @@
+"""Export a fixed-point snnc Network as a lava-dl netx HDF5 file (docs/interop.md, "snnc -> netx").
+
+netx runs each layer as Lava's CUBA `LIF` (hard reset to 0, spike when v > vThMant << 6, one
+threshold per layer, bias_mant << 6, no initial state) behind a Dense or Conv synapse, in a chain
+input -> (conv | dense | flatten)*. A network whose neurons or graph need more than that is refused
+with a DesignRuleError naming the layer and the feature. The layout follows lava-dl slayer's
+`export_hdf5` (the files `lava.lib.dl.netx.hdf5.Network` reads); snnc adds only HDF5 attributes
+(netx ignores them): `snnc_name` per layer and a root group `snnc` with the network's name, readout
+and input encoding, so that snnc.frontends.netx.load_netx reads the same network back.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from snnc import __version__
+from snnc.errors import DesignRuleError, InputError, OutputError
+from snnc.frontends.netx import (BIAS_EXP, DECAY_UNITY, LAVA_LIF_RULES, THRESHOLD_SHIFT,
+                                 lava_dense_weights)
+from snnc.ir import Network, Node
+
+BIAS_MANT_LIMIT = 1 << 12         # Lava's LIF bias_mant is 13-bit signed
+CONV_WEIGHT_RANGE = (-256, 255)   # 8-bit magnitude and sign, as Lava's Dense clips
+
+
+def _fail(node: Node, feature: str) -> DesignRuleError:
+    return DesignRuleError(f"layer '{node.name}': {feature} cannot be expressed in lava-dl netx")
+
+
+def _strict_threshold(net: Network, node: Node) -> int:
+    """The one register S with Lava's rule v > S (S = vThMant << 6) equal to the node's rule."""
+    thresholds = np.unique(np.asarray(node.neuron.threshold, dtype=np.int64))
+    if thresholds.size != 1:
+        raise _fail(node, f"per-neuron thresholds ({thresholds.size} values; netx has one vThMant per layer)")
+    register = int(thresholds[0]) - (0 if net.arithmetic["fire_rule"] == ">" else 1)
+    if register < 0 or register % (1 << THRESHOLD_SHIFT) or register >> THRESHOLD_SHIFT >= 1 << 17:
+        raise _fail(node, f"threshold {int(thresholds[0])} with rule '{net.arithmetic['fire_rule']}' "
+                          f"(netx fires on v > vThMant << 6 with a 17-bit vThMant)")
+    return register >> THRESHOLD_SHIFT
+
+
+def _bias_mantissa(node: Node, per_channel: bool) -> np.ndarray | None:
+    bias = np.asarray(node.neuron.bias, dtype=np.int64)
+    if not np.any(bias):
+        return None
+    if np.any(bias % (1 << BIAS_EXP)):
+        raise _fail(node, "a bias that is not a multiple of 64 (netx uses bias_exp = 6)")
+    mant = bias >> BIAS_EXP
+    if np.any(mant < -BIAS_MANT_LIMIT) or np.any(mant >= BIAS_MANT_LIMIT):
+        raise _fail(node, f"bias mantissa {int(np.abs(mant).max())} beyond 13 bits")
+    if per_channel:
+        flat = mant.reshape(mant.shape[0], -1)
+        if not np.all(flat == flat[:, :1]):
+            raise _fail(node, "a bias that varies inside a channel (netx conv biases are per channel)")
+        return flat[:, 0]
+    return mant.reshape(-1)
+
+
+def _decays(node: Node) -> tuple[int, int]:
+    n = node.neuron
+    i_decay, v_decay = int(n.u_decay) + 1, int(n.v_decay)
+    if not (0 <= i_decay <= DECAY_UNITY and 0 <= v_decay <= DECAY_UNITY):
+        raise _fail(node, f"decays du={int(n.u_decay)}, dv={v_decay}")
+    return i_decay, v_decay
+
+
+def _write_neuron(group, net: Network, node: Node) -> None:
+    n = node.neuron
+    if n.reset != "hard":
+        raise _fail(node, f"{n.reset} reset (Lava's LIF resets v to 0)")
+    if np.any(np.asarray(n.initial_state) != 0):
+        raise _fail(node, "a non-zero initial state (IMP)")
+    vth = _strict_threshold(net, node)
+    i_decay, v_decay = _decays(node)
+    neuron = group.create_group("neuron")
+    neuron.create_dataset("type", data="CUBA")
+    neuron.create_dataset("iDecay", data=np.int64(i_decay))
+    neuron.create_dataset("vDecay", data=np.int64(v_decay))
+    neuron.create_dataset("vThMant", data=np.int64(vth))
+    neuron.create_dataset("refDelay", data=np.int64(1))
+    neuron.create_dataset("gradedSpike", data=np.bool_(False))
+
+
+def _check_readout_below_threshold(net: Network, node: Node) -> None:
+    """A readout integrator becomes a CUBA neuron with the largest threshold; exact as long as its
+    membrane can never pass that threshold (snnc's static bound analysis says so)."""
+    from snnc.passes import bound_analysis
+
+    limit = ((1 << 17) - 1) << THRESHOLD_SHIFT
+    bound = {entry["layer"]: entry for entry in bound_analysis(net)}[node.name]["max_abs_voltage"]
+    if bound >= limit:
+        raise _fail(node, f"a readout integrator whose membrane may reach {bound} (netx would fire at {limit})")
+
+
+def _write_readout_neuron(group, node: Node) -> None:
+    """The readout integrator as a CUBA neuron that cannot fire (vThMant at its 17-bit maximum),
+    marked with the attribute snnc_integrator so that load_netx reads it back as the readout."""
+    if np.any(np.asarray(node.neuron.initial_state) != 0):
+        raise _fail(node, "a non-zero initial state (IMP)")
+    i_decay, v_decay = _decays(node)
+    group.attrs["snnc_integrator"] = True
+    neuron = group.create_group("neuron")
+    neuron.create_dataset("type", data="CUBA")
+    neuron.create_dataset("iDecay", data=np.int64(i_decay))
+    neuron.create_dataset("vDecay", data=np.int64(v_decay))
+    neuron.create_dataset("vThMant", data=np.int64((1 << 17) - 1))
+    neuron.create_dataset("refDelay", data=np.int64(1))
+    neuron.create_dataset("gradedSpike", data=np.bool_(False))
+
+
+def _type(group, name: str) -> None:
+    group.create_dataset("type", (1,), "S10", [name.encode("ascii")])
+
+
+def _is_count_readout(net: Network, node: Node) -> bool:
+    """The identity readout snnc appends to a spiking output (load_netx, load_nir): netx needs none."""
+    n = node.neuron
+    source = net.node(node.inputs[0])
+    size = node.shape[0]
+    return (source.spiking and node.weight.shape == (size, size)
+            and np.array_equal(node.weight, np.eye(size, dtype=np.int64)) and not np.any(n.bias)
+            and not np.any(n.initial_state) and int(n.u_decay) == DECAY_UNITY - 1 and int(n.v_decay) == 0)
+
+
+def _readout_is_default_integrator(node: Node) -> bool:
+    """netx's neuron for a dense layer without `neuron` (iDecay 0, vDecay 4096: v = the accumulated u)
+    gives the same v[t] = sum of a << 6 as snnc's IF readout (du = 4095, dv = 0) without bias."""
+    n = node.neuron
+    du, dv = int(n.u_decay), int(n.v_decay)
+    if (du, dv) == (-1, DECAY_UNITY):
+        return True
+    return (du, dv) == (DECAY_UNITY - 1, 0) and not np.any(n.bias)
+
+
+def _check_weights(node: Node) -> np.ndarray:
+    weight = np.asarray(node.weight, dtype=np.int64)
+    if node.op == "linear":
+        effective, _, exponent = lava_dense_weights(weight)
+        if effective is None or not np.array_equal(effective, weight):
+            raise _fail(node, f"weights in [{weight.min()}, {weight.max()}] (Lava's Dense keeps 8-bit "
+                              f"mantissas; exponent {exponent})")
+    elif weight.min(initial=0) < CONV_WEIGHT_RANGE[0] or weight.max(initial=0) > CONV_WEIGHT_RANGE[1]:
+        raise _fail(node, f"conv weights in [{weight.min()}, {weight.max()}] beyond 8 bits and sign")
+    return weight
+
+
+def export_netx(net: Network, path) -> list[str]:
+    """Write `net` (fixed point) as a netx HDF5 file; returns one line per layer written."""
+    import h5py
+
+    if not net.fixed:
+        raise InputError(f"network '{net.name}' is not fixed-point: netx files hold integers "
+                         f"(quantize it first, e.g. for targets/loihi1.yaml)")
+    for key, value in LAVA_LIF_RULES.items():
+        if key in net.arithmetic and net.arithmetic[key] != value:
+            raise DesignRuleError(f"network '{net.name}': netx needs {key} = {value!r} (Lava's CUBA neuron), "
+                                  f"the network has {net.arithmetic[key]!r}")
+    nodes = list(net.nodes)
+    readout = nodes[-1]
+    layers: list[tuple[str, Node]] = [("input", nodes[0])]
+    if _is_count_readout(net, readout):
+        body, readout_kind = nodes[1:-1], "count"
+    elif _readout_is_default_integrator(readout):
+        body, readout_kind = nodes[1:], "default"
+    else:
+        body, readout_kind = nodes[1:], "cuba"
+    previous = nodes[0]
+    for node in body:
+        if node.inputs != [previous.name]:
+            raise _fail(node, f"input from {node.inputs} (netx layers form one chain)")
+        if node.op == "flatten":
+            layers.append(("flatten", node))
+        elif node.op in ("linear", "conv2d") and node.neuron is not None:
+            if node is not readout and not node.spiking:
+                raise _fail(node, "a non-spiking layer before the readout")
+            layers.append(("dense" if node.op == "linear" else "conv", node))
+        elif node.op in ("avgpool", "sumpool"):
+            raise _fail(node, f"{node.op} (netx has no pooling layer)")
+        elif node.op == "add":
+            raise _fail(node, "an add (residual/skip connection)")
+        else:
+            raise _fail(node, f"a {node.op} without neurons")
+        previous = node
+    if readout_kind == "cuba":
+        _check_readout_below_threshold(net, readout)
+    path = Path(path)
+    summary = []
+    try:
+        handle = h5py.File(path, "w")
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error}")
+    try:
+        with handle:
+            root = handle.create_group("layer")
+            for index, (kind, node) in enumerate(layers):
+                group = root.create_group(str(index))
+                group.attrs["snnc_name"] = node.name
+                _type(group, kind)
+                if kind == "input":
+                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                elif kind == "flatten":
+                    group.create_dataset("shape", data=np.array([int(np.prod(node.shape)), 1, 1], dtype=np.int64))
+                elif kind == "dense":
+                    weight = _check_weights(node)
+                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                    group.create_dataset("inFeatures", data=np.int64(weight.shape[1]))
+                    group.create_dataset("outFeatures", data=np.int64(weight.shape[0]))
+                    group.create_dataset("weight", data=weight.astype(np.float32))
+                    if node is readout and readout_kind == "default":
+                        pass   # netx's default neuron for a dense layer without one
+                    elif node is readout:
+                        _write_readout_neuron(group, node)
+                    else:
+                        _write_neuron(group, net, node)
+                    bias = _bias_mantissa(node, per_channel=False)
+                    if bias is not None:
+                        group.create_dataset("bias", data=bias.astype(np.float32))
+                else:
+                    weight = _check_weights(node)
+                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                    group.create_dataset("inChannels", data=np.int64(weight.shape[1]))
+                    group.create_dataset("outChannels", data=np.int64(weight.shape[0]))
+                    group.create_dataset("kernelSize", data=np.array(weight.shape[2:], dtype=np.int64))
+                    group.create_dataset("stride", data=np.array(node.attrs["stride"], dtype=np.int64))
+                    group.create_dataset("padding", data=np.array(node.attrs["padding"], dtype=np.int64))
+                    group.create_dataset("dilation", data=np.array([1, 1], dtype=np.int64))
+                    group.create_dataset("groups", data=np.int64(1))
+                    group.create_dataset("weight", data=weight.astype(np.float32))
+                    _write_neuron(group, net, node)
+                    bias = _bias_mantissa(node, per_channel=True)
+                    if bias is not None:
+                        group.create_dataset("bias", data=bias.astype(np.float32))
+                summary.append(f"layer {index}: {kind} {node.name} {list(node.shape)}")
+            simulation = handle.create_group("simulation")
+            simulation.create_dataset("Ts", data=np.int64(1))
+            simulation.create_dataset("tSample", data=np.int64(net.T))
+            meta = handle.create_group("snnc")
+            meta.attrs["name"] = net.name
+            meta.attrs["readout"] = net.readout
+            meta.attrs["snnc_version"] = __version__
+            meta.attrs["encoding"] = json.dumps(net.encoding, sort_keys=True)
+            # netx.hdf5.Network(input_message_bits=...): graded input (pixels) needs the payload width
+            graded = int(net.encoding.get("max", 1)) > 1
+            meta.attrs["input_message_bits"] = int(net.encoding.get("bits", 8)) if graded else 0
+            if readout_kind == "count":
+                meta.attrs["count_readout"] = readout.name
+    except BaseException:
+        path.unlink(missing_ok=True)   # never leave a half-written network behind
+        raise
+    return summary
+
+
+def write_artifact(compiled, directory, options: dict) -> list[str]:
+    """compiler.ARTIFACT_WRITERS entry: the fixed network as `network.net`. With options["netx"]
+    true a network netx cannot express fails the export (DesignRuleError); by default ("auto") such
+    a network simply gets no netx file."""
+    request = options.get("netx", "auto")
+    if not request:
+        return []
+    try:
+        export_netx(compiled.fixed, Path(directory) / "network.net")
+    except DesignRuleError:
+        if request == "auto":
+            return []
+        raise
+    return ["network.net"]

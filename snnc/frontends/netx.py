@@ -1,0 +1,432 @@
+"""Frontend: a lava-dl netx HDF5 network (`.net`) becomes a FIXED-point snnc Network.
+
+A netx file (written by lava-dl slayer's `export_hdf5`, read by `lava.lib.dl.netx.hdf5.Network`) is
+a list of layers `layer/0 .. layer/n-1`, each a group with at least `type` and `shape`:
+
+    input   : shape (C, H, W) or (N,); optionally a neuron (not supported here, see below)
+    dense   : shape, inFeatures, outFeatures, weight [out, in], bias?, delay?, neuron/{...}
+    conv    : shape (C, H, W), inChannels, outChannels, kernelSize, stride, padding, dilation,
+              groups, weight [out, in, kH, kW], bias?, delay?, neuron/{...}
+    flatten : shape
+    neuron  : type 'CUBA' or 'LOIHI', iDecay, vDecay, vThMant, refDelay, gradedSpike (messageBits)
+
+Shapes are stored in (C, H, W) order (netx reverses them to Lava's (x, y, z)); the conv kernel is a
+correlation kernel as in PyTorch (netx flips it for Lava's convolution, which flips it back).
+
+netx runs every CUBA/LOIHI layer as Lava's `LIF` (SEMANTICS section 2) with du = iDecay - 1 and
+dv = vDecay, vth = vThMant, bias_mant = bias with bias_exp = 6; dense weights go through
+`optimize_weight_bits` (8-bit mantissa, exponent) and Lava's Dense. In snnc's integer IR this is,
+per step:  u = trunc(u (4096 - iDecay)/4096) + (a << 6), v = trunc(v (4096 - vDecay)/4096) + u +
+(bias << 6), spike when v > vThMant << 6, v = 0 on a spike. So the IR gets u_decay = iDecay - 1
+(snnc's register keeps 4096 - u_decay - 1), v_decay = vDecay, threshold = vThMant << 6 with the
+fire rule '>', bias = bias << 6, weights = the file's integers (checked to pass Lava's 8-bit synapse
+unchanged). refDelay is ignored, as netx ignores it (Lava's LIF has no refractory period).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from snnc.errors import DesignRuleError, InputError
+from snnc.ir import Network, Neuron, Node
+
+NEURON_TYPES = ("CUBA", "LOIHI")
+BIAS_EXP = 6            # netx always sets bias_exp = 6
+THRESHOLD_SHIFT = 6     # Lava's LIF compares v > vth << 6
+DECAY_UNITY = 4096
+# netx's neuron for a dense layer stored without one: "non-leaky integrator"
+DEFAULT_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": 4096, "vThMant": 1 << 17, "refDelay": 1,
+                  "gradedSpike": False}
+# What a netx network's input is: binary spikes every step (netx's default input_message_bits = 0).
+SPIKE_ENCODING = {"kind": "spikes", "scale": 1.0, "max": 1, "bits": 1,
+                  "description": "binary input spikes (0/1) at every step, netx's default; "
+                                 "images: spike where pixel >= threshold",
+                  "threshold": 128}
+# Lava's CUBA LIF as the netx network defines it (SEMANTICS section 2).
+LAVA_LIF_RULES = {"activation_shift": 6, "state_bits": 24, "decay_bits": 12, "current_overflow": "wrap",
+                  "voltage_overflow": "saturate"}
+NETX_OVERRIDES = {"kind": "fixed", "fire_rule": ">", "threshold_shift": THRESHOLD_SHIFT,
+                  "threshold_mant_bits": 17, "reset_modes": ["hard"], "weight_bits": 9}
+
+
+def netx_arithmetic(target="loihi2") -> dict:
+    """The fixed-point rules of a netx network: the target's registers with Lava LIF's fire rule.
+    The target must have Lava's CUBA neuron widths (24-bit state, activation << 6, 12-bit decays)."""
+    from snnc.targets import Target, load_target
+
+    target = target if isinstance(target, Target) else load_target(target)
+    for key, value in LAVA_LIF_RULES.items():
+        if target.arithmetic.get(key) != value:
+            raise DesignRuleError(f"target '{target.name}': netx networks need {key} = {value!r} (Lava's CUBA "
+                                  f"neuron), the target has {target.arithmetic.get(key)!r}")
+    return dict(target.arithmetic, **NETX_OVERRIDES)
+
+
+# --- reading HDF5 the way netx does -------------------------------------------------------------
+
+def _text(value) -> str:
+    """A netx string field: an array of bytes ('S10', shape (1,)), a scalar bytes or str."""
+    value = value[()] if hasattr(value, "shape") else value
+    if isinstance(value, np.ndarray):
+        value = value.ravel()[0] if value.size else b""
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _int_array(group, key) -> np.ndarray:
+    """netx reads weights and biases with `.astype(int)` (truncation toward zero)."""
+    return np.asarray(group[key][()]).astype(np.int64)
+
+
+def _value(group, key, default=None):
+    if key not in group:
+        return default
+    return np.asarray(group[key][()])
+
+
+def _pair(group, key, default, where) -> tuple[int, int]:
+    value = _value(group, key)
+    if value is None:
+        return default, default
+    value = value.astype(np.int64).ravel()
+    if value.size == 1:
+        return int(value[0]), int(value[0])
+    if value.size == 2:
+        return int(value[0]), int(value[1])
+    raise InputError(f"{where}: {key} {value.tolist()} is not one or two integers")
+
+
+def _name(group, default: str) -> str:
+    """snnc's exporter stores each node's name as the layer attribute 'snnc_name' (netx ignores it)."""
+    name = group.attrs.get("snnc_name")
+    if name is None:
+        return default
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def _stored_encoding(attrs: dict) -> Optional[dict]:
+    raw = attrs.get("encoding")
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        raise InputError("netx file: malformed snnc/encoding attribute")
+
+
+def _neuron_config(group, where) -> Optional[dict]:
+    if "neuron" not in group:
+        return None
+    neuron = group["neuron"]
+    config = {key: neuron[key] for key in neuron.keys()}
+    out = {"type": _text(config["type"]) if "type" in config else "CUBA"}
+    for key in config:
+        if key != "type":
+            out[key] = np.asarray(config[key][()])
+    return out
+
+
+# --- Lava's dense synapse, to check that it passes the weights unchanged -------------------------
+
+def lava_dense_weights(weight: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """What netx + Lava's bit-accurate Dense make of integer weights W: optimize_weight_bits scales
+    them by 2^s (s = floor(log2(scale)) + signed), Dense clips them to 8 bits with sign mode and
+    truncates the low bits, and shifts the accumulated sum by -s. Returns (effective integer weight
+    per synapse, or None if not an integer, num_weight_bits, weight_exponent); the effective weight
+    equals W exactly for every weight matrix slayer exports (even integers in [-256, 254])."""
+    weight = np.asarray(weight, dtype=np.int64)
+    top, bottom = int(weight.max(initial=0)), int(weight.min(initial=0))
+    if top == 0 and bottom == 0:
+        return weight.copy(), 8, 0
+    if bottom >= 0:
+        mode, signed, scale = "excitatory", 0, 255 / top
+    elif top <= 0:
+        mode, signed, scale = "inhibitory", 0, -256 / bottom
+    else:
+        mode, signed, scale = "mixed", 1, min(127 / top, -128 / bottom)
+    scale_bits = int(np.floor(np.log2(scale))) + signed
+    precision = 8
+    while precision > 0 and np.any(weight % (1 << precision)):
+        precision -= 1
+    precision -= signed
+    num_weight_bits = 8 - scale_bits - precision
+    exponent = -scale_bits
+    if scale_bits < 0:
+        return None, num_weight_bits, exponent
+    scaled = weight << scale_bits
+    # Lava's Dense: clip to 8 bits (sign mode), then truncate the low bits
+    magnitude = -scaled if mode == "inhibitory" else scaled
+    low, high = (-256, 255) if mode == "mixed" else (0, 255)
+    magnitude = np.clip(magnitude, low, high)
+    cut = 8 - num_weight_bits + signed
+    magnitude = (magnitude >> cut) << cut if cut > 0 else magnitude
+    stored = -magnitude if mode == "inhibitory" else magnitude
+    if np.any(stored % (1 << scale_bits)):
+        return None, num_weight_bits, exponent
+    return stored >> scale_bits, num_weight_bits, exponent
+
+
+# --- layers ---------------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, path: Path):
+        self.path = path
+        self.nodes: list[Node] = []
+        self.notes: list[str] = []
+
+    def where(self, index: int) -> str:
+        return f"{self.path.name}: layer {index}"
+
+    def last(self) -> Node:
+        return self.nodes[-1]
+
+    def add(self, node: Node) -> Node:
+        self.nodes.append(node)
+        return node
+
+    def neuron(self, config: Optional[dict], shape: tuple[int, ...], bias, index: int, last: bool) -> Neuron:
+        where = self.where(index)
+        # a dense layer without neuron is netx's non-leaky integrator; snnc's exporter marks other
+        # readout integrators (a CUBA neuron that cannot reach its threshold) with snnc_integrator
+        integrator = config is None or bool(config.get("integrator", False))
+        config = dict(DEFAULT_NEURON) if config is None else config
+        kind = config.get("type", "CUBA")
+        if kind not in NEURON_TYPES:
+            raise InputError(f"{where}: neuron type '{kind}' is not supported (only CUBA/LOIHI LIF; "
+                             f"sigma-delta and resonate-and-fire neurons are not)")
+        for key in ("iDecay", "vDecay", "vThMant"):
+            if key not in config:
+                raise InputError(f"{where}: neuron has no {key}")
+        graded = bool(np.any(config.get("gradedSpike", False))) or int(np.max(config.get("messageBits", 0))) > 0
+        if graded:
+            raise InputError(f"{where}: graded spikes from CUBA neurons are not supported")
+        decays = {}
+        for key in ("iDecay", "vDecay"):
+            values = np.asarray(config[key]).astype(np.int64)
+            if values.size and not np.all(values == values.ravel()[0]):
+                raise InputError(f"{where}: per-neuron {key} is not supported (one decay per layer)")
+            decays[key] = int(values.ravel()[0])
+            if not 0 <= decays[key] <= DECAY_UNITY:
+                raise InputError(f"{where}: {key} = {decays[key]} is outside 0..4096")
+        ref_delay = np.asarray(config.get("refDelay", 1))
+        if np.any(ref_delay > 1):
+            self.notes.append(f"layer {index}: refDelay {int(np.max(ref_delay))} ignored (netx and Lava's LIF "
+                              f"have no refractory period)")
+        bias_full = np.zeros(shape, dtype=np.int64)
+        if bias is not None:
+            bias_full = self.broadcast_bias(bias, shape, index) << BIAS_EXP
+        if integrator:
+            if not last:
+                raise InputError(f"{where}: a dense layer without neuron is only supported as the last "
+                                 f"layer (netx makes it a non-spiking integrator)")
+            return Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=bias_full,
+                          initial_state=np.zeros(shape, dtype=np.int64),
+                          v_decay=decays["vDecay"], u_decay=decays["iDecay"] - 1)
+        vth = np.asarray(config["vThMant"]).astype(np.int64)
+        if np.any(vth < 0) or np.any(vth >= 1 << 17):
+            raise InputError(f"{where}: vThMant {vth.ravel()[:3].tolist()} is outside Loihi's 17 bits")
+        threshold = self.broadcast_bias(vth, shape, index) << THRESHOLD_SHIFT
+        return Neuron(kind="spiking", threshold=np.ascontiguousarray(threshold), reset="hard", reset_amount=None,
+                      bias=bias_full, initial_state=np.zeros(shape, dtype=np.int64),
+                      v_decay=decays["vDecay"], u_decay=decays["iDecay"] - 1)
+
+    def broadcast_bias(self, values: np.ndarray, shape: tuple[int, ...], index: int) -> np.ndarray:
+        """A netx per-layer array: one value, one per channel, or one per neuron."""
+        values = np.asarray(values).astype(np.int64)
+        if values.size == 1:
+            return np.full(shape, int(values.ravel()[0]), dtype=np.int64)
+        if values.size == shape[0] and len(shape) > 1 and values.ndim <= 1:
+            return np.broadcast_to(values.reshape((-1,) + (1,) * (len(shape) - 1)), shape).copy()
+        if values.size == int(np.prod(shape)):
+            if values.ndim == 3 and len(shape) == 3 and tuple(values.shape) == tuple(shape[::-1][:2]) + (shape[0],):
+                return np.ascontiguousarray(values.transpose(2, 1, 0))  # Lava's (x, y, c) order
+            return values.reshape(shape).copy()
+        raise InputError(f"{self.where(index)}: array of {values.size} values does not fit the layer {list(shape)}")
+
+    def check_delay(self, group, index: int) -> None:
+        delay = _value(group, "delay")
+        if delay is not None and np.any(np.floor(delay) != 0):
+            raise InputError(f"{self.where(index)}: axonal delays ({int(np.count_nonzero(np.floor(delay)))} "
+                             f"non-zero) are not supported: snnc's IR has no per-neuron delay")
+
+    def dense(self, group, index: int, last: bool) -> None:
+        where = self.where(index)
+        if "weight" not in group:
+            raise InputError(f"{where}: dense layer without weight (complex weights are not supported)")
+        weight = _int_array(group, "weight")
+        stored = _value(group, "shape")
+        out_features = int(np.prod(stored)) if stored is not None else int(weight.shape[0])
+        if weight.ndim == 1:
+            weight = weight.reshape(out_features, -1)
+        source = self.last()
+        if len(source.shape) != 1:
+            source = self.add(Node(name=f"flatten{index}", op="flatten", inputs=[source.name],
+                                   shape=(int(np.prod(source.shape)),)))
+            self.notes.append(f"layer {index}: flatten inserted before the dense layer")
+        if weight.shape != (out_features, source.shape[0]):
+            raise InputError(f"{where}: weight {list(weight.shape)} does not connect {source.shape[0]} inputs "
+                             f"to {out_features} neurons")
+        effective, bits, exponent = lava_dense_weights(weight)
+        if effective is None or not np.array_equal(effective, weight):
+            raise InputError(f"{where}: weights in [{weight.min()}, {weight.max()}] do not pass Lava's 8-bit "
+                             f"synapse unchanged (netx weight exponent {exponent})")
+        self.check_delay(group, index)
+        shape = (out_features,)
+        config = _neuron_config(group, where)
+        if last and config is not None and bool(group.attrs.get("snnc_integrator", False)):
+            config = dict(config, integrator=True)
+        neuron = self.neuron(config, shape, _value(group, "bias"), index, last)
+        self.add(Node(name=_name(group, f"dense{index}"), op="linear", inputs=[source.name], shape=shape, weight=weight,
+                      neuron=neuron))
+
+    def conv(self, group, index: int, last: bool) -> None:
+        where = self.where(index)
+        source = self.last()
+        if len(source.shape) != 3:
+            raise InputError(f"{where}: conv layer after an input of shape {list(source.shape)}")
+        weight = _int_array(group, "weight")
+        if weight.ndim == 5:
+            weight = weight.reshape(weight.shape[:4])
+        if weight.ndim != 4:
+            raise InputError(f"{where}: conv weight must be [out, in, kH, kW], got {list(weight.shape)}")
+        groups = int(np.asarray(_value(group, "groups", 1)).ravel()[0])
+        dilation = _pair(group, "dilation", 1, where)
+        if groups != 1 or dilation != (1, 1):
+            raise InputError(f"{where}: conv groups {groups} / dilation {dilation} are not supported")
+        stride = _pair(group, "stride", 1, where)
+        padding = _pair(group, "padding", 0, where)
+        kernel = (int(weight.shape[2]), int(weight.shape[3]))
+        if weight.shape[1] != source.shape[0]:
+            raise InputError(f"{where}: conv weight {list(weight.shape)} does not fit {source.shape[0]} input channels")
+        height = (source.shape[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
+        width = (source.shape[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
+        shape = (int(weight.shape[0]), height, width)
+        stored = _value(group, "shape")
+        if stored is not None and tuple(int(x) for x in stored.ravel()) != shape:
+            raise InputError(f"{where}: stored shape {stored.tolist()} differs from the computed {list(shape)}")
+        self.check_delay(group, index)
+        neuron = self.neuron(_neuron_config(group, where), shape, _value(group, "bias"), index, last)
+        self.add(Node(name=_name(group, f"conv{index}"), op="conv2d", inputs=[source.name], shape=shape, weight=weight,
+                      attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
+                      neuron=neuron))
+
+
+def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optional[dict] = None,
+              input_shape: Optional[tuple[int, ...]] = None) -> Network:
+    """A fixed-point snnc Network from a lava-dl netx HDF5 file (bit-exact netx/Lava LIF semantics).
+
+    T: steps per sample (default: the file's simulation/tSample, else required). target: whose
+    register widths to use (must be Lava's CUBA widths). encoding: what the input receives (default
+    SPIKE_ENCODING, binary spikes). input_shape: the input's shape when the file has no input layer
+    and starts with a conv layer, or an image shape (1, 28, 28) in which to present a flat input
+    layer of the same size (a flatten node follows).
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such netx file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise InputError(f"{path}: not an HDF5 file ({error})")
+    with handle:
+        if "layer" not in handle:
+            raise InputError(f"{path}: no 'layer' group: not a lava-dl netx network")
+        layers = handle["layer"]
+        try:
+            indices = sorted(int(key) for key in layers.keys())
+        except ValueError:
+            raise InputError(f"{path}: layer names must be 0..n-1, got {sorted(layers.keys())[:5]}")
+        if indices != list(range(len(indices))) or not indices:
+            raise InputError(f"{path}: layers must be numbered 0..n-1")
+        snnc_attrs = dict(handle["snnc"].attrs) if "snnc" in handle else {}
+        if T is None:
+            if "simulation" in handle and "tSample" in handle["simulation"]:
+                T = int(np.asarray(handle["simulation"]["tSample"][()]).ravel()[0])
+            else:
+                raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
+        reader = _Reader(path)
+        for index in indices:
+            kind = _text(layers[str(index)]["type"]).lower() if "type" in layers[str(index)] else "(none)"
+            if kind not in ("input", "dense", "conv", "flatten"):
+                raise InputError(f"{reader.where(index)}: netx layer type '{kind}' is not supported "
+                                 f"(lava-dl netx itself implements input, dense, conv and flatten)")
+        synaptic = [i for i in indices if _text(layers[str(i)]["type"]).lower() in ("dense", "conv")]
+        if not synaptic:
+            raise InputError(f"{path}: no dense or conv layer")
+        for index in indices:
+            group = layers[str(index)]
+            kind = _text(group["type"]).lower() if "type" in group else ""
+            where = reader.where(index)
+            last = index == synaptic[-1]
+            if index > synaptic[-1]:
+                raise InputError(f"{where}: '{kind}' after the last dense/conv layer is not supported")
+            if kind == "input":
+                if index != 0:
+                    raise InputError(f"{where}: input layer must be layer 0")
+                if "neuron" in group:
+                    raise InputError(f"{where}: an input layer with neurons (lava-dl Input block, driven "
+                                     f"through its bias) is not supported")
+                shape = tuple(int(x) for x in np.asarray(group["shape"][()]).ravel())
+                if input_shape is not None and tuple(input_shape) != shape:
+                    if int(np.prod(input_shape)) != int(np.prod(shape)) or len(shape) == 3:
+                        raise InputError(f"{where}: input_shape {list(input_shape)} does not match the "
+                                         f"input layer {list(shape)}")
+                    reader.add(Node(name=_name(group, "input"), op="input", inputs=[], shape=tuple(input_shape)))
+                    continue   # the dense layer that follows flattens it
+                reader.add(Node(name=_name(group, "input"), op="input", inputs=[], shape=shape))
+                continue
+            if not reader.nodes:
+                first = _text(group["type"]).lower()
+                if first == "dense":
+                    width = int(np.asarray(group["inFeatures"][()])) if "inFeatures" in group \
+                        else np.asarray(group["weight"][()]).shape[-1]
+                    reader.add(Node(name="input", op="input", inputs=[], shape=(width,)))
+                elif input_shape is not None:
+                    reader.add(Node(name="input", op="input", inputs=[], shape=tuple(input_shape)))
+                else:
+                    raise InputError(f"{path}: no input layer: pass input_shape (C, H, W)")
+            if kind == "dense":
+                reader.dense(group, index, last)
+            elif kind == "conv":
+                reader.conv(group, index, last)
+            elif kind == "flatten":
+                source = reader.last()
+                if len(source.shape) > 1:
+                    reader.add(Node(name=_name(group, f"flatten{index}"), op="flatten", inputs=[source.name],
+                                    shape=(int(np.prod(source.shape)),)))
+            else:
+                raise InputError(f"{where}: netx layer type '{kind}' is not supported "
+                                 f"(lava-dl netx itself implements input, dense, conv and flatten)")
+    nodes = reader.nodes
+    last = nodes[-1]
+    readout = str(snnc_attrs.get("readout", "last"))
+    if last.neuron.kind == "spiking":
+        # netx networks classify by counting output spikes: an identity readout counts them.
+        size = last.shape[0] if len(last.shape) == 1 else None
+        if size is None:
+            raise InputError(f"{path}: the last layer must be dense (1-D) to be read out")
+        nodes.append(Node(name=str(snnc_attrs.get("count_readout", "readout")), op="linear", inputs=[last.name],
+                          shape=last.shape,
+                          weight=np.eye(size, dtype=np.int64),
+                          neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
+                                        bias=np.zeros(last.shape, dtype=np.int64),
+                                        initial_state=np.zeros(last.shape, dtype=np.int64),
+                                        v_decay=0, u_decay=DECAY_UNITY - 1)))
+        readout_rule = "identity readout appended: readout = 64 x spike count of the last layer"
+        readout = "last"
+    else:
+        readout_rule = "the last dense layer has no neuron: netx's non-leaky integrator is the readout"
+        if len(last.shape) != 1:
+            raise InputError(f"{path}: the readout layer must be dense")
+    if readout not in ("mean", "last"):
+        raise InputError(f"{path}: snnc readout attribute {readout!r} is not 'mean' or 'last'")
+    name = str(snnc_attrs.get("name", path.stem))
+    metadata = {"source": "netx", "netx": {"file": path.name, "readout": readout_rule, "notes": reader.notes}}
+    net = Network(name=name, T=int(T), readout=readout, nodes=nodes, arithmetic=netx_arithmetic(target),
+                  encoding=dict(encoding or _stored_encoding(snnc_attrs) or SPIKE_ENCODING), metadata=metadata)
+    net.validate()
+    return net

@@ -1,0 +1,635 @@
+"""Mapping a fixed-point network onto a target's neuromorphic cores (docs/cycle-simulator.md).
+
+Model, in short:
+- Populations: the network input (fed by the host through an input port) and every node with a
+  neuron (spiking layers and the readout integrator). Every other node (sumpool, flatten, an `add`
+  without neuron, the conv/linear branches of a ResNet `add`) is part of a synaptic path.
+- Axons: the elements of a synaptic node's input tensor X. A sum pool (kernel == stride) and a
+  flatten between a population and X are done on the sending core, which sends one graded message
+  per non-zero pooled value; a SEW `add` of two populations gives each X element one axon per
+  population. Partitions are aligned to the pooling blocks, so every axon has one sending core.
+- Partition: a layer's neurons are split into cores of (channel group) x (spatial tile); a linear
+  layer of N neurons is N channels at one position. For each layer the partition with the fewest
+  cores that satisfies every per-core limit is chosen (fan-in, synaptic memory, neurons, fan-out).
+- Synapses are structural (every kernel tap inside the input, zero weights included), each stored
+  as weight_bits + index_bits (index_bits = ceil(log2(neurons_per_core))); an axon's synapse list on
+  a core is packed into whole 64-bit words.
+- Placement: layers in topological order on consecutive cores; cores are numbered tile by tile in
+  serpentine order over the tile grid (row 0 west to east, row 1 east to west, ...), and within a
+  tile row-major. A tile is `limits.tile` cores ([2, 2] when the target does not say).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import sparse
+
+from snnc.errors import DesignRuleError
+from snnc.ir import SYNAPTIC_OPS, Network, Node
+
+WORD_BITS = 64
+DEFAULT_TILE = (2, 2)
+HOST = "input"
+FORMAT = "snnc-mapping"
+FORMAT_VERSION = 1
+MAX_ROUNDS = 6
+
+
+# ------------------------------------------------------------------------- network analysis
+
+@dataclass
+class Group:
+    """The synapses of one neuron layer that read one input tensor X.
+
+    Axons live on X's elements before any flatten (`pre_shape` = (C, H, W); a 1-D tensor is
+    (N, 1, 1)); `reach` [X positions, layer positions] is 1 where a position of X has synapses to a
+    position of the layer (all channels to all channels: conv2d and linear are channel-dense).
+    """
+
+    tensor: str
+    synapses: list[str]
+    kind: str                        # 'conv' or 'linear'
+    pre_shape: tuple[int, int, int]
+    sources: list[tuple[str, tuple[int, int]]]  # populations feeding X and their pooling block
+    reach: sparse.csr_matrix = None
+
+    @property
+    def channels(self) -> int:
+        return self.pre_shape[0]
+
+
+@dataclass
+class Layer:
+    """One population as the mapper sees it: (C, H, W), a linear layer of N neurons is (N, 1, 1)."""
+
+    name: str
+    op: str
+    shape: tuple[int, ...]
+    C: int
+    H: int
+    W: int
+    groups: list[Group] = field(default_factory=list)
+    depth: int = 0
+    block: tuple[int, int] = (1, 1)       # pooling that follows: aligned tiles are multiples of it
+    consumers: list[tuple[str, int, tuple[int, int]]] = field(default_factory=list)  # (layer, group, block)
+
+
+def _as_chw(shape) -> tuple[int, int, int]:
+    shape = tuple(int(v) for v in shape)
+    if len(shape) == 3:
+        return shape
+    if len(shape) == 1:
+        return (shape[0], 1, 1)
+    raise ValueError(f"cannot map a tensor of shape {shape}")
+
+
+def _trace_sources(net: Network, name: str) -> list[tuple[str, tuple[int, int]]]:
+    """Populations whose output reaches tensor `name` through sum pools, flattens and adds."""
+    node = net.node(name)
+    if node.op == "input" or node.neuron is not None:
+        return [(node.name, (1, 1))]
+    if node.op in ("sumpool", "avgpool"):
+        k, s = node.attrs["kernel"], node.attrs["stride"]
+        if k != s:
+            raise DesignRuleError(f"layer '{node.name}': overlapping pooling (kernel {k}, stride {s}) "
+                                  f"cannot be mapped; the mapper supports kernel == stride")
+        return [(src, (fy * k, fx * k)) for src, (fy, fx) in _trace_sources(net, node.inputs[0])]
+    if node.op == "flatten":
+        return _trace_sources(net, node.inputs[0])
+    if node.op == "add":
+        found = []
+        for inp in node.inputs:
+            for item in _trace_sources(net, inp):
+                if item not in found:
+                    found.append(item)
+        return found
+    raise ValueError(f"node '{name}': a {node.op} without neuron cannot feed a synapse")
+
+
+def _pre_flatten(net: Network, name: str) -> tuple[int, int, int]:
+    node = net.node(name)
+    while node.op == "flatten":
+        node = net.node(node.inputs[0])
+    return _as_chw(node.shape)
+
+
+def _conv_reach(node: Node, x_hw, d_hw) -> sparse.csr_matrix:
+    """[X positions, output positions]: the kernel taps that fall inside X (padding excluded)."""
+    (hx, wx), (hd, wd) = x_hw, d_hw
+    (kh, kw), (sy, sx), (py, px) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+    ys, xs = np.arange(hd), np.arange(wd)
+    dest = ys[:, None] * wd + xs[None, :]
+    rows, cols = [], []
+    for i in range(kh):
+        src_y = ys * sy - py + i
+        for j in range(kw):
+            src_x = xs * sx - px + j
+            valid = ((src_y >= 0) & (src_y < hx))[:, None] & ((src_x >= 0) & (src_x < wx))[None, :]
+            rows.append((src_y[:, None] * wx + src_x[None, :])[valid])
+            cols.append(dest[valid])
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    reach = sparse.csr_matrix((np.ones(len(rows), np.int64), (rows, cols)), shape=(hx * wx, hd * wd))
+    reach.data[:] = 1
+    return reach
+
+
+def _synaptic_nodes(net: Network, node: Node) -> list[Node]:
+    if node.op in SYNAPTIC_OPS:
+        return [node]
+    if node.op == "add":
+        inputs = [net.node(name) for name in node.inputs]
+        if all(i.op in SYNAPTIC_OPS and i.neuron is None for i in inputs):
+            return inputs
+    raise ValueError(f"node '{node.name}': a neuron must follow a conv2d, linear or add of synapses")
+
+
+def analyse(net: Network) -> dict[str, Layer]:
+    """The populations of `net`: the input (host) first, then every neuron layer in topological
+    order, with their synapse groups, synaptic depth and consumers."""
+    first = net.input_node
+    layers: dict[str, Layer] = {first.name: Layer(first.name, "input", tuple(first.shape), *_as_chw(first.shape))}
+    for node in net.nodes:
+        if node.neuron is None:
+            continue
+        C, H, W = _as_chw(node.shape)
+        groups: dict[str, Group] = {}
+        for syn in _synaptic_nodes(net, node):
+            x = syn.inputs[0]
+            pre = _pre_flatten(net, x)
+            if syn.op == "conv2d":
+                kind, reach = "conv", _conv_reach(syn, pre[1:], (H, W))
+            else:
+                kind = "linear"
+                reach = sparse.csr_matrix(np.ones((pre[1] * pre[2], 1), np.int64))
+            if x in groups:
+                group = groups[x]
+                if group.kind != kind:
+                    raise ValueError(f"layer '{node.name}': mixes conv and linear synapses on '{x}'")
+                merged = (group.reach + reach).tocsr()
+                merged.data[:] = 1
+                group.reach = merged
+                group.synapses.append(syn.name)
+            else:
+                groups[x] = Group(tensor=x, synapses=[syn.name], kind=kind, pre_shape=pre,
+                                  sources=_trace_sources(net, x), reach=reach)
+        layer = Layer(name=node.name, op=node.op, shape=tuple(node.shape), C=C, H=H, W=W,
+                      groups=list(groups.values()))
+        layer.depth = 1 + max(layers[src].depth for g in layer.groups for src, _ in g.sources)
+        layers[node.name] = layer
+    for layer in layers.values():
+        for index, group in enumerate(layer.groups):
+            for src, block in group.sources:
+                layers[src].consumers.append((layer.name, index, block))
+    for layer in layers.values():
+        by = bx = 1
+        for _, _, (fy, fx) in layer.consumers:
+            by, bx = math.lcm(by, fy), math.lcm(bx, fx)
+        layer.block = (min(by, layer.H), min(bx, layer.W))
+    return layers
+
+
+# ------------------------------------------------------------------------------ partitions
+
+@dataclass(frozen=True)
+class Partition:
+    """Cores of one layer: channel groups of `group` channels x spatial tiles of `tile` positions.
+    Core order inside a layer: tile by tile (row-major), channel groups inside a tile."""
+
+    group: int
+    tile: tuple[int, int]
+
+    def tiles(self, H: int, W: int) -> list[tuple[int, int, int, int]]:
+        th, tw = self.tile
+        return [(y, min(y + th, H), x, min(x + tw, W)) for y in range(0, H, th) for x in range(0, W, tw)]
+
+    def channel_ranges(self, C: int) -> list[tuple[int, int]]:
+        return [(c, min(c + self.group, C)) for c in range(0, C, self.group)]
+
+    def cores(self, C: int, H: int, W: int) -> int:
+        return len(self.tiles(H, W)) * len(self.channel_ranges(C))
+
+
+def whole(layer: Layer) -> Partition:
+    """The host's 'partition' of the input: everything in one place."""
+    return Partition(layer.C, (layer.H, layer.W))
+
+
+def segments(extent: int, tile: int, block: int, count: int) -> list[tuple[int, int, int, int]]:
+    """Along one axis: (pooled index, sending tile index, start, end) for the pieces of each pooling
+    block that lie in one tile of the sender; `count` pooled indices (rows beyond them are dropped)."""
+    out = []
+    for index in range(count):
+        y, end = index * block, min((index + 1) * block, extent)
+        while y < end:
+            t = y // tile
+            stop = min(end, (t + 1) * tile)
+            out.append((index, t, y, stop))
+            y = stop
+    return out
+
+
+def axon_parts(group: Group, block, source: Layer, part: Partition) -> np.ndarray:
+    """Per X position, how many sending cores (of one channel) contribute: one axon each."""
+    _, hx, wx = group.pre_shape
+    rows = np.bincount([s[0] for s in segments(source.H, part.tile[0], block[0], hx)], minlength=hx)
+    cols = np.bincount([s[0] for s in segments(source.W, part.tile[1], block[1], wx)], minlength=wx)
+    return (rows[:, None] * cols[None, :]).ravel().astype(np.int64)
+
+
+def _tile_matrix(H: int, W: int, tile) -> sparse.csr_matrix:
+    th, tw = tile
+    ntx = -(-W // tw)
+    ys, xs = np.divmod(np.arange(H * W), W)
+    index = (ys // th) * ntx + (xs // tw)
+    count = -(-H // th) * ntx
+    return sparse.csr_matrix((np.ones(H * W, np.int64), (np.arange(H * W), index)), shape=(H * W, count))
+
+
+def tile_reach(group: Group, layer: Layer, tile) -> sparse.coo_matrix:
+    """[X positions, tiles]: how many positions of each tile of the layer a position of X reaches."""
+    return (group.reach @ _tile_matrix(layer.H, layer.W, tile)).tocoo()
+
+
+def _candidates(extent: int, block: int) -> list[int]:
+    sizes = set()
+    for n in range(1, extent + 1):
+        size = -(-extent // n)
+        sizes.add(min(extent, -(-size // block) * block))
+    return sorted(sizes)
+
+
+class _Packing:
+    def __init__(self, target):
+        self.weight_bits = int(target.arithmetic["weight_bits"])
+        self.index_bits = max(1, math.ceil(math.log2(target.limits["neurons_per_core"])))
+        self.bits = self.weight_bits + self.index_bits
+
+    def words(self, synapses: np.ndarray) -> np.ndarray:
+        return -(-(synapses * self.bits) // WORD_BITS)
+
+    def describe(self) -> dict:
+        return {"model": "one synapse list per (axon, core), packed in 64-bit words",
+                "word_bits": WORD_BITS, "weight_bits": self.weight_bits, "index_bits": self.index_bits,
+                "bits_per_synapse": self.bits,
+                "rule": "memory bits = 64 * sum over the core's axons of ceil(synapses * bits_per_synapse / 64)"}
+
+
+@dataclass
+class _TileStats:
+    """One candidate tiling of a layer: per tile what does not depend on the channel group."""
+
+    tiles: list
+    fan_in: np.ndarray          # [tiles] axons
+    positions: np.ndarray       # [tiles] positions (neurons per channel)
+    reach: list                 # per group: (coo [X positions, tiles], axons per X position)
+
+
+def _tile_stats(layer: Layer, tile, mults: list[np.ndarray]) -> _TileStats:
+    tiles = Partition(1, tile).tiles(layer.H, layer.W)
+    count = len(tiles)
+    fan_in = np.zeros(count, np.int64)
+    reach = []
+    for group, mult in zip(layer.groups, mults):
+        r = tile_reach(group, layer, tile)
+        fan_in += group.channels * np.bincount(r.col, weights=mult[r.row], minlength=count).astype(np.int64)
+        reach.append((r, mult))
+    positions = np.array([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in tiles], np.int64)
+    return _TileStats(tiles, fan_in, positions, reach)
+
+
+def _memory_bits(layer: Layer, stats: _TileStats, g: int, packing: _Packing) -> np.ndarray:
+    """Synaptic memory per tile for a core holding `g` channels of it."""
+    count = len(stats.tiles)
+    words = np.zeros(count, np.int64)
+    for group, (r, mult) in zip(layer.groups, stats.reach):
+        per = packing.words(g * r.data) * mult[r.row]
+        words += group.channels * np.bincount(r.col, weights=per, minlength=count).astype(np.int64)
+    return words * WORD_BITS
+
+
+def _synapses(layer: Layer, stats: _TileStats) -> np.ndarray:
+    """Synapses per tile and channel held."""
+    count = len(stats.tiles)
+    total = np.zeros(count, np.int64)
+    for group, (r, mult) in zip(layer.groups, stats.reach):
+        total += group.channels * np.bincount(r.col, weights=r.data * mult[r.row], minlength=count).astype(np.int64)
+    return total
+
+
+class _FanOut:
+    """Output axons of a layer's cores given its consumers' partitions: one per (X element whose
+    pooling block overlaps the core, destination core that X element has synapses on)."""
+
+    def __init__(self, layer: Layer, layers: dict[str, Layer], parts: dict[str, Partition]):
+        self.items = []
+        for dest_name, gi, (fy, fx) in layer.consumers:
+            dest, part = layers[dest_name], parts[dest_name]
+            group = dest.groups[gi]
+            _, hx, wx = group.pre_shape
+            n_groups = len(part.channel_ranges(dest.C))
+            r = tile_reach(group, dest, part.tile)
+            tiles_reached = np.bincount(r.row, minlength=hx * wx)
+            per_position = (tiles_reached * n_groups).reshape(hx, wx)
+            integral = np.zeros((hx + 1, wx + 1), np.int64)
+            integral[1:, 1:] = per_position.cumsum(0).cumsum(1)
+            self.items.append((integral, fy, fx, hx, wx))
+
+    def per_channel(self, tiles) -> np.ndarray:
+        out = np.zeros(len(tiles), np.int64)
+        for integral, fy, fx, hx, wx in self.items:
+            for i, (y0, y1, x0, x1) in enumerate(tiles):
+                a, b = y0 // fy, min((y1 - 1) // fy + 1, hx)
+                c, d = x0 // fx, min((x1 - 1) // fx + 1, wx)
+                if b > a and d > c:
+                    out[i] += integral[b, d] - integral[a, d] - integral[b, c] + integral[a, c]
+        return out
+
+
+def _search(layer: Layer, limits: dict, packing: _Packing, mults, fan_out, aligned: bool):
+    npc, max_in = limits["neurons_per_core"], limits["fan_in_axons_per_core"]
+    max_mem, max_out = limits["synaptic_memory_bits_per_core"], limits["fan_out_per_core"]
+    by, bx = layer.block if aligned else (1, 1)
+    best, best_key = None, None
+    for th in _candidates(layer.H, by):
+        for tw in _candidates(layer.W, bx):
+            stats = _tile_stats(layer, (th, tw), mults)
+            if stats.fan_in.max() > max_in:
+                continue
+            out = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
+
+            def fits(g: int) -> bool:
+                return (g * stats.positions.max() <= npc and (g * out).max() <= max_out
+                        and _memory_bits(layer, stats, g, packing).max() <= max_mem)
+
+            lo, hi = 0, layer.C
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if fits(mid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            if lo == 0:
+                continue
+            key = (-(-layer.C // lo) * len(stats.tiles), len(stats.tiles), -th, -tw)
+            if best_key is None or key < best_key:
+                best, best_key = Partition(lo, (th, tw)), key
+    return best
+
+
+def _partition(layer: Layer, limits: dict, packing: _Packing, mults, fan_out) -> Partition:
+    """The partition with the fewest cores; tiles aligned to the pooling that follows when any
+    aligned tiling fits (then each pooled value has one sending core), else any tiling."""
+    best = _search(layer, limits, packing, mults, fan_out, aligned=True)
+    if best is None and layer.block != (1, 1):
+        best = _search(layer, limits, packing, mults, fan_out, aligned=False)
+    if best is None:
+        raise DesignRuleError(_why_not(layer, limits, packing, mults, fan_out))
+    return best
+
+
+def _why_not(layer: Layer, limits: dict, packing: _Packing, mults, fan_out) -> str:
+    """The design-rule message for a layer of which not even one neuron fits a core."""
+    stats = _tile_stats(layer, (1, 1), mults)
+    where = f"layer '{layer.name}'"
+    fan_in = int(stats.fan_in.max())
+    if fan_in > limits["fan_in_axons_per_core"]:
+        return (f"{where}: fan-in {fan_in} axons exceeds the target's {limits['fan_in_axons_per_core']} "
+                f"per core (a single neuron's inputs cannot be split across cores)")
+    memory = int(_memory_bits(layer, stats, 1, packing).max())
+    if memory > limits["synaptic_memory_bits_per_core"]:
+        return (f"{where}: a single neuron needs {memory} bits of synaptic memory, above the target's "
+                f"{limits['synaptic_memory_bits_per_core']} per core")
+    out = int(fan_out.per_channel(stats.tiles).max()) if fan_out else 0
+    return (f"{where}: a single neuron's fan-out of {out} output axons exceeds the target's "
+            f"{limits['fan_out_per_core']} per core")
+
+
+def _mults(layer: Layer, layers: dict[str, Layer], parts: dict[str, Partition]) -> list[np.ndarray]:
+    out = []
+    for group in layer.groups:
+        total = np.zeros(group.pre_shape[1] * group.pre_shape[2], np.int64)
+        for src, block in group.sources:
+            total += axon_parts(group, block, layers[src], parts[src])
+        out.append(total)
+    return out
+
+
+def _fan_out_ok(layer, layers, parts, limits) -> bool:
+    if not layer.consumers:
+        return True
+    per = _FanOut(layer, layers, parts).per_channel(parts[layer.name].tiles(layer.H, layer.W))
+    return int(per.max()) * parts[layer.name].group <= limits["fan_out_per_core"]
+
+
+def partition_network(net: Network, target, fixed: dict[str, Partition] | None = None,
+                      layers: dict[str, Layer] | None = None) -> tuple[dict[str, Layer], dict[str, Partition]]:
+    """Choose every layer's partition (topological order: a layer's fan-in depends on how its
+    sources are split). Fan-out depends on the consumers, so layers whose fan-out breaks the limit
+    are partitioned again under that constraint until nothing changes."""
+    limits, packing = target.limits, _Packing(target)
+    layers = layers or analyse(net)
+    names = list(layers)
+    parts = {names[0]: whole(layers[names[0]])}
+    fixed = fixed or {}
+    constrained = False
+    for _ in range(MAX_ROUNDS):
+        changed = False
+        for name in names[1:]:
+            layer = layers[name]
+            if name in fixed:
+                new = fixed[name]
+            else:
+                fan_out = _FanOut(layer, layers, parts) if constrained and layer.consumers else None
+                new = _partition(layer, limits, packing, _mults(layer, layers, parts), fan_out)
+            changed |= parts.get(name) != new
+            parts[name] = new
+        if all(_fan_out_ok(layers[name], layers, parts, limits) for name in names[1:]):
+            return layers, parts
+        if constrained and not changed:
+            break
+        constrained = True
+    bad = [name for name in names[1:] if not _fan_out_ok(layers[name], layers, parts, limits)][0]
+    layer = layers[bad]
+    per_channel = _FanOut(layer, layers, parts).per_channel(parts[bad].tiles(layer.H, layer.W))
+    worst = int(per_channel.max()) * parts[bad].group
+    raise DesignRuleError(f"layer '{bad}': fan-out {worst} output axons exceeds the target's "
+                          f"{limits['fan_out_per_core']} per core")
+
+
+# ------------------------------------------------------------------------------- placement
+
+def tile_shape(target) -> tuple[int, int]:
+    tile = target.limits.get("tile", list(DEFAULT_TILE))
+    return int(tile[0]), int(tile[1])
+
+
+def core_positions(mesh, tile) -> list[tuple[int, int]]:
+    """Mesh positions (row, col) of cores in placement order: tiles in serpentine order over the
+    tile grid, cores row-major inside a tile."""
+    rows, cols = mesh
+    tr, tc = tile
+    order = []
+    for ty in range(-(-rows // tr)):
+        tx_range = range(-(-cols // tc))
+        for tx in (tx_range if ty % 2 == 0 else reversed(tx_range)):
+            for r in range(ty * tr, min((ty + 1) * tr, rows)):
+                for c in range(tx * tc, min((tx + 1) * tc, cols)):
+                    order.append((r, c))
+    return order
+
+
+def hops(a, b, tile) -> tuple[int, int]:
+    """(east-west, north-south) tile hops between two core positions under XY routing."""
+    return abs(a[1] // tile[1] - b[1] // tile[1]), abs(a[0] // tile[0] - b[0] // tile[0])
+
+
+# -------------------------------------------------------------------------------- mapping
+
+@dataclass
+class Mapping:
+    """Where every neuron lives; serializable with `to_dict` (mapping.json)."""
+
+    network: str
+    target: str
+    mesh: tuple[int, int]
+    tile: tuple[int, int]
+    packing: dict
+    limits: dict
+    input_port: tuple[int, int]
+    layers: list[dict]
+    cores: list[dict]
+    totals: dict
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": self.network,
+                "target": self.target, "mesh": list(self.mesh), "tile": list(self.tile),
+                "packing": self.packing, "limits": self.limits,
+                "input_port": {"position": list(self.input_port),
+                               "tile": [self.input_port[0] // self.tile[0], self.input_port[1] // self.tile[1]]},
+                "layers": self.layers, "cores": self.cores, "totals": self.totals}
+
+    def layer(self, name: str) -> dict:
+        for entry in self.layers:
+            if entry["name"] == name:
+                return entry
+        raise KeyError(name)
+
+    def partition(self, name: str) -> Partition:
+        entry = self.layer(name)["partition"]
+        return Partition(entry["channel_group"], tuple(entry["tile"]))
+
+
+def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None = None) -> Mapping:
+    """Partition every neuron layer onto cores under `target.limits` and place the cores on the mesh.
+
+    `partitions` fixes chosen layers' partitions (for tests and experiments); the others are searched.
+    Raises DesignRuleError naming the layer, the limit and the numbers when the network does not fit.
+    """
+    limits = dict(target.limits)
+    packing = _Packing(target)
+    layers, parts = partition_network(net, target, fixed=partitions)
+    tile = tile_shape(target)
+    mesh = (int(limits["mesh"][0]), int(limits["mesh"][1]))
+    positions = core_positions(mesh, tile)
+    available = min(int(limits["cores"]), len(positions))
+    needed = sum(parts[name].cores(layer.C, layer.H, layer.W) for name, layer in layers.items() if layer.op != "input")
+    if needed > available:
+        largest = sorted((-parts[n].cores(l.C, l.H, l.W), n) for n, l in layers.items() if l.op != "input")[:3]
+        names = ", ".join(f"'{name}' {-count}" for count, name in largest)
+        raise DesignRuleError(f"network '{net.name}': needs {needed} cores, the target has {available} "
+                              f"(largest layers: {names})")
+    layer_entries, core_entries = [], []
+    for name, layer in layers.items():
+        if layer.op == "input":
+            continue
+        part = parts[name]
+        fan_out = _FanOut(layer, layers, parts) if layer.consumers else None
+        stats = _tile_stats(layer, part.tile, _mults(layer, layers, parts))
+        out_per_channel = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
+        syn_per_channel = _synapses(layer, stats)
+        first = len(core_entries)
+        for t, (y0, y1, x0, x1) in enumerate(stats.tiles):
+            for c0, c1 in part.channel_ranges(layer.C):
+                g = c1 - c0
+                memory = int(_memory_bits(layer, stats, g, packing)[t])
+                core_entries.append({
+                    "id": len(core_entries), "layer": name, "channels": [c0, c1], "rows": [y0, y1],
+                    "cols": [x0, x1], "neurons": int(g * stats.positions[t]),
+                    "synapses": int(g * syn_per_channel[t]), "memory_bits": memory,
+                    "fan_in": int(stats.fan_in[t]), "fan_out": int(g * out_per_channel[t])})
+        mine = core_entries[first:]
+        for key, limit in (("neurons", "neurons_per_core"), ("fan_in", "fan_in_axons_per_core"),
+                           ("memory_bits", "synaptic_memory_bits_per_core"), ("fan_out", "fan_out_per_core")):
+            worst = max(core[key] for core in mine)
+            if worst > limits[limit]:   # only reachable with partitions given by the caller
+                raise DesignRuleError(f"layer '{name}': a core needs {key.replace('_', '-')} {worst}, "
+                                      f"above the target's {limits[limit]} per core")
+        layer_entries.append({
+            "name": name, "op": layer.op, "shape": list(layer.shape), "depth": layer.depth,
+            "partition": {"channel_group": part.group, "tile": list(part.tile), "block": list(layer.block)},
+            "first_core": first, "cores": len(mine),
+            "neurons": sum(c["neurons"] for c in mine), "synapses": sum(c["synapses"] for c in mine),
+            "memory_bits": sum(c["memory_bits"] for c in mine),
+            "max_fan_in": max(c["fan_in"] for c in mine), "max_fan_out": max(c["fan_out"] for c in mine),
+            "inputs": [{"tensor": g.tensor, "synapses": g.synapses, "kind": g.kind,
+                        "sources": [{"layer": src, "pool": list(block)} for src, block in g.sources]}
+                       for g in layer.groups]})
+    used = len(core_entries)
+    for core in core_entries:
+        r, c = positions[core["id"]]
+        core["position"] = [r, c]
+        core["tile"] = [r // tile[0], c // tile[1]]
+    tiles_used = len({tuple(core["tile"]) for core in core_entries})
+    neurons = sum(core["neurons"] for core in core_entries)
+    memory = sum(core["memory_bits"] for core in core_entries)
+    totals = {
+        "cores_used": used, "cores_available": available, "tiles_used": tiles_used,
+        "neurons": neurons, "synapses": sum(core["synapses"] for core in core_entries),
+        "memory_bits": memory,
+        "utilisation": {
+            "cores": used / available,
+            "neurons": neurons / (used * limits["neurons_per_core"]),
+            "memory": memory / (used * limits["synaptic_memory_bits_per_core"]),
+            "fan_in": sum(core["fan_in"] for core in core_entries) / (used * limits["fan_in_axons_per_core"]),
+        },
+    }
+    return Mapping(network=net.name, target=target.name, mesh=mesh, tile=tile, packing=packing.describe(),
+                   limits={k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in limits.items()},
+                   input_port=positions[0], layers=layer_entries, cores=core_entries, totals=totals)
+
+
+# ----------------------------------------------------------------------------- reporting
+
+def format_mapping(mapping: Mapping) -> str:
+    """A short table for `snnc inspect`: one line per layer, then the totals."""
+    limits = mapping.limits
+    head = f"{'layer':<24} {'shape':<14} {'depth':>5} {'cores':>5} {'neurons':>8} {'synapses':>10} " \
+           f"{'fan-in':>7} {'fan-out':>7} {'memory':>7}"
+    lines = [f"core mapping on {mapping.target}: mesh {mapping.mesh[0]}x{mapping.mesh[1]} cores, "
+             f"tiles of {mapping.tile[0]}x{mapping.tile[1]}, {mapping.packing['bits_per_synapse']} bits per synapse",
+             head, "-" * len(head)]
+    for entry in mapping.layers:
+        cores = [c for c in mapping.cores if c["layer"] == entry["name"]]
+        memory = max(c["memory_bits"] for c in cores) / limits["synaptic_memory_bits_per_core"]
+        shape = "x".join(str(v) for v in entry["shape"])
+        lines.append(f"{entry['name']:<24} {shape:<14} {entry['depth']:>5} {entry['cores']:>5} "
+                     f"{entry['neurons']:>8} {entry['synapses']:>10} {entry['max_fan_in']:>7} "
+                     f"{entry['max_fan_out']:>7} {memory:>6.0%}")
+    t = mapping.totals
+    lines.append("-" * len(head))
+    lines.append(f"{t['cores_used']} of {t['cores_available']} cores in {t['tiles_used']} tiles; "
+                 f"neurons {t['utilisation']['neurons']:.0%}, synaptic memory {t['utilisation']['memory']:.0%} "
+                 f"of the cores used (fan-in, fan-out, memory: worst core per layer)")
+    return "\n".join(lines)
+
+
+def write_artifacts(compiled, directory: Path, options: dict) -> list[str]:
+    """Export writer: mapping.json for compiled.fixed on compiled.target (deterministic bytes)."""
+    mapping = map_to_cores(compiled.fixed, compiled.target)
+    path = Path(directory) / "mapping.json"
+    path.write_text(json.dumps(mapping.to_dict(), indent=1, sort_keys=True) + "\n")
+    return ["mapping.json"]

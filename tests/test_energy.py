@@ -1,0 +1,119 @@
+"""`snnc energy`: counts checked against independent counts, the papers' estimate, and the CI gates."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from snnc import compiler, energy
+from snnc.backends import get_backend
+from snnc.cli import main
+from snnc.train import load_checkpoint
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SAMPLES = 40
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("energy") / "lif"
+    compiler.export(MODELS / "mnist_lif.pt", out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(outdir):
+    return energy.energy_report(outdir, samples=SAMPLES)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _fanout_count(events: torch.Tensor, weight_shape, stride=1, padding=0) -> float:
+    """Synapses driven by the non-zero entries of `events` [N, C, H, W] through a conv: a conv of
+    the event indicator with an all-ones kernel sums, per output, the in-bound inputs that fire."""
+    ones = torch.ones(weight_shape, dtype=torch.float64)
+    return float(F.conv2d((events != 0).double(), ones, stride=stride, padding=padding).sum())
+
+
+def test_counted_sops_equal_an_independent_count(outdir, report):
+    """Exact: the integer reference's spikes pushed through all-ones convolutions in PyTorch."""
+    net, _ = compiler.load_export(outdir)
+    inputs, _ = compiler.test_inputs(net, "mnist5k", SAMPLES)
+    spikes = get_backend("reference").run(net, inputs).spikes
+    merge = lambda x: torch.from_numpy(np.asarray(x, dtype=np.float64)).flatten(0, 1)  # noqa: E731
+    pooled1 = F.avg_pool2d(merge(spikes["conv1"]), 2)
+    pooled2 = F.avg_pool2d(merge(spikes["conv2"]), 2)
+    independent = {
+        "conv1": _fanout_count(merge(inputs), (16, 1, 3, 3), padding=1),
+        "conv2": _fanout_count(pooled1, (32, 16, 3, 3), padding=1),
+        "fc1": float((pooled2.flatten(1) != 0).sum()) * 128,
+        "readout": float(merge(spikes["fc1"]).sum()) * 10,
+    }
+    counted = {row["layer"]: row["synaptic_ops_counted"] * SAMPLES for row in report["layers"]}
+    assert counted == pytest.approx(independent, rel=0, abs=1e-6)
+
+
+def test_counted_sops_track_hooks_on_the_float_model(report):
+    """Forward hooks on the trained float PyTorch model see nearly the same spikes (not exactly:
+    quantization flips a few per cent of them), so the counts agree within a few per cent."""
+    model, _ = load_checkpoint(MODELS / "mnist_lif.pt")
+    seen = {}
+    for node in model.nodes:
+        if node.synapse is not None:
+            node.synapse.register_forward_hook(
+                lambda module, args, out, name=node.name: seen.__setitem__(name, args[0].detach()))
+    from snnc.data import encode, load_dataset
+
+    images = load_dataset("mnist5k").test_images[:SAMPLES]
+    with torch.no_grad():
+        model(encode(torch.from_numpy(images), 4))
+    fanout = {"conv1": _fanout_count(seen["conv1"], (16, 1, 3, 3), padding=1),
+              "conv2": _fanout_count(seen["conv2"], (32, 16, 3, 3), padding=1),
+              "fc1": float((seen["fc1"] != 0).sum()) * 128, "readout": float((seen["readout"] != 0).sum()) * 10}
+    for row in report["layers"]:
+        assert row["synaptic_ops_counted"] * SAMPLES == pytest.approx(fanout[row["layer"]], rel=0.05)
+
+
+def test_papers_estimate(report, outdir):
+    net, _ = compiler.load_export(outdir)
+    rows = {row["layer"]: row for row in report["layers"]}
+    assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * 16 and rows["conv1"]["sops_estimate"] == 0
+    assert rows["fc1"]["flops"] == 1568 * 128
+    inputs, _ = compiler.test_inputs(net, "mnist5k", SAMPLES)
+    rate = get_backend("reference").run(net, inputs).spikes["conv2"].mean()
+    assert rows["fc1"]["sops_estimate"] == pytest.approx(rate * 4 * 1568 * 128)
+    assert rows["fc1"]["energy_45nm_estimate_pj"] == pytest.approx(0.9 * rows["fc1"]["sops_estimate"])
+    assert rows["conv1"]["energy_45nm_estimate_pj"] == pytest.approx(4.6 * rows["conv1"]["macs"])
+    totals = report["totals"]
+    assert totals["energy_chip_uj"] == pytest.approx(sum(r["energy_chip_pj"] for r in rows.values()) / 1e6)
+    assert totals["latency_us"] > 0 and totals["chip_samples_per_second"] > 0
+
+
+def test_budget_and_regression_gates(outdir, report, tmp_path):
+    energy_uj = report["totals"]["energy_chip_uj"]
+    args = ("energy", outdir, "--samples", SAMPLES)
+    assert invoke(*args, "--budget-uj", energy_uj * 1.01).exit_code == 0
+    over = invoke(*args, "--budget-uj", energy_uj * 0.99)
+    assert over.exit_code == 1 and "exceeds the budget" in over.stderr
+    saved = tmp_path / "baseline.json"
+    result = invoke(*args, "--format", "json")
+    saved.write_text(result.stdout)
+    assert invoke(*args, "--baseline", saved, "--max-regression", 0).exit_code == 0
+    cheaper = json.loads(saved.read_text())
+    cheaper["totals"]["energy_chip_uj"] *= 0.9
+    saved.write_text(json.dumps(cheaper))
+    assert invoke(*args, "--baseline", saved, "--max-regression", 12).exit_code == 0
+    regressed = invoke(*args, "--baseline", saved, "--max-regression", 5)
+    assert regressed.exit_code == 1 and "energy per sample grew" in regressed.stderr
+
+
+def test_markdown_and_plot(outdir, tmp_path):
+    result = invoke("energy", outdir, "--samples", 10, "--format", "markdown", "--plot", tmp_path / "e.png")
+    assert result.exit_code == 0
+    assert "| layer |" in result.stdout and "| conv1 |" in result.stdout and "uJ" in result.stdout
+    assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
