@@ -226,13 +226,12 @@ def inspect(path, target):
     if Path(path).is_dir():
         from snnc.compiler import load_export
 
+        from snnc.passes.mapping import format_mapping, map_to_cores
+        from snnc.targets import load_target
+
         net, manifest = load_export(path)
         click.echo(describe_network(net))
-        mapping = Path(path) / "mapping.json"
-        if mapping.is_file():
-            from snnc.passes.mapping import format_mapping
-
-            click.echo("\n" + format_mapping(mapping))
+        click.echo("\n" + format_mapping(map_to_cores(net, load_target(manifest["target"]))))
         return
     from snnc.compiler import compile_source
 
@@ -364,3 +363,28 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
     if plot_file:
         energy_model.plot(report, plot_file)
     energy_model.gate(report, budget_uj=budget_uj, baseline=baseline, max_regression=max_regression)
+
+
+@main.command()
+@click.argument("outdir")
+@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@reports_errors
+def simulate(outdir, data, samples, as_json):
+    """Run an export on the cycle-level multicore simulator: accuracy, counts, latency, throughput."""
+    from snnc.backends.cycle import simulate_export
+    from snnc.compiler import load_export, test_images
+
+    net, manifest = load_export(outdir)
+    images, labels = test_images(net, data or manifest.get("data", "mnist5k"), samples)
+    report = simulate_export(outdir, images, labels=labels)
+    if as_json:
+        print_json(report)
+        return
+    click.echo(f"{report['network']} on {report['target']}: {report['cores_used']} cores, "
+               f"{report['samples']} samples, accuracy {report['accuracy']:.4f}")
+    click.echo(f"latency {report['latency_us_per_sample']:.2f} us per sample, "
+               f"{report['chip_samples_per_second']:,.0f} samples/s on the chip (modelled)")
+    for layer, counts in report["counts"]["per_sample"].items():
+        click.echo(f"  {layer}: " + ", ".join(f"{k} {v:,.1f}" for k, v in counts.items()))

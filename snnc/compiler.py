@@ -47,6 +47,7 @@ class Compiled:
 # "module:function" names imported only when an export runs:
 # function(compiled, directory, options) -> list of paths written, relative to `directory`.
 ARTIFACT_WRITERS: list[tuple[str, str]] = [
+    ("core mapping", "snnc.passes.mapping:write_artifacts"),
     ("ONNX models", "snnc.backends.onnx_backend:write_artifacts"),
     ("NIR graph", "snnc.exporters.nir_export:write_artifact"),
     ("netx network", "snnc.exporters.netx_export:write_artifact"),
@@ -226,8 +227,8 @@ def load_export(outdir) -> tuple[ir.Network, dict]:
     return ir.load(outdir), manifest
 
 
-def test_inputs(net: ir.Network, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """The first `samples` test images of a data set, encoded for `net`, and their labels."""
+def test_images(net: ir.Network, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` test images of a data set (checked against the network's input) and labels."""
     from snnc.data import load_dataset
 
     dataset = load_dataset(data)
@@ -238,6 +239,12 @@ def test_inputs(net: ir.Network, data: str, samples: int | None) -> tuple[np.nda
     if tuple(images.shape[1:]) != tuple(net.input_node.shape):
         raise InputError(f"data set {data} has inputs {list(images.shape[1:])}, the network expects "
                          f"{list(net.input_node.shape)}")
+    return images, labels
+
+
+def test_inputs(net: ir.Network, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` test images of a data set, encoded for `net`, and their labels."""
+    images, labels = test_images(net, data, samples)
     return execute.encode(net, images), labels
 
 

@@ -80,7 +80,7 @@ def encode(images, steps):
     images: uint8 [B, C, H, W] (numpy or torch) -> float32 [T, B, C, H, W]. The compiler feeds the
     integer pixels as graded spikes with scale 1/255, which is the same input.
     """
-    import torch
+    import torch  # here only: the data sets themselves load without torch
 
     frames = torch.as_tensor(images).to(torch.float32) / 255.0
     return frames.unsqueeze(0).expand(steps, *frames.shape)

@@ -133,6 +133,9 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
         return x
     if keep == 0:
         return torch.zeros_like(x)
+    if keep & (keep - 1) == 0:  # keep = 2^k: x * 2^k / 4096 = x / 2^(12 - k), no multiply needed
+        shift = _DECAY_SHIFT - (keep.bit_length() - 1)
+        return (x >> 63).bitwise_and_((1 << shift) - 1).add_(x).bitwise_right_shift_(shift)
     y = x * keep
     y += (y >> 63).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
     return y.bitwise_right_shift_(_DECAY_SHIFT)

@@ -23,7 +23,7 @@ NETWORK_INPUT = "input"
 # ---------------------------------------------------------------- recipe schema and validation
 
 ARCH_DEFAULTS = {
-    "mnist_convnet": {"channels": [16, 32], "hidden": 128},
+    "mnist_convnet": {"channels": [32, 64], "hidden": 128},
     "resnet19": {"channels": [128, 256, 512], "blocks": [3, 3, 2], "hidden": 256},
     "resnet20": {"channels": [16, 32, 64], "blocks": [3, 3, 3]},
     "vgg16": {"channels": [64, 128, 256, 512, 512], "convs": [2, 2, 3, 3, 3], "hidden": 512},
@@ -50,12 +50,12 @@ def _check_int_list(source, field, value, length=None):
         _fail(source, field, f"must have {length} entries, got {len(value)}")
 
 
-def _number(source, field, value, positive=True):
+def _positive_number(source, field, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(source, field, f"must be a number, got {value!r}")
     if not math.isfinite(value):
         _fail(source, field, f"must be finite, got {value!r}")
-    if positive and not value > 0:
+    if not value > 0:
         _fail(source, field, f"must be > 0, got {value!r}")
     return float(value)
 
@@ -79,14 +79,14 @@ def _validate_neuron(source, spec):
     if unknown:
         _fail(source, f"neuron.{unknown[0]}", f"is unknown; known: {', '.join(NEURON_FIELDS)}")
     kind = _choice(source, "neuron.type", spec.get("type"), NEURON_TYPES)
-    vth = _number(source, "neuron.vth", spec.get("vth", 0.5))
+    vth = _positive_number(source, "neuron.vth", spec.get("vth", 0.5))
     default_reset = "soft" if kind == "srif" else "hard"
     reset = _choice(source, "neuron.reset", spec.get("reset", default_reset), ("hard", "soft"))
     if kind == "srif" and reset != "soft":
         _fail(source, "neuron.reset", "must be soft for type srif (soft-reset IF)")
-    reset_amount = _number(source, "neuron.reset_amount",
-                           spec.get("reset_amount", 1.0 if kind == "srif" else vth))
-    tau = _number(source, "neuron.tau", spec.get("tau", 2.0))
+    reset_amount = _positive_number(source, "neuron.reset_amount",
+                                    spec.get("reset_amount", 1.0 if kind == "srif" else vth))
+    tau = _positive_number(source, "neuron.tau", spec.get("tau", 2.0))
     if kind == "lif" and not tau > 1.0:
         _fail(source, "neuron.tau", f"must be > 1 for a LIF neuron, got {tau}")
     return {
@@ -98,7 +98,8 @@ def _validate_neuron(source, spec):
         "reset_amount": reset_amount,
         "mpr": _flag(source, "neuron.mpr", spec.get("mpr", False)),
         "imp": _flag(source, "neuron.imp", spec.get("imp", False)),
-        "surrogate_alpha": _number(source, "neuron.surrogate_alpha", spec.get("surrogate_alpha", 2.0)),
+        "surrogate_alpha": _positive_number(source, "neuron.surrogate_alpha",
+                                            spec.get("surrogate_alpha", 2.0)),
     }
 
 
@@ -222,7 +223,10 @@ class SNN(nn.Module):
         self.nodes = nn.ModuleList(nodes)
 
     def forward(self, x_seq, record=False):
-        """x_seq [T, B, *input_shape] -> per-step readout values y [T, B, classes] (and every node's output)."""
+        """x_seq [T, B, *input_shape] -> per-step readout values y [T, B, classes].
+
+        With record=True also returns {node name: output [T, B, ...]} for every node.
+        """
         outputs = {NETWORK_INPUT: x_seq}
         for node in self.nodes:
             outputs[node.name] = node(*(outputs[name] for name in node.inputs))

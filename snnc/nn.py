@@ -1,7 +1,11 @@
 """Training-time spiking layers (float), multi-step: every tensor is shaped [T, B, ...].
 
-The rules are those of docs SEMANTICS.md section 1. Layer attributes stay plain Python values
-(floats, strings, bools) because the compiler reads them to build its integer model.
+Per step t, with U[0] = 0 or the learnable IMP:
+  charge  IF: H = U + X;  LIF: H = beta*U + X (or beta*U + X/tau with decay_input), beta = 1 - 1/tau
+  fire    O = 1 if phi(H) >= Vth else 0, phi = MPR or identity (MPR never changes U)
+  reset   hard: U = H*(1 - O);  soft: U = H - reset_amount*O
+Layer attributes stay plain Python values (floats, strings, bools) because the compiler reads them
+to build its integer model.
 """
 import math
 
@@ -57,8 +61,8 @@ class _SpikeFunction(torch.autograd.Function):
 class SpikingNeuron(nn.Module):
     """IF / LIF neuron with hard or soft reset, optional MPR and optional learnable IMP.
 
-    kind 'if' + reset 'soft' + reset_amount 1.0 is InfLoR's SRIF. Gradients flow through the
-    reset as well (it is not detached): the soft reset U = H - s*O is part of what SRIF learns.
+    kind 'if' + reset 'soft' + reset_amount 1.0 is InfLoR's SRIF. Gradients also flow through the
+    reset term (it is not detached, as in SpikingJelly's default), so BPTT sees the whole dynamics.
     """
 
     def __init__(self, kind="if", vth=0.5, tau=2.0, decay_input=False, reset="hard",

@@ -39,7 +39,7 @@ def sequence_loss(name, y, labels, tet_lambda=0.0, tet_target=1.0):
     steps = y.shape[0]
     per_step = F.cross_entropy(y.flatten(0, 1), labels.repeat(steps), label_smoothing=smoothing)
     if tet_lambda:
-        per_step = per_step + tet_lambda * F.mse_loss(y, torch.full_like(y, tet_target))
+        return per_step + tet_lambda * F.mse_loss(y, torch.full_like(y, tet_target))
     return per_step
 
 
@@ -70,12 +70,13 @@ def evaluate(model, images, labels, steps=None):
     return correct / len(labels)
 
 
-def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0, threads=2,
-          on_batch=None, on_epoch=None):
+def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0, tet_lambda=0.0,
+          threads=2, on_batch=None, on_epoch=None):
     """Train a recipe's network with Adam and a cosine learning-rate schedule; deterministic by seed
     and thread count (more threads than free cores slows torch down badly on a shared machine).
 
-    shift: random translation of the training images, in pixels (0: none).
+    shift: random translation of the training images, in pixels (0: none). tet_lambda: weight of
+    TET's MSE term (tet and tet-s only).
     on_batch() is called after each optimiser step (progress bars); on_epoch(epoch, mean_loss,
     test_accuracy) after each epoch. Returns the model (eval mode) and its final test accuracy.
     """
@@ -102,7 +103,7 @@ def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0
         for start in range(0, len(labels), batch_size):
             batch = order[start:start + batch_size]
             y = model(encode(random_shift(images[batch], shift, shuffler), recipe["T"]))
-            objective = sequence_loss(loss, y, labels[batch])
+            objective = sequence_loss(loss, y, labels[batch], tet_lambda=tet_lambda)
             optimizer.zero_grad()
             objective.backward()
             optimizer.step()

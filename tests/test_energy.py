@@ -48,17 +48,18 @@ def test_counted_sops_equal_an_independent_count(outdir, report):
     merge = lambda x: torch.from_numpy(np.asarray(x, dtype=np.float64)).flatten(0, 1)  # noqa: E731
     pooled1 = F.avg_pool2d(merge(spikes["conv1"]), 2)
     pooled2 = F.avg_pool2d(merge(spikes["conv2"]), 2)
+    shape = {name: net.node(name).weight.shape for name in ("conv1", "conv2", "fc1", "readout")}
     independent = {
-        "conv1": _fanout_count(merge(inputs), (16, 1, 3, 3), padding=1),
-        "conv2": _fanout_count(pooled1, (32, 16, 3, 3), padding=1),
-        "fc1": float((pooled2.flatten(1) != 0).sum()) * 128,
-        "readout": float(merge(spikes["fc1"]).sum()) * 10,
+        "conv1": _fanout_count(merge(inputs), shape["conv1"], padding=1),
+        "conv2": _fanout_count(pooled1, shape["conv2"], padding=1),
+        "fc1": float((pooled2.flatten(1) != 0).sum()) * shape["fc1"][0],
+        "readout": float(merge(spikes["fc1"]).sum()) * shape["readout"][0],
     }
     counted = {row["layer"]: row["synaptic_ops_counted"] * SAMPLES for row in report["layers"]}
     assert counted == pytest.approx(independent, rel=0, abs=1e-6)
 
 
-def test_counted_sops_track_hooks_on_the_float_model(report):
+def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
     """Forward hooks on the trained float PyTorch model see nearly the same spikes (not exactly:
     quantization flips a few per cent of them), so the counts agree within a few per cent."""
     model, _ = load_checkpoint(MODELS / "mnist_lif.pt")
@@ -72,9 +73,12 @@ def test_counted_sops_track_hooks_on_the_float_model(report):
     images = load_dataset("mnist5k").test_images[:SAMPLES]
     with torch.no_grad():
         model(encode(torch.from_numpy(images), 4))
-    fanout = {"conv1": _fanout_count(seen["conv1"], (16, 1, 3, 3), padding=1),
-              "conv2": _fanout_count(seen["conv2"], (32, 16, 3, 3), padding=1),
-              "fc1": float((seen["fc1"] != 0).sum()) * 128, "readout": float((seen["readout"] != 0).sum()) * 10}
+    net, _ = compiler.load_export(outdir)
+    shape = {name: net.node(name).weight.shape for name in ("conv1", "conv2", "fc1", "readout")}
+    fanout = {"conv1": _fanout_count(seen["conv1"], shape["conv1"], padding=1),
+              "conv2": _fanout_count(seen["conv2"], shape["conv2"], padding=1),
+              "fc1": float((seen["fc1"] != 0).sum()) * shape["fc1"][0],
+              "readout": float((seen["readout"] != 0).sum()) * shape["readout"][0]}
     for row in report["layers"]:
         assert row["synaptic_ops_counted"] * SAMPLES == pytest.approx(fanout[row["layer"]], rel=0.05)
 
@@ -82,11 +86,12 @@ def test_counted_sops_track_hooks_on_the_float_model(report):
 def test_papers_estimate(report, outdir):
     net, _ = compiler.load_export(outdir)
     rows = {row["layer"]: row for row in report["layers"]}
-    assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * 16 and rows["conv1"]["sops_estimate"] == 0
-    assert rows["fc1"]["flops"] == 1568 * 128
+    channels1, channels2, hidden = (net.node(n).weight.shape[0] for n in ("conv1", "conv2", "fc1"))
+    assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * channels1 and rows["conv1"]["sops_estimate"] == 0
+    assert rows["fc1"]["flops"] == channels2 * 7 * 7 * hidden
     inputs, _ = compiler.test_inputs(net, "mnist5k", SAMPLES)
     rate = get_backend("reference").run(net, inputs).spikes["conv2"].mean()
-    assert rows["fc1"]["sops_estimate"] == pytest.approx(rate * 4 * 1568 * 128)
+    assert rows["fc1"]["sops_estimate"] == pytest.approx(rate * 4 * channels2 * 7 * 7 * hidden)
     assert rows["fc1"]["energy_45nm_estimate_pj"] == pytest.approx(0.9 * rows["fc1"]["sops_estimate"])
     assert rows["conv1"]["energy_45nm_estimate_pj"] == pytest.approx(4.6 * rows["conv1"]["macs"])
     totals = report["totals"]

@@ -11,8 +11,9 @@ from snnc.ir import Network
 from snnc.passes.fold import mpr_inverse
 from snnc.targets import load_target
 
-SRIF = netfactory.recipe("mnist_srif")
-LIF = netfactory.recipe("mnist_lif")
+SMALL = {"channels": [16, 32], "hidden": 128}  # the shipped recipes' structure, narrower for speed
+SRIF = netfactory.recipe("mnist_srif", arch_params=SMALL)
+LIF = netfactory.recipe("mnist_lif", arch_params=SMALL)
 
 
 def spikes_of(net: Network, images) -> dict:

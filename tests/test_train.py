@@ -121,15 +121,15 @@ class NotWeights:
     """A class instance: weights-only loading must refuse to unpickle it."""
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "not a readable torch file"),
-    (bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)), "not a readable"),
-    (pickle.dumps([1, 2, 3]), "not a readable|expected a dict"),
-])
-def test_unreadable_checkpoint_is_an_input_error(tmp_path, content, message):
+@pytest.mark.parametrize("content", [
+    b"",
+    bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8)),
+    pickle.dumps([1, 2, 3]),  # a plain pickle, not a torch zip file
+], ids=["empty", "random", "plain-pickle"])
+def test_unreadable_checkpoint_is_an_input_error(tmp_path, content):
     path = tmp_path / "bad.pt"
     path.write_bytes(content)
-    with pytest.raises(InputError, match=message):
+    with pytest.raises(InputError, match="not a readable torch file"):
         load_checkpoint(path)
 
 

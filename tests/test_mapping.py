@@ -1,0 +1,232 @@
+"""Core mapping: partitions under per-core limits, exact fan-in/synapse/memory counts, placement."""
+import dataclasses
+import json
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import netfactory
+from snnc.compiler import compile_network
+from snnc.errors import DesignRuleError
+from snnc.ir import Network, Neuron, Node
+from snnc.passes import mapping as mp
+from snnc.targets import load_target
+
+LOIHI2 = load_target("loihi2")
+
+
+def small_target(**limits):
+    base = dict(LOIHI2.limits)
+    base.update(limits)
+    return dataclasses.replace(LOIHI2, limits=base)
+
+
+def neuron(shape, kind="spiking", threshold=1000, bias=0):
+    spiking = kind == "spiking"
+    return Neuron(kind=kind, threshold=np.full(shape, threshold, np.int64) if spiking else None,
+                  reset="hard" if spiking else "none", reset_amount=None,
+                  bias=np.full(shape, bias, np.int64), initial_state=np.zeros(shape, np.int64),
+                  v_decay=0, u_decay=4095)
+
+
+def fixed_net(nodes, T=3, readout="mean", target=LOIHI2):
+    return Network(name="handmade", T=T, readout=readout, nodes=nodes,
+                   arithmetic=dict(target.arithmetic, kind="fixed"),
+                   encoding={"scale": 1 / 255, "max": 255}, metadata={"target": target.name})
+
+
+def mlp(fan_in=16, hidden=8, classes=2):
+    """input (1, 4, 4) -> flatten -> fc (hidden) -> readout (classes)."""
+    rng = np.random.default_rng(0)
+    return fixed_net([
+        Node("input", "input", [], (1, 4, 4)),
+        Node("flatten", "flatten", ["input"], (fan_in,)),
+        Node("fc", "linear", ["flatten"], (hidden,), weight=rng.integers(-9, 9, (hidden, fan_in)),
+             neuron=neuron((hidden,))),
+        Node("readout", "linear", ["fc"], (classes,), weight=rng.integers(-9, 9, (classes, hidden)),
+             neuron=neuron((classes,), kind="integrator")),
+    ])
+
+
+def conv_net(cin=2, size=8, cout=3):
+    rng = np.random.default_rng(1)
+    return fixed_net([
+        Node("input", "input", [], (cin, size, size)),
+        Node("conv", "conv2d", ["input"], (cout, size, size),
+             attrs={"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]},
+             weight=rng.integers(-9, 9, (cout, cin, 3, 3)), neuron=neuron((cout, size, size))),
+        Node("flatten", "flatten", ["conv"], (cout * size * size,)),
+        Node("readout", "linear", ["flatten"], (2,), weight=rng.integers(-9, 9, (2, cout * size * size)),
+             neuron=neuron((2,), kind="integrator")),
+    ])
+
+
+def cores_of(mapping, layer):
+    return [core for core in mapping.cores if core["layer"] == layer]
+
+
+# ------------------------------------------------------------------------------ limits
+
+def test_neurons_per_core_exactly_at_the_limit_and_one_over():
+    net = mlp(hidden=8)
+    at = mp.map_to_cores(net, small_target(neurons_per_core=8))
+    assert at.layer("fc")["cores"] == 1 and cores_of(at, "fc")[0]["neurons"] == 8
+    over = mp.map_to_cores(net, small_target(neurons_per_core=7))
+    assert over.layer("fc")["cores"] == 2
+    assert sorted(core["neurons"] for core in cores_of(over, "fc")) == [1, 7]
+    assert all(core["neurons"] <= 7 for core in over.cores)
+
+
+def test_fan_in_exactly_at_the_limit_and_one_over():
+    net = mlp(fan_in=16)
+    at = mp.map_to_cores(net, small_target(fan_in_axons_per_core=16))
+    assert at.layer("fc")["max_fan_in"] == 16
+    with pytest.raises(DesignRuleError, match=r"layer 'fc': fan-in 16 axons exceeds the target's 15 per core"):
+        mp.map_to_cores(net, small_target(fan_in_axons_per_core=15))
+
+
+def test_synaptic_memory_packing_by_hand():
+    # 64 neurons per core -> 6 index bits + 8 weight bits = 14 bits per synapse. An fc core with
+    # g neurons holds one list of g synapses per axon (16 axons): ceil(14 g / 64) words each.
+    net = mlp(fan_in=16, hidden=8)
+    target = small_target(neurons_per_core=64, synaptic_memory_bits_per_core=1024)
+    mapping = mp.map_to_cores(net, target)
+    assert mapping.packing["bits_per_synapse"] == 14
+    fc = cores_of(mapping, "fc")
+    # g = 4: ceil(56/64) = 1 word per axon = 16 * 64 = 1024 bits; g = 5 would need 2 words.
+    assert [core["neurons"] for core in fc] == [4, 4]
+    assert [core["memory_bits"] for core in fc] == [1024, 1024]
+    assert [core["synapses"] for core in fc] == [64, 64]
+    with pytest.raises(DesignRuleError, match=r"layer 'fc': a single neuron needs 1024 bits of synaptic "
+                                              r"memory, above the target's 1023 per core"):
+        mp.map_to_cores(net, small_target(neurons_per_core=64, synaptic_memory_bits_per_core=1023))
+
+
+def test_total_cores_limit_at_and_over():
+    net = mlp(hidden=8, classes=2)              # fc 8 neurons + readout 2 at one neuron per core
+    assert mp.map_to_cores(net, small_target(neurons_per_core=1, cores=10)).totals["cores_used"] == 10
+    with pytest.raises(DesignRuleError, match=r"needs 10 cores, the target has 9"):
+        mp.map_to_cores(net, small_target(neurons_per_core=1, cores=9))
+
+
+def test_fan_out_limit_is_respected():
+    # fc (8 neurons) -> readout (2 neurons), each readout neuron on its own core: every fc axon
+    # reaches 2 cores. An fc core with g neurons therefore has 2 g output axons.
+    net = mlp(hidden=8, classes=2)
+    free = mp.map_to_cores(net, small_target(neurons_per_core=64, synaptic_memory_bits_per_core=1024))
+    assert max(core["fan_out"] for core in cores_of(free, "fc")) == 4     # memory allows 4 per core
+    mapping = mp.map_to_cores(net, small_target(neurons_per_core=64, synaptic_memory_bits_per_core=1024,
+                                                fan_out_per_core=3))
+    per_axon = len(cores_of(mapping, "readout"))
+    assert sorted(core["neurons"] for core in cores_of(mapping, "fc")) == [2, 3, 3]
+    for core in cores_of(mapping, "fc"):
+        assert core["fan_out"] == core["neurons"] * per_axon <= 3
+    with pytest.raises(DesignRuleError, match=r"fan-out"):
+        mp.map_to_cores(net, small_target(neurons_per_core=1, fan_out_per_core=1))
+
+
+# ------------------------------------------------------------------------ exact counts
+
+def test_conv_fan_in_at_border_and_center():
+    net = conv_net(cin=2, size=6, cout=3)
+    one = mp.map_to_cores(net, LOIHI2, partitions={"conv": mp.Partition(1, (1, 1))})
+    by_position = {(c["rows"][0], c["cols"][0], c["channels"][0]): c for c in cores_of(one, "conv")}
+    assert by_position[(0, 0, 0)]["fan_in"] == 2 * 4        # corner: 2x2 of the 3x3 window inside
+    assert by_position[(0, 3, 1)]["fan_in"] == 2 * 6        # edge: 2x3
+    assert by_position[(4, 4, 2)]["fan_in"] == 2 * 9        # centre: the whole window
+    assert by_position[(0, 0, 0)]["synapses"] == 2 * 4 and by_position[(4, 4, 2)]["synapses"] == 2 * 9
+    tiled = mp.map_to_cores(net, LOIHI2, partitions={"conv": mp.Partition(3, (2, 2))})
+    corner = next(c for c in cores_of(tiled, "conv") if c["rows"] == [0, 2] and c["cols"] == [0, 2])
+    centre = next(c for c in cores_of(tiled, "conv") if c["rows"] == [2, 4] and c["cols"] == [2, 4])
+    assert corner["fan_in"] == 2 * 3 * 3 and centre["fan_in"] == 2 * 4 * 4
+    # synapses of the corner tile: taps inside the input for its 4 positions, x 2 in x 3 out channels
+    assert corner["synapses"] == 3 * 2 * (4 + 6 + 6 + 9)
+    assert sum(c["synapses"] for c in cores_of(tiled, "conv")) == tiled.layer("conv")["synapses"]
+
+
+def _structural_conv_synapses(cin, cout, size, kernel, padding):
+    ones = torch.ones((1, cin, size, size), dtype=torch.float64)
+    return int(F.conv2d(ones, torch.ones((cout, cin, kernel, kernel), dtype=torch.float64),
+                        padding=padding).sum())
+
+
+@pytest.mark.parametrize("recipe,target", [("mnist_srif", "loihi2"), ("mnist_lif", "loihi1")])
+def test_shipped_mnist_recipes_map_with_exact_synapse_counts(recipe, target):
+    target = load_target(target)
+    spec = netfactory.recipe(recipe)
+    (c1, c2), hidden = spec["arch_params"]["channels"], spec["arch_params"]["hidden"]
+    net = compile_network(netfactory.random_network(spec), target).fixed
+    mapping = mp.map_to_cores(net, target)
+    assert mapping.layer("conv1")["synapses"] == _structural_conv_synapses(1, c1, 28, 3, 1)
+    assert mapping.layer("conv2")["synapses"] == _structural_conv_synapses(c1, c2, 14, 3, 1)
+    assert mapping.layer("fc1")["synapses"] == c2 * 7 * 7 * hidden
+    assert mapping.layer("readout")["synapses"] == hidden * 10
+    assert mapping.totals["neurons"] == c1 * 28 * 28 + c2 * 14 * 14 + hidden + 10
+    for layer, extent in (("conv1", 28), ("conv2", 14)):   # tiles aligned to the 2x2 pooling that follows
+        th, tw = mapping.layer(layer)["partition"]["tile"]
+        assert th % 2 == 0 or th == extent
+        assert tw % 2 == 0 or tw == extent
+    assert mapping.layer("fc1")["max_fan_in"] == c2 * 7 * 7      # one axon per pooled value
+    limits = target.limits
+    for core in mapping.cores:
+        assert core["neurons"] <= limits["neurons_per_core"]
+        assert core["fan_in"] <= limits["fan_in_axons_per_core"]
+        assert core["memory_bits"] <= limits["synaptic_memory_bits_per_core"]
+        assert core["fan_out"] <= limits["fan_out_per_core"]
+    assert mapping.totals["cores_used"] == len(mapping.cores) <= limits["cores"]
+    assert mp.format_mapping(mapping).count("\n") >= 6
+
+
+def test_pooling_block_split_over_cores_gives_one_axon_per_sender():
+    # A global 4x4 pool after a conv whose aligned tiling (the whole 4x4 map per core) breaks the
+    # fan-in limit: the conv is tiled anyway and each tile sends its partial count.
+    rng = np.random.default_rng(2)
+    net = fixed_net([
+        Node("input", "input", [], (4, 4, 4)),
+        Node("conv", "conv2d", ["input"], (2, 4, 4), attrs={"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]},
+             weight=rng.integers(-9, 9, (2, 4, 3, 3)), neuron=neuron((2, 4, 4))),
+        Node("pool", "sumpool", ["conv"], (2, 1, 1), attrs={"kernel": 4, "stride": 4}),
+        Node("flatten", "flatten", ["pool"], (2,)),
+        Node("readout", "linear", ["flatten"], (3,), weight=rng.integers(-9, 9, (3, 2)),
+             neuron=neuron((3,), kind="integrator")),
+    ])
+    mapping = mp.map_to_cores(net, small_target(fan_in_axons_per_core=4 * 9))   # a 4x4 tile needs 64
+    conv = mapping.layer("conv")
+    th, tw = conv["partition"]["tile"]
+    senders_per_block = (-(-4 // th)) * (-(-4 // tw))
+    assert senders_per_block > 1
+    assert mapping.layer("readout")["max_fan_in"] == 2 * senders_per_block
+
+
+# ------------------------------------------------------------------------- placement
+
+def test_serpentine_placement_and_xy_hops():
+    order = mp.core_positions((4, 4), (2, 2))
+    assert order[:8] == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (0, 3), (1, 2), (1, 3)]
+    assert order[8:] == [(2, 2), (2, 3), (3, 2), (3, 3), (2, 0), (2, 1), (3, 0), (3, 1)]
+    assert mp.hops((0, 0), (1, 1), (2, 2)) == (0, 0)          # same tile
+    assert mp.hops((0, 0), (3, 3), (2, 2)) == (1, 1)
+    assert mp.hops((0, 1), (2, 7), (2, 2)) == (3, 1)
+    assert mp.hops((5, 0), (0, 0), (1, 1)) == (0, 5)
+    net = mlp(hidden=8, classes=2)
+    mapping = mp.map_to_cores(net, small_target(neurons_per_core=4, mesh=[4, 4], tile=[2, 2]))
+    assert [tuple(c["position"]) for c in mapping.cores] == order[:len(mapping.cores)]
+    assert mapping.totals["tiles_used"] == 1 and mapping.cores[-1]["tile"] == [0, 0]
+
+
+def test_mapping_json_is_deterministic(tmp_path):
+    net = compile_network(netfactory.random_network(netfactory.recipe("mnist_lif")), LOIHI2).fixed
+    compiled = types.SimpleNamespace(fixed=net, target=LOIHI2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert mp.write_artifacts(compiled, tmp_path / "a", {}) == ["mapping.json"]
+    mp.write_artifacts(compiled, tmp_path / "b", {})
+    first, second = (tmp_path / "a" / "mapping.json").read_bytes(), (tmp_path / "b" / "mapping.json").read_bytes()
+    assert first == second
+    doc = json.loads(first)
+    assert doc["format"] == "snnc-mapping" and doc["target"] == "loihi2"
+    assert doc["totals"]["cores_used"] == len(doc["cores"])
+    assert str(tmp_path) not in first.decode()
