@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from snnc import __version__
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Node
+from snnc.passes.quantize import largest_outputs
 
 OPSET = 17
 IR_VERSION = 8
@@ -127,25 +128,6 @@ def _check_names(net: Network, reserved: set[str]) -> None:
             raise InputError(f"layer '{node.name}': its name clashes with a reserved ONNX tensor name")
 
 
-def _value_bounds(net: Network) -> dict[str, int]:
-    """The largest integer each node's output can take (as in the bound analysis)."""
-    largest: dict[str, int] = {}
-    for node in net.nodes:
-        if node.op == "input":
-            largest[node.name] = int(net.encoding["max"])
-        elif node.neuron is not None:
-            largest[node.name] = 1
-        elif node.op == "sumpool":
-            largest[node.name] = largest[node.inputs[0]] * node.attrs["kernel"] ** 2
-        elif node.op == "add":
-            largest[node.name] = sum(largest[name] for name in node.inputs)
-        elif node.op == "flatten":
-            largest[node.name] = largest[node.inputs[0]]
-        else:  # a synapse without neuron: its integer current, bounded below
-            largest[node.name] = 0
-    return largest
-
-
 def _partial_sum_bound(weight: np.ndarray, in_max: int) -> int:
     magnitude = np.abs(weight.astype(np.int64)).reshape(weight.shape[0], -1).sum(axis=1)
     return int(magnitude.max()) * int(in_max) if magnitude.size else 0
@@ -186,7 +168,7 @@ class _FixedGraph:
             if node.neuron is not None:
                 reserved |= set(state_names(node.name))
         self.g = _Builder(reserved)
-        self.largest = _value_bounds(net)
+        self.largest = largest_outputs(net)
         self.current_bound: dict[str, int] = {}  # largest |integer activation| of each synapse node
         self.inputs, self.outputs = [], []
 

@@ -29,7 +29,8 @@ import numpy as np
 from scipy import sparse
 
 from snnc.errors import DesignRuleError
-from snnc.ir import SYNAPTIC_OPS, Network, Node
+from snnc.ir import Network, Node
+from snnc.passes.fold import synaptic_inputs
 
 WORD_BITS = 64
 DEFAULT_TILE = (2, 2)
@@ -137,16 +138,6 @@ def _conv_reach(node: Node, x_hw, d_hw) -> sparse.csr_matrix:
     return reach
 
 
-def _synaptic_nodes(net: Network, node: Node) -> list[Node]:
-    if node.op in SYNAPTIC_OPS:
-        return [node]
-    if node.op == "add":
-        inputs = [net.node(name) for name in node.inputs]
-        if all(i.op in SYNAPTIC_OPS and i.neuron is None for i in inputs):
-            return inputs
-    raise ValueError(f"node '{node.name}': a neuron must follow a conv2d, linear or add of synapses")
-
-
 def analyse(net: Network) -> dict[str, Layer]:
     """The populations of `net`: the input (host) first, then every neuron layer in topological
     order, with their synapse groups, synaptic depth and consumers."""
@@ -157,7 +148,7 @@ def analyse(net: Network) -> dict[str, Layer]:
             continue
         C, H, W = _as_chw(node.shape)
         groups: dict[str, Group] = {}
-        for syn in _synaptic_nodes(net, node):
+        for syn in synaptic_inputs(net, node):
             x = syn.inputs[0]
             pre = _pre_flatten(net, x)
             if syn.op == "conv2d":

@@ -163,6 +163,27 @@ def quantize(net: Network, target: Target) -> Network:
     return out
 
 
+def largest_outputs(net: Network) -> dict[str, int]:
+    """The largest integer each node of a fixed network can output (spikes 1, pixels 255, pooled
+    and SEW-added counts their sums). A synapse without neuron outputs a current, not a value any
+    synapse reads: it gets 0."""
+    largest: dict[str, int] = {}
+    for node in net.nodes:
+        if node.op == "input":
+            largest[node.name] = int(net.encoding["max"])
+        elif node.neuron is not None:
+            largest[node.name] = 1
+        elif node.op == "sumpool":
+            largest[node.name] = largest[node.inputs[0]] * node.attrs["kernel"] ** 2
+        elif node.op == "add":
+            largest[node.name] = sum(largest[name] for name in node.inputs)
+        elif node.op in ("flatten", "avgpool"):
+            largest[node.name] = largest[node.inputs[0]]
+        else:
+            largest[node.name] = 0
+    return largest
+
+
 def bound_analysis(net: Network) -> list[dict]:
     """Worst-case register ranges of a fixed network over its T steps, before anything runs.
 
@@ -171,19 +192,9 @@ def bound_analysis(net: Network) -> list[dict]:
     """
     arithmetic = net.arithmetic
     limit, shift = _state_limit(arithmetic), arithmetic["activation_shift"]
-    int_max: dict[str, int] = {}
+    int_max = largest_outputs(net)
     report = []
     for node in net.nodes:
-        if node.op == "input":
-            int_max[node.name] = net.encoding["max"]
-        elif node.neuron is not None:
-            int_max[node.name] = 1
-        elif node.op == "sumpool":
-            int_max[node.name] = int_max[node.inputs[0]] * node.attrs["kernel"] ** 2
-        elif node.op == "add":
-            int_max[node.name] = sum(int_max[name] for name in node.inputs)
-        elif node.op == "flatten":
-            int_max[node.name] = int_max[node.inputs[0]]
         if node.neuron is None:
             continue
         synapses = synaptic_inputs(net, node)
