@@ -326,9 +326,10 @@ def _print_verify(report):
         click.echo(f"fidelity: float accuracy {f['float_accuracy']:.4f}, quantized {f['quantized_accuracy']:.4f}, "
                    f"per-layer spike agreement " +
                    ", ".join(f"{k} {v:.4f}" for k, v in f["spike_agreement"].items()))
-    events = {k: v for k, v in report["overflow_events"].items() if sum(v.values())}
-    if events:
-        click.echo(f"overflow events (saturation/wrap): {events}")
+    for backend, layers in report["overflow_events"].items():
+        events = {layer: counts for layer, counts in layers.items() if sum(counts.values())}
+        if events:
+            click.echo(f"overflow events (saturation/wrap) in {backend}: {events}")
     if not report["equivalent"]:
         first = report["first_divergence"]
         click.echo(f"FIRST DIVERGENCE: {_divergence_line(first)}")

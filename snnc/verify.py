@@ -116,16 +116,21 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
     total = inputs.shape[1]
     mismatches = {name: None for name in names[1:]}
     first = None
-    overflow: dict[str, dict[str, int]] = {}
+    overflow: dict[str, dict[str, dict[str, int]]] = {}  # backend -> layer -> kind -> events
+
+    def count_overflow(name, trace):
+        for layer, events in trace.overflow.items():
+            merged = overflow.setdefault(name, {}).setdefault(layer, {"current": 0, "voltage": 0})
+            for kind, count in events.items():
+                merged[kind] += count
+
     for start in range(0, total, CHUNK):
         chunk = inputs[:, start:start + CHUNK]
         expected = modules[REFERENCE].run(net, chunk)
-        for layer, events in expected.overflow.items():
-            merged = overflow.setdefault(layer, {"current": 0, "voltage": 0})
-            for kind, count in events.items():
-                merged[kind] += count
+        count_overflow(REFERENCE, expected)
         for name in names[1:]:
             actual = modules[name].run(net, chunk)
+            count_overflow(name, actual)
             counts = count_mismatches(net, expected, actual)
             mismatches[name] = counts if mismatches[name] is None else \
                 {k: mismatches[name][k] + counts[k] for k in counts}

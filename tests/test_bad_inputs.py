@@ -125,3 +125,35 @@ def test_unwritable_output_directory(tmp_path, good_checkpoint):
 
 def test_zero_samples_and_missing_export(tmp_path):
     assert_clean_failure(invoke("run", tmp_path / "nothing"), INPUT, "not an export directory")
+
+
+def test_overflowing_checkpoint_is_reported_and_counted(tmp_path):
+    """Every pixel pushes conv1's membranes down: after a few steps of the worst case they pass the
+    24-bit range. The bound analysis says so at export; the simulators count the saturations."""
+    model = netfactory.random_model(netfactory.recipe("mnist_lif"), seed=4)
+    with torch.no_grad():
+        model.nodes[0].synapse.weight.copy_(-model.nodes[0].synapse.weight.abs() - 0.5)
+    path = tmp_path / "loud.pt"
+    save_checkpoint(path, model, {"data": "mnist5k", "loss": "lts", "epochs": 0, "seed": 4, "test_accuracy": 0.0})
+    out = tmp_path / "out"
+    result = invoke("export", path, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "warning: layer 'conv1' may leave the target's state range" in result.stderr
+    import json
+
+    bounds = {entry["layer"]: entry for entry in json.loads((out / "bounds.json").read_text())}
+    assert bounds["conv1"]["voltage_overflow"] and bounds["conv1"]["max_abs_voltage"] > bounds["conv1"]["limit"]
+    report = invoke("verify", out, "--backends", "reference,cycle", "--samples", 20, "--json")
+    assert report.exit_code == 0, report.output
+    events = json.loads(report.stdout)["overflow_events"]
+    assert events["reference"]["conv1"]["voltage"] > 0
+    assert events["cycle"]["conv1"] == events["reference"]["conv1"]
+
+
+def test_zero_samples_is_refused(tmp_path, good_checkpoint):
+    from snnc import compiler
+
+    out = tmp_path / "out"
+    compiler.export(good_checkpoint, out)
+    assert_clean_failure(invoke("run", out, "--samples", 0), INPUT, "at least 1")
+    assert_clean_failure(invoke("verify", out, "--samples", 0), INPUT, "at least 1")
