@@ -128,17 +128,23 @@ def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
 
 
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """trunc_toward_zero(x * keep / 4096) on int64, computed with shifts (an exact identity)."""
+    """trunc_toward_zero(x * keep / 4096) on int32/int64, computed with shifts (an exact identity)."""
     if keep == DECAY_UNITY:
         return x
     if keep == 0:
         return torch.zeros_like(x)
+    sign = 8 * x.element_size() - 1
     if keep & (keep - 1) == 0:  # keep = 2^k: x * 2^k / 4096 = x / 2^(12 - k), no multiply needed
         shift = _DECAY_SHIFT - (keep.bit_length() - 1)
-        return (x >> 63).bitwise_and_((1 << shift) - 1).add_(x).bitwise_right_shift_(shift)
+        return (x >> sign).bitwise_and_((1 << shift) - 1).add_(x).bitwise_right_shift_(shift)
     y = x * keep
-    y += (y >> 63).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
+    y += (y >> sign).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
     return y.bitwise_right_shift_(_DECAY_SHIFT)
+
+
+def _multiplies(keep: int) -> bool:
+    """Whether _decay(x, keep) needs the product x * keep (keep neither 0, 4096 nor a power of 2)."""
+    return keep not in (0, DECAY_UNITY) and keep & (keep - 1) != 0
 
 
 class FixedNeuronStep:
@@ -146,21 +152,36 @@ class FixedNeuronStep:
     `fixed_neuron`, for simulators that advance the whole chip step by step).
 
     `initial_state(sample_shape)` gives (u, v) at the start; `step(u, v, a)` applies one step to the
-    integer synaptic input `a` and returns (output, u, v, current_events, voltage_events): the output
-    is the spike mask (spiking) or v (integrator), and v is the membrane after reset.
+    integer synaptic input `a` (of dtype `self.dtype`) and returns (output, u, v, current_events,
+    voltage_events): the output is the spike mask (spiking) or v as int64 (integrator), and v is the
+    membrane after reset.
+
+    The state is int64, or int32 (half the memory traffic) when `input_bound`, a bound on |a|, proves
+    that no intermediate value can leave int32: then both give the same integers.
     """
 
-    def __init__(self, node: Node, arithmetic: dict):
+    def __init__(self, node: Node, arithmetic: dict, input_bound: Optional[int] = None):
         n = node.neuron
         self.spiking, self.reset = n.kind == "spiking", n.reset
         self.bits, self.shift = arithmetic["state_bits"], arithmetic["activation_shift"]
         self.current_mode, self.voltage_mode = arithmetic["current_overflow"], arithmetic["voltage_overflow"]
         self.strict = arithmetic["fire_rule"] == ">"
-        self.threshold = _param(n.threshold, torch.int64) if self.spiking else None
-        self.reset_amount = _param(n.reset_amount, torch.int64) if n.reset == "soft" else None
-        self.bias = _param(n.bias, torch.int64)
-        self.initial = _param(n.initial_state, torch.int64)
         self.keep_u, self.keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
+        params = {"threshold": n.threshold if self.spiking else None,
+                  "reset_amount": n.reset_amount if n.reset == "soft" else None,
+                  "bias": n.bias, "initial": n.initial_state}
+        self.dtype = torch.int32 if self._fits_int32(input_bound, params) else torch.int64
+        for key, value in params.items():
+            setattr(self, key, None if value is None else _param(value, self.dtype))
+
+    def _fits_int32(self, input_bound: Optional[int], params: dict) -> bool:
+        """Every value the rule forms stays below 2^31 in magnitude: |a << shift| <= 2^29, states
+        limited to at most 28 bits, parameters <= 2^29, and no decay multiply (x * keep)."""
+        room = 2 ** 29
+        return (input_bound is not None and input_bound << self.shift <= room and self.bits <= 28
+                and not _multiplies(self.keep_u) and not _multiplies(self.keep_v)
+                and all(int(np.abs(np.asarray(value)).max(initial=0)) <= room
+                        for value in params.values() if value is not None))
 
     def initial_state(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.initial.expand(shape).clone()
@@ -175,18 +196,21 @@ class FixedNeuronStep:
         v_new = v + u if self.keep_v == DECAY_UNITY else _decay(v, self.keep_v).add_(u)
         v, voltage_events = _limit(v_new.add_(self.bias), self.bits, self.voltage_mode)
         if not self.spiking:
-            return v.clone(), u, v, current_events, voltage_events
+            return v.to(torch.int64, copy=True), u, v, current_events, voltage_events
         fired = v > self.threshold if self.strict else v >= self.threshold
         if self.reset == "hard":
-            v = v.masked_fill_(fired, 0)
+            v = v * ~fired   # far faster than masked_fill_ on CPU
         elif self.reset == "soft":
             v = v - self.reset_amount * fired
         return fired, u, v, current_events, voltage_events
 
 
 def fixed_neuron(node: Node, a: torch.Tensor, arithmetic: dict, record_voltage: bool):
-    """Loihi's CUBA rule (SEMANTICS section 2) with snnc's threshold/reset options, in int64."""
-    rule = FixedNeuronStep(node, arithmetic)
+    """Loihi's CUBA rule (SEMANTICS section 2) with snnc's threshold/reset options on int64 `a`
+    [T, B, *shape] (computed in int32 when the range of `a` allows it: the same integers)."""
+    low, high = (int(value) for value in torch.aminmax(a)) if a.numel() else (0, 0)
+    rule = FixedNeuronStep(node, arithmetic, input_bound=max(-low, high))
+    a = a.to(rule.dtype)
     u, v = rule.initial_state(a.shape[1:])
     current_events = voltage_events = 0
     outputs, voltages = [], []
@@ -196,7 +220,7 @@ def fixed_neuron(node: Node, a: torch.Tensor, arithmetic: dict, record_voltage: 
         voltage_events += events_v
         outputs.append(out)
         if record_voltage:
-            voltages.append(v.clone())
+            voltages.append(v.to(torch.int64, copy=True))
     overflow = {"current": current_events, "voltage": voltage_events}
     return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None), overflow
 
