@@ -142,7 +142,6 @@ class _Plan:
         self.time = target.time_ns
         self.tile = tuple(mapping.tile)
         layers = analyse(net)
-        self.analysis = layers
         self.input_name = net.input_node.name
         mapped = [entry["name"] for entry in mapping.layers]
         if mapped != [name for name in layers if name != self.input_name] or any(
@@ -155,7 +154,6 @@ class _Plan:
         self.positions = positions
         tiles = positions // np.array(self.tile)
         self.core_neurons = torch.tensor([c["neurons"] for c in mapping.cores], dtype=torch.float64)
-        self.core_layer = [c["layer"] for c in mapping.cores]
         self.max_depth = max(layer.depth for layer in layers.values())
         in_max = largest_outputs(net)
         self.fast_pools = {node.name for node in net.nodes if node.op == "sumpool"

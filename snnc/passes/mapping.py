@@ -34,7 +34,6 @@ from snnc.passes.fold import synaptic_inputs
 
 WORD_BITS = 64
 DEFAULT_TILE = (2, 2)
-HOST = "input"
 FORMAT = "snnc-mapping"
 FORMAT_VERSION = 1
 MAX_ROUNDS = 6

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from snnc.errors import DesignRuleError
-from snnc.ir import SYNAPTIC_OPS, Network, Node
+from snnc.ir import Network, Node
 from snnc.passes.fold import _per_channel, synaptic_inputs
 from snnc.targets import Target
 
