@@ -139,13 +139,12 @@ def _write_json(path: Path, obj) -> None:
 
 
 def _staging_dir(outdir: Path) -> Path:
-    parent = outdir.parent
-    if not parent.is_dir():
-        raise OutputError(f"cannot write {outdir}: directory {parent} does not exist")
+    """A fresh hidden directory next to `outdir` (its parents created as `mkdir -p` would)."""
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.partial-", dir=parent))
+        outdir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{outdir.name}.partial-", dir=outdir.parent))
     except OSError as error:
-        raise OutputError(f"cannot write {outdir}: {error.strerror}")
+        raise OutputError(f"cannot write {outdir}: {error.strerror or error}")
 
 
 def export(source, outdir, target: str = "loihi2", force: bool = False, options: dict | None = None,

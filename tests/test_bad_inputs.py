@@ -110,8 +110,9 @@ def test_bad_target_data_and_outputs(tmp_path, good_checkpoint):
     assert_clean_failure(invoke("eval", good_checkpoint, "--data", "cifar99"), INPUT, "cifar99")
     (tmp_path / "exists").mkdir()
     assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "exists"), OUTPUT, "already exists")
-    assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "no" / "such" / "dir"),
-                         OUTPUT, "does not exist")
+    (tmp_path / "a_file").write_text("")
+    assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "a_file" / "out"),
+                         OUTPUT, "cannot write")
 
 
 def test_unwritable_output_directory(tmp_path, good_checkpoint):

@@ -111,3 +111,10 @@ def test_interrupted_export_leaves_no_directory(checkpoint, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130 and stderr.strip() == "error: interrupted"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_parent_directories_are_created(checkpoint, tmp_path):
+    outdir = tmp_path / "out" / "nested" / "srif"
+    compiler.export(checkpoint, outdir)
+    assert (outdir / "manifest.json").is_file()
+    assert [p.name for p in outdir.parent.iterdir()] == ["srif"]
