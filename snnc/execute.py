@@ -82,6 +82,15 @@ def _param(array, dtype) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array)).to(dtype)
 
 
+def _state_param(array, dtype) -> torch.Tensor:
+    """A neuron parameter for FixedNeuronStep: 0-d when all its values are equal (the same numbers
+    under broadcasting, and far cheaper to combine with a state than a per-neuron array)."""
+    array = np.asarray(array)
+    if array.size and (array == array.flat[0]).all():
+        array = array.reshape(-1)[:1].reshape(())
+    return _param(np.array(array), dtype)
+
+
 def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     """The float rule of ir.py's docstring over [T, B, *shape]; returns (outputs, voltages)."""
     n = node.neuron
@@ -113,18 +122,22 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
 
 
 def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
-    """Apply the target's overflow rule to a state register; returns (value, number of events)."""
+    """Apply the target's overflow rule to a state register; returns (value, number of events).
+    `x` is handed over: a new tensor of the caller's, which saturation clamps in place."""
     top = 2 ** (bits - 1)
-    if x.numel():  # fast path for the common case: one min/max pass, nothing to limit
-        low, high = (int(value) for value in torch.aminmax(x))
-        if (-(top - 1) <= low and high <= top - 1) if mode == "saturate" else (-top < low and high <= top):
-            return x, 0
-    if mode == "saturate":
-        out = x.clamp(-(top - 1), top - 1)
-    else:  # wrap, exactly as Lava's PyLifModelBitAcc wraps u
-        out = torch.where(x > top, x - 2 * top, x)
-        out = torch.where(out <= -top, x + 2 * top, out)
-    return out, int((out != x).sum())
+    if not x.numel():
+        return x, 0
+    low, high = (int(value) for value in torch.aminmax(x))  # the common case: one pass, nothing to limit
+    if (-(top - 1) <= low and high <= top - 1) if mode == "saturate" else (-top < low and high <= top):
+        return x, 0
+    if mode == "saturate":   # count only the sides the min/max show to overflow, then clamp
+        events = int(torch.count_nonzero(x > top - 1)) if high > top - 1 else 0
+        events += int(torch.count_nonzero(x < -(top - 1))) if low < -(top - 1) else 0
+        return x.clamp_(-(top - 1), top - 1), events
+    # wrap, exactly as Lava's PyLifModelBitAcc wraps u
+    out = torch.where(x > top, x - 2 * top, x)
+    out = torch.where(out <= -top, x + 2 * top, out)
+    return out, int(torch.count_nonzero(out - x))   # two different integers never subtract to 0
 
 
 def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
@@ -136,10 +149,31 @@ def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
     sign = 8 * x.element_size() - 1
     if keep & (keep - 1) == 0:  # keep = 2^k: x * 2^k / 4096 = x / 2^(12 - k), no multiply needed
         shift = _DECAY_SHIFT - (keep.bit_length() - 1)
+        if shift == 1:   # x - (x >> sign) adds the 1 a negative x needs: one pass fewer
+            low = x >> sign
+            return torch.sub(x, low, out=low).bitwise_right_shift_(1)
         return (x >> sign).bitwise_and_((1 << shift) - 1).add_(x).bitwise_right_shift_(shift)
     y = x * keep
     y += (y >> sign).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
     return y.bitwise_right_shift_(_DECAY_SHIFT)
+
+
+def _decay_(x: torch.Tensor, keep: int, sign: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """_decay(x, keep) computed in x's memory where no multiply is needed (x is overwritten);
+    returns (result, a spare tensor of x's shape and dtype that the caller may overwrite, or None)."""
+    if not x.is_contiguous() or _multiplies(keep):
+        return _decay(x, keep), None
+    if keep == DECAY_UNITY:
+        return x, None
+    if keep == 0:
+        return x.zero_(), None
+    shift = _DECAY_SHIFT - (keep.bit_length() - 1)
+    low = x >> sign                       # -1 where x < 0: x + (2^shift - 1) there, then the shift
+    if shift == 1:
+        x.sub_(low)
+    else:
+        x.add_(low.bitwise_and_((1 << shift) - 1))
+    return x.bitwise_right_shift_(shift), low
 
 
 def _multiplies(keep: int) -> bool:
@@ -154,7 +188,8 @@ class FixedNeuronStep:
     `initial_state(sample_shape)` gives (u, v) at the start; `step(u, v, a)` applies one step to the
     integer synaptic input `a` (of dtype `self.dtype`) and returns (output, u, v, current_events,
     voltage_events): the output is the spike mask (spiking) or v as int64 (integrator), and v is the
-    membrane after reset.
+    membrane after reset. `step` may overwrite the u and v it is given (pass it the state it or
+    initial_state returned, and keep no other reference to them); it never writes to `a`.
 
     The state is int64, or int32 (half the memory traffic) when `input_bound`, a bound on |a|, proves
     that no intermediate value can leave int32: then both give the same integers.
@@ -172,7 +207,16 @@ class FixedNeuronStep:
                   "bias": n.bias, "initial": n.initial_state}
         self.dtype = torch.int32 if self._fits_int32(input_bound, params) else torch.int64
         for key, value in params.items():
-            setattr(self, key, None if value is None else _param(value, self.dtype))
+            setattr(self, key, None if value is None else _state_param(value, self.dtype))
+        self.scale = 1 << self.shift          # a << shift == a * scale (same bits), a faster kernel
+        # the fire test as a sign: v fires iff v - fire_at >= 0 (v > threshold iff v >= threshold + 1
+        # on integers), used when v - fire_at cannot overflow: |v| <= 2^(bits-1) after the limit
+        self.sign = 8 * torch.empty((), dtype=self.dtype).element_size() - 1
+        self.fire_at = None
+        if self.spiking:
+            fire_at = np.asarray(n.threshold, dtype=object) + (1 if self.strict else 0)
+            if int(np.abs(fire_at).max(initial=0)) + 2 ** (self.bits - 1) < 2 ** self.sign:
+                self.fire_at = _state_param(np.asarray(fire_at, dtype=np.int64), self.dtype)
 
     def _fits_int32(self, input_bound: Optional[int], params: dict) -> bool:
         """Every value the rule forms stays below 2^31 in magnitude: |a << shift| <= 2^29, states
@@ -188,15 +232,36 @@ class FixedNeuronStep:
         return torch.zeros_like(v), v
 
     def step(self, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor):
-        # u = decay(u) + (a << shift); v = decay(v) + u + bias (the in-place forms only touch new tensors)
-        u_new = a << self.shift
+        """One step. It owns `u` and `v` (the state initial_state or the previous step returned) and
+        may overwrite them; `a` is only read. Reusing the state's memory saves most allocations."""
+        # u = decay(u) + (a << shift); v = decay(v) + u + bias
         if self.keep_u:
+            u_new = a * self.scale
             u_new += _decay(u, self.keep_u)
+        elif u.shape == a.shape and u.dtype == a.dtype and u.is_contiguous():
+            u_new = torch.mul(a, self.scale, out=u)   # the old u is not read: its memory is reused
+        else:
+            u_new = a * self.scale
         u, current_events = _limit(u_new, self.bits, self.current_mode)
-        v_new = v + u if self.keep_v == DECAY_UNITY else _decay(v, self.keep_v).add_(u)
-        v, voltage_events = _limit(v_new.add_(self.bias), self.bits, self.voltage_mode)
+        v, scratch = _decay_(v, self.keep_v, self.sign)
+        v, voltage_events = _limit(v.add_(u).add_(self.bias), self.bits, self.voltage_mode)
         if not self.spiking:
             return v.to(torch.int64, copy=True), u, v, current_events, voltage_events
+        if self.fire_at is not None and self.reset in ("hard", "soft"):
+            # one subtract and shift give `keep`, -1 where v does not fire and 0 where it does: a hard
+            # reset is v & keep, and keep + 1 is the spike mask (far fewer passes than compare, ~, *)
+            if scratch is not None and scratch.shape == v.shape:
+                keep = torch.sub(v, self.fire_at, out=scratch)
+            else:
+                keep = torch.sub(v, self.fire_at)
+            keep = keep.bitwise_right_shift_(self.sign)
+            if self.reset == "hard":
+                v = v.bitwise_and_(keep)
+                fired = keep.add_(1)
+            else:
+                fired = keep.add_(1)
+                v = v.addcmul_(fired, self.reset_amount, value=-1)   # v - reset_amount * fired, one pass
+            return fired.to(torch.uint8).view(torch.bool), u, v, current_events, voltage_events
         fired = v > self.threshold if self.strict else v >= self.threshold
         if self.reset == "hard":
             v = v * ~fired   # far faster than masked_fill_ on CPU

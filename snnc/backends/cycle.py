@@ -186,6 +186,9 @@ class _Plan:
                                        entry["cores"], part, synapses, torch.from_numpy(core_map.reshape(-1)),
                                        tile_core, group_sizes, torch.from_numpy(bias.copy()), bool(bias.all()),
                                        self.core_neurons[entry["first_core"]:entry["first_core"] + entry["cores"]])
+        self.rules = {name: execute.FixedNeuronStep(layer.node, net.arithmetic,
+                                                    input_bound=sum(syn.bound for syn in layer.synapses) + 1)
+                      for name, layer in self.layers.items()}   # stateless: shared by every chunk
         self.input_only_layers = {name for name, layer in self.layers.items()
                                   if all(_input_only(net, syn.node.inputs[0]) for syn in layer.synapses)}
         # routes: (source, destination group) pairs with their per-cell counting vectors
@@ -342,14 +345,13 @@ class _Run:
         self.spike_masks: dict[str, list] = {name: [None] * self.T for name in plan.layers}   # uint8 0/1
         self.static_input = bool((self.inputs == self.inputs[:1]).all())
         self.static_synaptic_input: dict[str, torch.Tensor] = {}
+        self.route_cache: dict = {}           # a static input's routing effects
         self.values: dict[tuple[str, int], torch.Tensor] = {}
         self.events = {name: [torch.zeros((self.B, layer.H * layer.W)) for _ in range(self.T)]
                        for name, layer in plan.layers.items() if not layer.always_active}
         self.voltages = {name: [] for name in plan.layers if name in self.record}
         self.overflow = {name: {"current": 0, "voltage": 0} for name in plan.layers}
-        self.rules = {name: execute.FixedNeuronStep(layer.node, self.net.arithmetic,
-                                                    input_bound=sum(syn.bound for syn in layer.synapses) + 1)
-                      for name, layer in plan.layers.items()}
+        self.rules = plan.rules
         self.state = {}
         K = plan.n_cores
         self.core = {key: torch.zeros(K + (key == "messages_sent"), dtype=torch.float64)
@@ -365,8 +367,15 @@ class _Run:
             node = self.net.node(name)
             if name in self.outputs:
                 out = self.outputs[name][t]
+                if out is None:   # a spiking layer's 0/1 spikes as float32, made when first read
+                    out = self.spike_masks[name][t].to(torch.float32)
             elif name in self.plan.fast_pools:
-                out = _sum_pool(self.value(node.inputs[0], t), node.attrs["kernel"])
+                src, kernel = node.inputs[0], node.attrs["kernel"]
+                if src in self.plan.layers and self.plan.layers[src].node.spiking and kernel * kernel < 256:
+                    # spikes summed as uint8 (at most kernel^2 <= 255: exact), a quarter of the bytes
+                    out = _sum_pool(self.spike_masks[src][t], kernel).to(torch.float32)
+                else:
+                    out = _sum_pool(self.value(src, t), kernel)
             else:
                 out = execute.synaptic_op(node, [self.value(i, t) for i in node.inputs], with_bias=False)
             self.values[key] = out
@@ -420,8 +429,7 @@ class _Run:
             if name in self.record:
                 self.voltages[name].append(v.to(torch.int64, copy=True))
             if layer.node.spiking:   # bool -> float32 through uint8: the same 0/1, far faster on CPU
-                self.spike_masks[name][t] = out.view(torch.uint8)
-                self.outputs[name][t] = self.spike_masks[name][t].to(torch.float32)
+                self.spike_masks[name][t] = out.view(torch.uint8)   # float32 made by value() if read
             else:
                 self.outputs[name][t] = out
             if name in self.events:
@@ -434,40 +442,61 @@ class _Run:
             t = k - depth
             if not routes or not 0 <= t < self.T:
                 continue
-            spikes = self.outputs[src][t]
-            if spikes.dim() == 2:
-                spikes = spikes.reshape(self.B, -1, 1, 1)
             counts = self.layer_counts[src]
+            # a static input sends the same messages at every step: its effects are computed once
+            static = src == plan.input_name and self.static_input
             if src == plan.input_name:        # graded input events: pixels with a non-zero payload
-                counts["spikes"] += float((spikes != 0).sum())
+                if not (static and "input spikes" in self.route_cache):
+                    self.route_cache["input spikes"] = float((self.value(src, t) != 0).sum())
+                counts["spikes"] += self.route_cache["input spikes"]
             for route in routes:
-                C = route.shape[0]
-                if route.pooled is not None:       # the pooled tensor itself: one sender per value
-                    cells = self.value(route.pooled, t)
-                elif route.rows is not None:       # partial sums of blocks split over senders
-                    cells = torch.matmul(torch.matmul(route.rows, spikes), route.cols.T)
+                if static:
+                    if id(route) not in self.route_cache:
+                        self.route_cache[id(route)] = self._route_effects(route, src, t)
+                    effects = self.route_cache[id(route)]
                 else:
-                    cells = spikes
-                nz = (cells != 0).reshape(self.B, -1).to(torch.float32)             # messages to send
-                per_cell = nz.sum(0)
-                totals = (per_cell.to(torch.float64) @ route.per_cell).tolist()
+                    effects = self._route_effects(route, src, t)
+                totals, latency, messages, events, synops = effects
                 counts["messages"] += totals[0]
                 counts["spike_within_tile"] += totals[1]
                 counts["spike_across_tiles"] += totals[0] - totals[1]
                 counts["hop_east_west"] += totals[2]
                 counts["hop_north_south"] += totals[3]
-                sender_latency.index_add_(1, route.senders, (nz @ route.latency).to(torch.float64))
-                self.core["messages_sent"].index_add_(0, route.senders, (per_cell @ route.messages).to(torch.float64))
-                # synaptic ops on the destination cores, and which destination neurons got input
-                per_position = nz.reshape(self.B, C, -1).sum(1)                     # [B, cells per channel]
-                if route.cell_to_position is not None:
-                    per_position = per_position @ route.cell_to_position            # [B, X positions]
-                dest = plan.layers[route.dest]
-                if not dest.always_active:                                   # same logical step t
-                    self.events[route.dest][t] += per_position @ route.position_reach
-                per_tile = (per_position @ route.position_tiles).to(torch.float64)  # [B, dest tiles]
-                synops = per_tile[:, :, None] * dest.group_sizes[None]               # [B, tiles, groups]
-                core_synops.index_add_(1, dest.tile_core.reshape(-1), synops.reshape(self.B, -1))
+                sender_latency.index_add_(1, route.senders, latency)
+                self.core["messages_sent"].index_add_(0, route.senders, messages)
+                if events is not None:                                       # same logical step t
+                    self.events[route.dest][t] += events
+                core_synops.index_add_(1, plan.layers[route.dest].tile_core.reshape(-1), synops)
+
+    def _route_effects(self, route: _Route, src: str, t: int):
+        """What the messages of `src` at logical step t along `route` add to the counters: (count
+        totals, per-sender latency [B, senders], messages per sender, destination events or None,
+        synaptic ops [B, destination cores])."""
+        C = route.shape[0]
+        if route.pooled is not None:       # the pooled tensor itself: one sender per value
+            cells = self.value(route.pooled, t)
+        else:
+            spikes = self.value(src, t)
+            if spikes.dim() == 2:
+                spikes = spikes.reshape(self.B, -1, 1, 1)
+            if route.rows is not None:     # partial sums of blocks split over senders
+                cells = torch.matmul(torch.matmul(route.rows, spikes), route.cols.T)
+            else:
+                cells = spikes
+        nz = (cells != 0).reshape(self.B, -1).to(torch.float32)             # messages to send
+        per_cell = nz.sum(0)
+        totals = (per_cell.to(torch.float64) @ route.per_cell).tolist()
+        latency = (nz @ route.latency).to(torch.float64)
+        messages = (per_cell @ route.messages).to(torch.float64)
+        # synaptic ops on the destination cores, and which destination neurons got input
+        per_position = nz.reshape(self.B, C, -1).sum(1)                     # [B, cells per channel]
+        if route.cell_to_position is not None:
+            per_position = per_position @ route.cell_to_position            # [B, X positions]
+        dest = self.plan.layers[route.dest]
+        events = None if dest.always_active else per_position @ route.position_reach
+        per_tile = (per_position @ route.position_tiles).to(torch.float64)  # [B, dest tiles]
+        synops = per_tile[:, :, None] * dest.group_sizes[None]               # [B, tiles, groups]
+        return totals, latency, messages, events, synops.reshape(self.B, -1)
 
     def step(self, k: int):
         plan, B = self.plan, self.B
@@ -503,7 +532,7 @@ class _Run:
         for name, layer in plan.layers.items():
             if layer.node.spiking:
                 spikes[name] = torch.stack(self.spike_masks[name]).numpy()
-                self.layer_counts[name]["spikes"] = float(spikes[name].sum(dtype=np.int64))
+                self.layer_counts[name]["spikes"] = float(np.count_nonzero(spikes[name]))
             else:
                 readout = torch.stack(self.outputs[name]).numpy()
         voltages = {name: torch.stack(v).numpy() for name, v in self.voltages.items()}
