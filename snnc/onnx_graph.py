@@ -153,6 +153,18 @@ def weight_planes(weight: np.ndarray, in_max: int, limit: int = FLOAT32_EXACT) -
                           f"1-bit weight planes: not exact in float32 (limit {limit})")
 
 
+def _fire_and_reset(g: _Builder, reset: str, compare: str, v: str, threshold: str, reset_amount: str,
+                    zero: str, scope: str) -> tuple[str, str]:
+    """The spike decision and the reset, the same ops in the fixed and the float graph:
+    returns (fired, v after reset)."""
+    fired = g.op(compare, [v, threshold], scope)
+    if reset == "hard":
+        v = g.op("Where", [fired, zero, v], scope)
+    elif reset == "soft":
+        v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+    return fired, v
+
+
 class _FixedGraph:
     """The fixed-point network as ONNX ops over `steps` time steps."""
 
@@ -324,11 +336,8 @@ class _FixedGraph:
             v = drive_t if decayed is None else g.op("Add", [decayed, drive_t], scope)
             v = self._limit(v, arith["voltage_overflow"], scope)
             if n.kind == "spiking":
-                fired = g.op(compare, [v, threshold], scope)
-                if n.reset == "hard":
-                    v = g.op("Where", [fired, g.const(0, np.int64), v], scope)
-                elif n.reset == "soft":
-                    v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+                fired, v = _fire_and_reset(g, n.reset, compare, v, threshold, reset_amount,
+                                           g.const(0, np.int64), scope)
                 outputs.append(fired)
             else:
                 outputs.append(v)
@@ -504,11 +513,8 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
                 v = g.op("Mul", [v, g.const(1.0 - float(n.v_decay), np.float32)], scope)
             v = g.op("Add", [g.op("Add", [v, drive], scope), bias], scope)
             if n.kind == "spiking":
-                fired = g.op("GreaterOrEqual", [v, threshold], scope)
-                if n.reset == "hard":
-                    v = g.op("Where", [fired, g.const(0.0, np.float32), v], scope)
-                elif n.reset == "soft":
-                    v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+                fired, v = _fire_and_reset(g, n.reset, "GreaterOrEqual", v, threshold, reset_amount,
+                                           g.const(0.0, np.float32), scope)
                 results.append(fired)
             else:
                 results.append(v)
