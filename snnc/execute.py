@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -82,15 +83,6 @@ def _param(array, dtype) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array)).to(dtype)
 
 
-def _state_param(array, dtype) -> torch.Tensor:
-    """A neuron parameter for FixedNeuronStep: 0-d when all its values are equal (the same numbers
-    under broadcasting, and far cheaper to combine with a state than a per-neuron array)."""
-    array = np.asarray(array)
-    if array.size and (array == array.flat[0]).all():
-        array = array.reshape(-1)[:1].reshape(())
-    return _param(np.array(array), dtype)
-
-
 def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     """The float rule of ir.py's docstring over [T, B, *shape]; returns (outputs, voltages)."""
     n = node.neuron
@@ -121,173 +113,147 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None)
 
 
-def _limit(x: torch.Tensor, bits: int, mode: str) -> tuple[torch.Tensor, int]:
-    """Apply the target's overflow rule to a state register; returns (value, number of events).
-    `x` is handed over: a new tensor of the caller's, which saturation clamps in place."""
-    top = 2 ** (bits - 1)
-    if not x.numel():
-        return x, 0
-    low, high = (int(value) for value in torch.aminmax(x))  # the common case: one pass, nothing to limit
-    if (-(top - 1) <= low and high <= top - 1) if mode == "saturate" else (-top < low and high <= top):
-        return x, 0
-    if mode == "saturate":   # count only the sides the min/max show to overflow, then clamp
-        events = int(torch.count_nonzero(x > top - 1)) if high > top - 1 else 0
-        events += int(torch.count_nonzero(x < -(top - 1))) if low < -(top - 1) else 0
-        return x.clamp_(-(top - 1), top - 1), events
-    # wrap, exactly as Lava's PyLifModelBitAcc wraps u
-    out = torch.where(x > top, x - 2 * top, x)
-    out = torch.where(out <= -top, x + 2 * top, out)
-    return out, int(torch.count_nonzero(out - x))   # two different integers never subtract to 0
-
-
-def _decay(x: torch.Tensor, keep: int) -> torch.Tensor:
-    """trunc_toward_zero(x * keep / 4096) on int32/int64, computed with shifts (an exact identity)."""
-    if keep == DECAY_UNITY:
-        return x
-    if keep == 0:
-        return torch.zeros_like(x)
-    sign = 8 * x.element_size() - 1
-    if keep & (keep - 1) == 0:  # keep = 2^k: x * 2^k / 4096 = x / 2^(12 - k), no multiply needed
-        shift = _DECAY_SHIFT - (keep.bit_length() - 1)
-        if shift == 1:   # x - (x >> sign) adds the 1 a negative x needs: one pass fewer
-            low = x >> sign
-            return torch.sub(x, low, out=low).bitwise_right_shift_(1)
-        return (x >> sign).bitwise_and_((1 << shift) - 1).add_(x).bitwise_right_shift_(shift)
+@numba.njit(inline="always")
+def _decayed(x, keep):
+    """trunc_toward_zero(x * keep / 4096) on int64 (Loihi's decay; keep = 4096 gives x, 0 gives 0)."""
     y = x * keep
-    y += (y >> sign).bitwise_and_(DECAY_UNITY - 1)   # floor -> toward zero for negative y
-    return y.bitwise_right_shift_(_DECAY_SHIFT)
+    return (y + ((y >> 63) & (DECAY_UNITY - 1))) >> _DECAY_SHIFT
 
 
-def _decay_(x: torch.Tensor, keep: int, sign: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """_decay(x, keep) computed in x's memory where no multiply is needed (x is overwritten);
-    returns (result, a spare tensor of x's shape and dtype that the caller may overwrite, or None)."""
-    if not x.is_contiguous() or _multiplies(keep):
-        return _decay(x, keep), None
-    if keep == DECAY_UNITY:
-        return x, None
-    if keep == 0:
-        return x.zero_(), None
-    shift = _DECAY_SHIFT - (keep.bit_length() - 1)
-    low = x >> sign                       # -1 where x < 0: x + (2^shift - 1) there, then the shift
-    if shift == 1:
-        x.sub_(low)
-    else:
-        x.add_(low.bitwise_and_((1 << shift) - 1))
-    return x.bitwise_right_shift_(shift), low
+@numba.njit(inline="always")
+def _limited(x, top, saturates):
+    """The target's overflow rule for a state register of bits = log2(2 * top): saturation to
+    +-(top - 1), or one wrap into (-top, top] exactly as Lava's PyLifModelBitAcc wraps u."""
+    if saturates:
+        return min(max(x, 1 - top), top - 1)
+    y = x - 2 * top if x > top else x
+    return y + 2 * top if y <= -top else y
 
 
-def _multiplies(keep: int) -> bool:
-    """Whether _decay(x, keep) needs the product x * keep (keep neither 0, 4096 nor a power of 2)."""
-    return keep not in (0, DECAY_UNITY) and keep & (keep - 1) != 0
+@numba.njit(inline="always")
+def _cuba_update(x, u, v, fire_at, reset_amount, bias, keep_u, keep_v, shift, top, current_saturates,
+                 voltage_saturates, hard, soft):
+    """One neuron, one step: (u, v after reset, fired, current overflowed, voltage overflowed).
+    Branch-free on `fired`, which no predictor guesses."""
+    current = (np.int64(x) << shift) + _decayed(u, keep_u)
+    limited = _limited(current, top, current_saturates)
+    voltage = _decayed(v, keep_v) + limited + bias
+    membrane = _limited(voltage, top, voltage_saturates)
+    fired = np.int64(membrane >= fire_at)
+    after_reset = membrane - fired * (hard * membrane + soft * reset_amount)
+    return limited, after_reset, fired, limited != current, membrane != voltage
 
 
-class FixedNeuronStep:
-    """One population's fixed-point rule, one time step at a time (the per-step form of
-    `fixed_neuron`, for simulators that advance the whole chip step by step).
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _cuba_run(a, steps, initial, fire_at, reset_amount, bias, spikes, voltages, busy, keep_u, keep_v, shift,
+              bits, current_saturates, voltage_saturates, hard, soft):
+    """Every step of one population on [steps, batch, neurons]; returns the number of spikes and of
+    current and voltage overflow events. `a` holds one step (presented at every step) or all of them. Fills spikes, and
+    voltages and busy unless they have size 0 (the loop without them stores nothing more). A
+    sample's state stays in two rows of its thread from the first step to the last; every value is
+    formed in int64 from integers, so any dtype holding integer inputs gives the same."""
+    neurons = initial.shape[0]
+    top = np.int64(1) << (bits - 1)
+    record = voltages.size > 0
+    spike_count = 0
+    current_events = 0
+    voltage_events = 0
+    for b in numba.prange(a.shape[1]):
+        u = np.zeros(neurons, dtype=np.int64)
+        v = initial.copy()
+        sample_spikes = 0
+        sample_current = 0
+        sample_voltage = 0
+        for t in range(steps):
+            x = a[t if a.shape[0] > 1 else 0, b]
+            fired = spikes[t, b]
+            if record:
+                for n in range(neurons):
+                    busy[t, b, n] = u[n] != 0 or v[n] != 0
+                    u[n], v[n], spike, current_event, voltage_event = _cuba_update(
+                        x[n], u[n], v[n], fire_at[n], reset_amount[n], bias[n], keep_u, keep_v, shift, top,
+                        current_saturates, voltage_saturates, hard, soft)
+                    fired[n] = spike
+                    voltages[t, b, n] = v[n]
+                    sample_spikes += spike
+                    sample_current += current_event
+                    sample_voltage += voltage_event
+            else:
+                for n in range(neurons):
+                    u[n], v[n], spike, current_event, voltage_event = _cuba_update(
+                        x[n], u[n], v[n], fire_at[n], reset_amount[n], bias[n], keep_u, keep_v, shift, top,
+                        current_saturates, voltage_saturates, hard, soft)
+                    fired[n] = spike
+                    sample_spikes += spike
+                    sample_current += current_event
+                    sample_voltage += voltage_event
+        spike_count += sample_spikes
+        current_events += sample_current
+        voltage_events += sample_voltage
+    return spike_count, current_events, voltage_events
 
-    `initial_state(sample_shape)` gives (u, v) at the start; `step(u, v, a)` applies one step to the
-    integer synaptic input `a` (of dtype `self.dtype`) and returns (output, u, v, current_events,
-    voltage_events): the output is the spike mask (spiking) or v as int64 (integrator), and v is the
-    membrane after reset. `step` may overwrite the u and v it is given (pass it the state it or
-    initial_state returned, and keep no other reference to them); it never writes to `a`.
 
-    The state is int64, or int32 (half the memory traffic) when `input_bound`, a bound on |a|, proves
-    that no intermediate value can leave int32: then both give the same integers.
+def _per_neuron(array, shape) -> np.ndarray:
+    """A neuron parameter broadcast to one int64 value per neuron (flattened)."""
+    return np.broadcast_to(np.asarray(array, dtype=np.int64), shape).reshape(-1).copy()
+
+
+@dataclass
+class NeuronRun:
+    """What a population did over T steps: outputs [T, B, *shape] (0/1 spikes as uint8, or the
+    integrator's v as int64), v after reset (int64, when asked), busy (uint8, when asked: u or v was
+    non-zero at the start of the step), the number of spikes, and the numbers of current and voltage
+    overflow events."""
+
+    outputs: torch.Tensor
+    voltages: Optional[torch.Tensor]
+    busy: Optional[torch.Tensor]
+    spike_count: int
+    overflow: dict[str, int]
+
+
+class FixedNeuron:
+    """One population's fixed-point rule (SEMANTICS section 2): the one definition of the rule, used
+    by the integer reference and by the cycle simulator (prepared once, run on any batch).
+
+    `run(a, steps)` applies `steps` steps to the integer synaptic input `a` [1 or steps, B, *shape],
+    of any dtype holding integers (float32 from an exact convolution is read as it is); one step of
+    input is presented at every step.
     """
 
-    def __init__(self, node: Node, arithmetic: dict, input_bound: Optional[int] = None):
+    def __init__(self, node: Node, arithmetic: dict):
         n = node.neuron
-        self.spiking, self.reset = n.kind == "spiking", n.reset
+        self.shape = tuple(node.shape)
+        self.spiking = n.kind == "spiking"
+        self.hard, self.soft = int(n.reset == "hard"), int(n.reset == "soft")
         self.bits, self.shift = arithmetic["state_bits"], arithmetic["activation_shift"]
-        self.current_mode, self.voltage_mode = arithmetic["current_overflow"], arithmetic["voltage_overflow"]
-        self.strict = arithmetic["fire_rule"] == ">"
+        self.current_saturates = arithmetic["current_overflow"] == "saturate"
+        self.voltage_saturates = arithmetic["voltage_overflow"] == "saturate"
         self.keep_u, self.keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
-        params = {"threshold": n.threshold if self.spiking else None,
-                  "reset_amount": n.reset_amount if n.reset == "soft" else None,
-                  "bias": n.bias, "initial": n.initial_state}
-        self.dtype = torch.int32 if self._fits_int32(input_bound, params) else torch.int64
-        for key, value in params.items():
-            setattr(self, key, None if value is None else _state_param(value, self.dtype))
-        self.scale = 1 << self.shift          # a << shift == a * scale (same bits), a faster kernel
-        # the fire test as a sign: v fires iff v - fire_at >= 0 (v > threshold iff v >= threshold + 1
-        # on integers), used when v - fire_at cannot overflow: |v| <= 2^(bits-1) after the limit
-        self.sign = 8 * torch.empty((), dtype=self.dtype).element_size() - 1
-        self.fire_at = None
-        if self.spiking:
-            fire_at = np.asarray(n.threshold, dtype=object) + (1 if self.strict else 0)
-            if int(np.abs(fire_at).max(initial=0)) + 2 ** (self.bits - 1) < 2 ** self.sign:
-                self.fire_at = _state_param(np.asarray(fire_at, dtype=np.int64), self.dtype)
+        strict = arithmetic["fire_rule"] == ">"   # v > threshold iff v >= threshold + 1 on integers
+        never = np.iinfo(np.int64).max     # an integrator never fires
+        self.fire_at = _per_neuron(np.asarray(n.threshold, dtype=np.int64) + strict if self.spiking else never, self.shape)
+        self.reset_amount = _per_neuron(n.reset_amount if self.soft else 0, self.shape)
+        self.bias = _per_neuron(n.bias, self.shape)
+        self.initial = _per_neuron(n.initial_state, self.shape)
 
-    def _fits_int32(self, input_bound: Optional[int], params: dict) -> bool:
-        """Every value the rule forms stays below 2^31 in magnitude: |a << shift| <= 2^29, states
-        limited to at most 28 bits, parameters <= 2^29, and no decay multiply (x * keep)."""
-        room = 2 ** 29
-        return (input_bound is not None and input_bound << self.shift <= room and self.bits <= 28
-                and not _multiplies(self.keep_u) and not _multiplies(self.keep_v)
-                and all(int(np.abs(np.asarray(value)).max(initial=0)) <= room
-                        for value in params.values() if value is not None))
-
-    def initial_state(self, shape) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.initial.expand(shape).clone()
-        return torch.zeros_like(v), v
-
-    def step(self, u: torch.Tensor, v: torch.Tensor, a: torch.Tensor):
-        """One step. It owns `u` and `v` (the state initial_state or the previous step returned) and
-        may overwrite them; `a` is only read. Reusing the state's memory saves most allocations."""
-        # u = decay(u) + (a << shift); v = decay(v) + u + bias
-        if self.keep_u:
-            u_new = a * self.scale
-            u_new += _decay(u, self.keep_u)
-        elif u.shape == a.shape and u.dtype == a.dtype and u.is_contiguous():
-            u_new = torch.mul(a, self.scale, out=u)   # the old u is not read: its memory is reused
-        else:
-            u_new = a * self.scale
-        u, current_events = _limit(u_new, self.bits, self.current_mode)
-        v, scratch = _decay_(v, self.keep_v, self.sign)
-        v, voltage_events = _limit(v.add_(u).add_(self.bias), self.bits, self.voltage_mode)
-        if not self.spiking:
-            return v.to(torch.int64, copy=True), u, v, current_events, voltage_events
-        if self.fire_at is not None and self.reset in ("hard", "soft"):
-            # one subtract and shift give `keep`, -1 where v does not fire and 0 where it does: a hard
-            # reset is v & keep, and keep + 1 is the spike mask (far fewer passes than compare, ~, *)
-            if scratch is not None and scratch.shape == v.shape:
-                keep = torch.sub(v, self.fire_at, out=scratch)
-            else:
-                keep = torch.sub(v, self.fire_at)
-            keep = keep.bitwise_right_shift_(self.sign)
-            if self.reset == "hard":
-                v = v.bitwise_and_(keep)
-                fired = keep.add_(1)
-            else:
-                fired = keep.add_(1)
-                v = v.addcmul_(fired, self.reset_amount, value=-1)   # v - reset_amount * fired, one pass
-            return fired.to(torch.uint8).view(torch.bool), u, v, current_events, voltage_events
-        fired = v > self.threshold if self.strict else v >= self.threshold
-        if self.reset == "hard":
-            v = v * ~fired   # far faster than masked_fill_ on CPU
-        elif self.reset == "soft":
-            v = v - self.reset_amount * fired
-        return fired, u, v, current_events, voltage_events
-
-
-def fixed_neuron(node: Node, a: torch.Tensor, arithmetic: dict, record_voltage: bool):
-    """Loihi's CUBA rule (SEMANTICS section 2) with snnc's threshold/reset options on int64 `a`
-    [T, B, *shape] (computed in int32 when the range of `a` allows it: the same integers)."""
-    low, high = (int(value) for value in torch.aminmax(a)) if a.numel() else (0, 0)
-    rule = FixedNeuronStep(node, arithmetic, input_bound=max(-low, high))
-    a = a.to(rule.dtype)
-    u, v = rule.initial_state(a.shape[1:])
-    current_events = voltage_events = 0
-    outputs, voltages = [], []
-    for t in range(a.shape[0]):
-        out, u, v, events_u, events_v = rule.step(u, v, a[t])
-        current_events += events_u
-        voltage_events += events_v
-        outputs.append(out)
-        if record_voltage:
-            voltages.append(v.to(torch.int64, copy=True))
-    overflow = {"current": current_events, "voltage": voltage_events}
-    return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None), overflow
+    def run(self, a: torch.Tensor, steps: int, record_voltage: bool = False, record_busy: bool = False) -> NeuronRun:
+        batch, neurons = a.shape[1], len(self.initial)
+        full = (steps, batch, neurons)
+        recorded = full if record_voltage or record_busy or not self.spiking else (0, 0, 0)
+        spikes = np.empty(full, dtype=np.uint8)
+        voltages, busy = np.empty(recorded, dtype=np.int64), np.empty(recorded, dtype=np.uint8)
+        spike_count, current_events, voltage_events = _cuba_run(
+            a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_at,
+            self.reset_amount, self.bias, spikes, voltages, busy, self.keep_u, self.keep_v, self.shift, self.bits,
+            self.current_saturates, self.voltage_saturates, self.hard, self.soft)
+        shape = (steps, batch) + self.shape
+        voltages = torch.from_numpy(voltages).reshape(shape) if voltages.size else None
+        return NeuronRun(outputs=torch.from_numpy(spikes).reshape(shape) if self.spiking else voltages,
+                         voltages=voltages if record_voltage else None,
+                         busy=torch.from_numpy(busy).reshape(shape) if record_busy else None,
+                         spike_count=int(spike_count) if self.spiking else 0,
+                         overflow={"current": int(current_events), "voltage": int(voltage_events)})
 
 
 def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...]):
@@ -310,7 +276,8 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
             continue
         record = node.name in record_voltages
         if net.fixed:
-            out, volt, overflow[node.name] = fixed_neuron(node, z.round().to(torch.int64), net.arithmetic, record)
+            result = FixedNeuron(node, net.arithmetic).run(z.round(), T, record_voltage=record)
+            out, volt, overflow[node.name] = result.outputs, result.voltages, result.overflow
         else:
             out, volt = float_neuron(node, z, record)
         if volt is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,38 +59,34 @@ def _integral_path(net: Network, name: str) -> bool:
     return all(_integral_path(net, inp) for inp in node.inputs)
 
 
-def _input_only(net: Network, name: str) -> bool:
-    """Whether tensor `name` depends on the input alone (no neuron on the way): it is the same at
-    every step when the input is (direct encoding presents one image T times)."""
-    node = net.node(name)
-    if node.op == "input":
-        return True
-    return node.neuron is None and all(_input_only(net, inp) for inp in node.inputs)
-
-
-def _sum_pool(x: torch.Tensor, kernel: int) -> torch.Tensor:
-    """Sum pooling with stride == kernel as adds of views. On integer values it gives the numbers
-    of execute.synaptic_op's avg_pool2d(divisor_override=1) (integer sums are order-free), several
-    times faster on CPU."""
+def _sum_pool(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
+    """Sum pooling with stride == kernel, as `dtype`. On integer values it gives the numbers of
+    execute.synaptic_op's avg_pool2d(divisor_override=1) (integer sums are order-free), several
+    times faster on CPU, and reads 0/1 spikes as uint8."""
     B, C, H, W = x.shape
-    Ho, Wo = H // kernel, W // kernel
-    cols = x[:, :, :Ho * kernel, :Wo * kernel].reshape(B, C, Ho * kernel, Wo, kernel)
-    rows = cols[..., 0] + cols[..., 1] if kernel > 1 else cols[..., 0].clone()
-    for j in range(2, kernel):
-        rows += cols[..., j]
-    rows = rows.reshape(B, C, Ho, kernel, Wo)
-    out = rows[:, :, :, 0].clone()
-    for i in range(1, kernel):
-        out += rows[:, :, :, i]
+    out = torch.empty((B, C, H // kernel, W // kernel), dtype=dtype)
+    _sum_pool_into(x.contiguous().numpy(), kernel, out.numpy())
     return out
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _sum_pool_into(x, kernel, out):
+    for b in numba.prange(x.shape[0]):
+        for c in range(out.shape[1]):
+            for y in range(out.shape[2]):
+                for i in range(out.shape[3]):
+                    total = 0.0
+                    for dy in range(kernel):
+                        for dx in range(kernel):
+                            total += x[b, c, y * kernel + dy, i * kernel + dx]
+                    out[b, c, y, i] = total
 
 
 @dataclass
 class _Synapse:
     node: Node
     weight: torch.Tensor
-    dtype: torch.dtype
-    bound: int                            # largest |contribution| to a neuron's input
+    dtype: torch.dtype                    # float32 where every partial sum is an integer below 2^24
 
 
 @dataclass
@@ -100,17 +97,19 @@ class _Route:
     group: int
     source: str
     block: tuple[int, int]
+    source_shape: tuple[int, int, int]    # the source population as (C, H, W)
     shape: tuple[int, int, int]           # X before flatten (C, hx, wx)
     rows: torch.Tensor | None             # [row segments, H_src] (None: identity)
     cols: torch.Tensor | None             # [col segments, W_src]
     pooled: str | None                    # a tensor whose values are the cells (one sender per block)
-    cell_to_position: torch.Tensor | None  # [spatial cells, X positions] (None: one cell per position)
-    position_reach: torch.Tensor          # [X positions, dest positions]: synapses
-    position_tiles: torch.Tensor          # [X positions, dest tiles]: synapses per channel held
-    per_cell: torch.Tensor                # [cells, 4]: messages, within tile, ew hops, ns hops
+    channels_per_sender: int              # cells of `channels_per_sender` channels share a sender
     senders: torch.Tensor                 # [local senders] global index of each sending core (host = last)
-    latency: torch.Tensor                 # [cells, local senders]: serial routing time of a cell's messages
-    messages: torch.Tensor                # [cells, local senders]: messages a cell makes its sender send
+    # per class (channel group, spatial cell), [classes, ...]: everything one message costs
+    class_totals: torch.Tensor            # [classes, 4]: messages, within tile, ew hops, ns hops
+    class_latency: torch.Tensor           # [classes, local senders]: serial routing time of the sender
+    class_messages: torch.Tensor          # [classes, local senders]: messages the sender sends
+    class_reach: torch.Tensor             # [classes, dest positions]: synapses (which neurons get input)
+    class_tiles: torch.Tensor             # [classes, dest tiles]: synapses per destination channel
 
 
 @dataclass
@@ -171,7 +170,7 @@ class _Plan:
                     weight = np.asarray(syn.weight, dtype=np.float64)
                     bound = np.abs(weight).reshape(weight.shape[0], -1).sum(1).max() * in_max[group.tensor]
                     dtype = torch.float32 if exact and bound < EXACT_FLOAT32 else torch.float64
-                    synapses.append(_Synapse(syn, torch.from_numpy(weight).to(dtype), dtype, int(np.ceil(bound))))
+                    synapses.append(_Synapse(syn, torch.from_numpy(weight).to(dtype), dtype))
             tiles_list = part.tiles(info.H, info.W)
             ranges = part.channel_ranges(info.C)
             tile_core = torch.arange(entry["first_core"], entry["first_core"] + entry["cores"])
@@ -186,11 +185,8 @@ class _Plan:
                                        entry["cores"], part, synapses, torch.from_numpy(core_map.reshape(-1)),
                                        tile_core, group_sizes, torch.from_numpy(bias.copy()), bool(bias.all()),
                                        self.core_neurons[entry["first_core"]:entry["first_core"] + entry["cores"]])
-        self.rules = {name: execute.FixedNeuronStep(layer.node, net.arithmetic,
-                                                    input_bound=sum(syn.bound for syn in layer.synapses) + 1)
+        self.rules = {name: execute.FixedNeuron(layer.node, net.arithmetic)
                       for name, layer in self.layers.items()}   # stateless: shared by every chunk
-        self.input_only_layers = {name for name, layer in self.layers.items()
-                                  if all(_input_only(net, syn.node.inputs[0]) for syn in layer.synapses)}
         # routes: (source, destination group) pairs with their per-cell counting vectors
         self.routes_out: dict[str, list[_Route]] = {name: [] for name in layers}
         for name, info in layers.items():
@@ -231,27 +227,25 @@ class _Plan:
         r_index = np.array([s[0] for s in row_segs])
         c_index = np.array([s[0] for s in col_segs])
         cell_pos = (r_index[:, None] * wx + c_index[None, :]).ravel()
-        n_spatial = len(cell_pos)
-        cell_to_position = torch.zeros((n_spatial, hx * wx), dtype=torch.float32)
-        cell_to_position[torch.arange(n_spatial), torch.from_numpy(cell_pos)] = 1
         # destination cores reached by each X position
         r = tile_reach(group, info, dest.part.tile)
         n_tiles_d = dest.tile_core.shape[0]
-        position_tiles = torch.zeros((hx * wx, n_tiles_d), dtype=torch.float32)
-        position_tiles[torch.from_numpy(r.row), torch.from_numpy(r.col)] = torch.from_numpy(r.data.astype(np.float32))
-        position_reach = torch.from_numpy(group.reach.toarray().astype(np.float32))
+        position_tiles = np.zeros((hx * wx, n_tiles_d))
+        position_tiles[r.row, r.col] = r.data
         reached = np.zeros((hx * wx, self.n_cores), np.float64)
         for g in range(dest.tile_core.shape[1]):
             reached[r.row, dest.tile_core[r.col, g].numpy()] = 1
         # sending core of each cell (channel, row segment, col segment)
         if src_first is None:
             senders = np.full((C, len(row_segs), len(col_segs)), self.host, np.int64)
+            channels_per_sender = C
         else:
             src_layer = self.layers[src]
             ntx = -(-source.W // src_part.tile[1])
             tile_of = np.array([s[1] for s in row_segs])[:, None] * ntx + np.array([s[1] for s in col_segs])[None, :]
             group_of = np.arange(C) // src_part.group
             senders = src_layer.tile_core.numpy()[tile_of[None, :, :], group_of[:, None, None]]
+            channels_per_sender = src_part.group
         # per (sender, X position): messages, within-tile, hops and serial latency
         t = self.time
         dest_cores = np.arange(self.n_cores)
@@ -263,18 +257,35 @@ class _Plan:
             same = (ew == 0) & (ns == 0)
             latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
             table[i] = reached @ np.stack([np.ones(self.n_cores), same, ew, ns, latency], axis=1)
-        which = np.searchsorted(unique_senders, senders).reshape(-1)             # [cells]
-        per_cell = table[which.reshape(senders.shape),
-                         np.broadcast_to(cell_pos.reshape(len(row_segs), len(col_segs)), senders.shape)].reshape(-1, 5)
-        onehot = np.zeros((len(which), len(unique_senders)))
-        onehot[np.arange(len(which)), which] = 1
-        return _Route(dest=dest.name, group=gi, source=src, block=block, shape=(C, hx, wx), rows=rows, cols=cols,
-                      pooled=pooled, cell_to_position=None if one_per_block else cell_to_position,
-                      position_reach=position_reach, position_tiles=position_tiles,
-                      per_cell=torch.from_numpy(per_cell[:, :4].astype(np.float64)),
-                      senders=torch.from_numpy(unique_senders),
-                      latency=torch.from_numpy((onehot * per_cell[:, 4:5]).astype(np.float32)),
-                      messages=torch.from_numpy((onehot * per_cell[:, 0:1]).astype(np.float32)))
+        # one class per (channel group, spatial cell): the same sender and the same X position
+        which = np.searchsorted(unique_senders, senders[::channels_per_sender]).reshape(-1)   # [classes]
+        position = np.broadcast_to(cell_pos, (len(which) // len(cell_pos), len(cell_pos))).reshape(-1)
+        per_class = table[which, position]                                       # [classes, 5]
+        sender_of = np.zeros((len(which), len(unique_senders)))
+        sender_of[np.arange(len(which)), which] = 1
+        return _Route(dest=dest.name, group=gi, source=src, block=block,
+                      source_shape=(source.C, source.H, source.W), shape=(C, hx, wx), rows=rows, cols=cols,
+                      pooled=pooled, channels_per_sender=channels_per_sender, senders=torch.from_numpy(unique_senders),
+                      class_totals=torch.from_numpy(per_class[:, :4].copy()),
+                      class_latency=torch.from_numpy(sender_of * per_class[:, 4:5]),
+                      class_messages=torch.from_numpy(sender_of * per_class[:, 0:1]),
+                      class_reach=torch.from_numpy(group.reach[position].toarray().astype(np.float64)),
+                      class_tiles=torch.from_numpy(position_tiles[position]))
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _messages_per_class(cells, channels_per_sender):
+    """Per sample, the non-zero cells (each one message) of [batch, channels, spatial cells] summed
+    over each group of `channels_per_sender` channels: [batch, channel groups * spatial cells]."""
+    batch, channels, spatial = cells.shape
+    groups = -(-channels // channels_per_sender)
+    counts = np.zeros((batch, groups, spatial))
+    for b in numba.prange(batch):
+        for c in range(channels):
+            g = c // channels_per_sender
+            for i in range(spatial):
+                counts[b, g, i] += cells[b, c, i] != 0
+    return counts.reshape(batch, groups * spatial)
 
 
 # ------------------------------------------------------------------------------- counts
@@ -333,230 +344,177 @@ def energy_counts(counts: Counts, per_sample: bool = True) -> dict:
 # ---------------------------------------------------------------------------- simulation
 
 class _Run:
-    """One batch chunk stepped through T + L chip steps."""
+    """One batch chunk: each layer over all T steps in network order (the graph has no recurrence,
+    so a layer's input at every step is known once its sources have run), and each route's messages
+    at every step; then the chip's T + L steps put together from the per-step counts."""
 
     def __init__(self, plan: _Plan, inputs: np.ndarray, record_voltages):
         self.plan, self.net = plan, plan.net
         self.T, self.B = inputs.shape[:2]
-        self.inputs = torch.from_numpy(np.ascontiguousarray(inputs)).to(torch.float32)
+        inputs = torch.from_numpy(np.ascontiguousarray(inputs)).to(torch.float32)
+        if bool((inputs == inputs[:1]).all()):   # a static input: one step of it stands for all T
+            inputs = inputs[:1]
+        # tensor name -> (steps it holds: 1 when it depends on a static input alone, or T; [steps * B, ...])
+        self.values: dict[str, tuple[int, torch.Tensor]] = {plan.input_name: (len(inputs), inputs.flatten(0, 1))}
+        self.spikes: dict[str, torch.Tensor] = {}        # spiking layer -> uint8 [T, B, *shape]
+        self.readout_steps = None
         self.record = set(record_voltages)
-        self.outputs: dict[str, list] = {name: [None] * self.T for name in plan.layers}
-        self.outputs[plan.input_name] = [self.inputs[t] for t in range(self.T)]
-        self.spike_masks: dict[str, list] = {name: [None] * self.T for name in plan.layers}   # uint8 0/1
-        self.static_input = bool((self.inputs == self.inputs[:1]).all())
-        self.static_synaptic_input: dict[str, torch.Tensor] = {}
-        self.route_cache: dict = {}           # a static input's routing effects
-        self.values: dict[tuple[str, int], torch.Tensor] = {}
-        self.events = {name: [torch.zeros((self.B, layer.H * layer.W)) for _ in range(self.T)]
-                       for name, layer in plan.layers.items() if not layer.always_active}
-        self.voltages = {name: [] for name in plan.layers if name in self.record}
-        self.overflow = {name: {"current": 0, "voltage": 0} for name in plan.layers}
-        self.rules = plan.rules
-        self.state = {}
-        K = plan.n_cores
-        self.core = {key: torch.zeros(K + (key == "messages_sent"), dtype=torch.float64)
-                     for key in ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "messages_sent")}
+        self.voltages, self.overflow = {}, {}
+        self.received = {name: torch.zeros((self.T, self.B, layer.H * layer.W))
+                         for name, layer in plan.layers.items() if not layer.always_active}
+        K, n_cores = self.T + plan.max_depth, plan.n_cores
+        self.core_synops = torch.zeros((K, self.B, n_cores), dtype=torch.float64)
+        self.core_active = torch.zeros((K, self.B, n_cores), dtype=torch.float64)
+        self.sender_latency = torch.zeros((K, self.B, n_cores + 1), dtype=torch.float64)
+        self.messages_sent = torch.zeros(n_cores + 1, dtype=torch.float64)
         self.layer_counts = {name: dict.fromkeys(COUNT_KEYS, 0.0) for name in list(plan.layers) + [plan.input_name]}
-        self.step_ns = []
-        self.phase = {"compute": 0.0, "routing": 0.0, "barrier": 0.0}
 
-    # the tensors on synaptic paths, as the reference computes them (snnc.execute.synaptic_op)
-    def value(self, name: str, t: int) -> torch.Tensor:
-        key = (name, t)
-        if key not in self.values:
-            node = self.net.node(name)
-            if name in self.outputs:
-                out = self.outputs[name][t]
-                if out is None:   # a spiking layer's 0/1 spikes as float32, made when first read
-                    out = self.spike_masks[name][t].to(torch.float32)
-            elif name in self.plan.fast_pools:
-                src, kernel = node.inputs[0], node.attrs["kernel"]
-                if src in self.plan.layers and self.plan.layers[src].node.spiking and kernel * kernel < 256:
-                    # spikes summed as uint8 (at most kernel^2 <= 255: exact), a quarter of the bytes
-                    out = _sum_pool(self.spike_masks[src][t], kernel).to(torch.float32)
-                else:
-                    out = _sum_pool(self.value(src, t), kernel)
+    def value(self, name: str) -> tuple[int, torch.Tensor]:
+        """A tensor on a synaptic path as the reference computes it (snnc.execute.synaptic_op), merged
+        over (steps, batch)."""
+        if name not in self.values:
+            node, plan = self.net.node(name), self.plan
+            if name in self.spikes:   # 0/1 spikes as float32, made when first read
+                steps, out = self.T, self.spikes[name].flatten(0, 1).to(torch.float32)
+            elif name in plan.fast_pools and node.inputs[0] in self.spikes:   # spikes pooled as uint8
+                steps, out = self.T, _sum_pool(self.spikes[node.inputs[0]].flatten(0, 1), node.attrs["kernel"],
+                                               torch.float32)
+            elif name in plan.fast_pools:
+                steps, source = self.value(node.inputs[0])
+                out = _sum_pool(source, node.attrs["kernel"], source.dtype)
             else:
-                out = execute.synaptic_op(node, [self.value(i, t) for i in node.inputs], with_bias=False)
-            self.values[key] = out
-        return self.values[key]
+                sources = [self.value(i) for i in node.inputs]
+                steps = max(s for s, _ in sources)
+                out = execute.synaptic_op(node, [self._over_steps(s, x, steps) for s, x in sources], with_bias=False)
+            self.values[name] = (steps, out)
+        return self.values[name]
 
-    def synaptic_input(self, layer: _Layer, t: int, dtype: torch.dtype) -> torch.Tensor:
-        """The integer input of a layer's neurons as `dtype`, as the reference computes it: exact
-        integer sums (float32 where every partial sum is an integer below 2^24, float64 otherwise).
-        A layer fed by a static input alone gets the same input at every step: computed once."""
-        if not (self.static_input and layer.name in self.plan.input_only_layers):
-            return self._synaptic_sum(layer, t, dtype)
-        if layer.name not in self.static_synaptic_input:
-            self.static_synaptic_input[layer.name] = self._synaptic_sum(layer, 0, dtype)
-        return self.static_synaptic_input[layer.name]
+    def _over_steps(self, steps: int, x: torch.Tensor, wanted: int) -> torch.Tensor:
+        """[steps * B, ...] values as [wanted * B, ...] (a static value repeated at every step)."""
+        if steps == wanted:
+            return x
+        return x.unsqueeze(0).expand((wanted,) + x.shape).flatten(0, 1)
 
-    def _synaptic_sum(self, layer: _Layer, t: int, dtype: torch.dtype) -> torch.Tensor:
-        exact = all(syn.dtype == torch.float32 for syn in layer.synapses)
-        total = None
+    def synaptic_input(self, layer: _Layer) -> tuple[int, torch.Tensor]:
+        """The integer input of a layer's neurons at every step, as the reference computes it: exact
+        integer sums (float32 where every partial sum is an integer below 2^24, float64 otherwise),
+        once for all steps when it depends on a static input alone."""
+        sums = []
         for syn in layer.synapses:
-            x = self.value(syn.node.inputs[0], t).to(syn.dtype)
+            steps, x = self.value(syn.node.inputs[0])
+            x = x.to(syn.dtype)
             if syn.node.op == "conv2d":
                 z = F.conv2d(x, syn.weight, None, stride=tuple(syn.node.attrs["stride"]),
                              padding=tuple(syn.node.attrs["padding"]))
             else:
                 z = x @ syn.weight.T
-            z = z.to(dtype) if exact else z.to(torch.float64)
-            total = z if total is None else total + z
-        return total if exact else total.round().to(dtype)
+            sums.append((steps, z))
+        if len(sums) == 1:
+            steps, total = sums[0]
+            return steps, (total.round() if total.dtype == torch.float64 else total)
+        steps = max(s for s, _ in sums)   # several: summed in float64
+        return steps, sum(self._over_steps(s, z.to(torch.float64), steps) for s, z in sums).round()
 
-    def neuron_phase(self, k: int, core_active: torch.Tensor):
-        for name, layer in self.plan.layers.items():
-            t = k - layer.depth
-            if not 0 <= t < self.T:
-                continue
-            rule = self.rules[name]
-            a = self.synaptic_input(layer, t, rule.dtype)
-            if name not in self.state:
-                self.state[name] = rule.initial_state(a.shape)
-            u, v = self.state[name]
-            if layer.always_active:
-                core_active[:, layer.first:layer.first + layer.cores] += layer.core_neurons
-            else:
-                received = (self.events[name][t] > 0).reshape(self.B, 1, layer.H * layer.W)
-                active = (received | (u != 0).reshape(self.B, layer.C, -1) | (v != 0).reshape(self.B, layer.C, -1)
-                          | layer.bias_nonzero.reshape(1, layer.C, -1)).reshape(self.B, -1)
-                core_active.index_add_(1, layer.core_of_neuron, active.to(torch.float64))
-            out, u, v, events_u, events_v = rule.step(u, v, a)
-            self.state[name] = (u, v)
-            self.overflow[name]["current"] += events_u
-            self.overflow[name]["voltage"] += events_v
-            if name in self.record:
-                self.voltages[name].append(v.to(torch.int64, copy=True))
-            if layer.node.spiking:   # bool -> float32 through uint8: the same 0/1, far faster on CPU
-                self.spike_masks[name][t] = out.view(torch.uint8)   # float32 made by value() if read
-            else:
-                self.outputs[name][t] = out
-            if name in self.events:
-                self.events[name][t] = None
-
-    def routing_phase(self, k: int, core_synops: torch.Tensor, sender_latency: torch.Tensor):
-        plan = self.plan
-        for src, routes in plan.routes_out.items():
-            depth = 0 if src == plan.input_name else plan.layers[src].depth
-            t = k - depth
-            if not routes or not 0 <= t < self.T:
-                continue
-            counts = self.layer_counts[src]
-            # a static input sends the same messages at every step: its effects are computed once
-            static = src == plan.input_name and self.static_input
-            if src == plan.input_name:        # graded input events: pixels with a non-zero payload
-                if not (static and "input spikes" in self.route_cache):
-                    self.route_cache["input spikes"] = float((self.value(src, t) != 0).sum())
-                counts["spikes"] += self.route_cache["input spikes"]
-            for route in routes:
-                if static:
-                    if id(route) not in self.route_cache:
-                        self.route_cache[id(route)] = self._route_effects(route, src, t)
-                    effects = self.route_cache[id(route)]
-                else:
-                    effects = self._route_effects(route, src, t)
-                totals, latency, messages, events, synops = effects
-                counts["messages"] += totals[0]
-                counts["spike_within_tile"] += totals[1]
-                counts["spike_across_tiles"] += totals[0] - totals[1]
-                counts["hop_east_west"] += totals[2]
-                counts["hop_north_south"] += totals[3]
-                sender_latency.index_add_(1, route.senders, latency)
-                self.core["messages_sent"].index_add_(0, route.senders, messages)
-                if events is not None:                                       # same logical step t
-                    self.events[route.dest][t] += events
-                core_synops.index_add_(1, plan.layers[route.dest].tile_core.reshape(-1), synops)
-
-    def _route_effects(self, route: _Route, src: str, t: int):
-        """What the messages of `src` at logical step t along `route` add to the counters: (count
-        totals, per-sender latency [B, senders], messages per sender, destination events or None,
-        synaptic ops [B, destination cores])."""
-        C = route.shape[0]
-        if route.pooled is not None:       # the pooled tensor itself: one sender per value
-            cells = self.value(route.pooled, t)
+    def run_layer(self, name: str, layer: _Layer):
+        steps, a = self.synaptic_input(layer)
+        result = self.plan.rules[name].run(a.reshape((steps, self.B) + a.shape[1:]), self.T,
+                                           record_voltage=name in self.record, record_busy=not layer.always_active)
+        self.overflow[name] = result.overflow
+        if result.voltages is not None:
+            self.voltages[name] = result.voltages
+        if layer.node.spiking:
+            self.spikes[name] = result.outputs
+            self.layer_counts[name]["spikes"] = float(result.spike_count)
         else:
-            spikes = self.value(src, t)
-            if spikes.dim() == 2:
-                spikes = spikes.reshape(self.B, -1, 1, 1)
-            if route.rows is not None:     # partial sums of blocks split over senders
-                cells = torch.matmul(torch.matmul(route.rows, spikes), route.cols.T)
-            else:
-                cells = spikes
-        nz = (cells != 0).reshape(self.B, -1).to(torch.float32)             # messages to send
-        per_cell = nz.sum(0)
-        totals = (per_cell.to(torch.float64) @ route.per_cell).tolist()
-        latency = (nz @ route.latency).to(torch.float64)
-        messages = (per_cell @ route.messages).to(torch.float64)
-        # synaptic ops on the destination cores, and which destination neurons got input
-        per_position = nz.reshape(self.B, C, -1).sum(1)                     # [B, cells per channel]
-        if route.cell_to_position is not None:
-            per_position = per_position @ route.cell_to_position            # [B, X positions]
-        dest = self.plan.layers[route.dest]
-        events = None if dest.always_active else per_position @ route.position_reach
-        per_tile = (per_position @ route.position_tiles).to(torch.float64)  # [B, dest tiles]
-        synops = per_tile[:, :, None] * dest.group_sizes[None]               # [B, tiles, groups]
-        return totals, latency, messages, events, synops.reshape(self.B, -1)
+            self.readout_steps = result.outputs
+        window = slice(layer.depth, layer.depth + self.T)          # the chip steps of logical steps 0..T-1
+        cores = slice(layer.first, layer.first + layer.cores)
+        if layer.always_active:
+            self.core_active[window, :, cores] += layer.core_neurons
+        else:   # active: input arrived, or state or bias non-zero
+            active = (self.received[name].bool().reshape(self.T, self.B, 1, layer.H * layer.W)
+                      | result.busy.bool().reshape(self.T, self.B, layer.C, -1)
+                      | layer.bias_nonzero.reshape(1, 1, layer.C, -1)).reshape(self.T * self.B, -1)
+            per_core = torch.zeros((self.T * self.B, self.plan.n_cores), dtype=torch.float64)
+            per_core.index_add_(1, layer.core_of_neuron, active.to(torch.float64))
+            self.core_active[window] += per_core.reshape(self.T, self.B, -1)
 
-    def step(self, k: int):
-        plan, B = self.plan, self.B
-        K = plan.n_cores
-        core_active = torch.zeros((B, K), dtype=torch.float64)
-        core_synops = torch.zeros((B, K), dtype=torch.float64)
-        sender_latency = torch.zeros((B, K + 1), dtype=torch.float64)
-        self.neuron_phase(k, core_active)
-        self.routing_phase(k, core_synops, sender_latency)
-        inactive = plan.core_neurons[None] - core_active
-        t = plan.time
-        compute = (core_synops * t["synaptic_op"] + core_active * t["neuron_update_active"]
-                   + inactive * t["neuron_update_inactive"]).max(dim=1).values
-        routing = sender_latency.max(dim=1).values
-        self.step_ns.append((compute + routing + plan.barrier_ns).numpy())
-        self.phase["compute"] += float(compute.sum())
-        self.phase["routing"] += float(routing.sum())
-        self.phase["barrier"] += plan.barrier_ns * B
-        self.core["synaptic_op"] += core_synops.sum(0)
-        self.core["neuron_update_active"] += core_active.sum(0)
-        self.core["neuron_update_inactive"] += inactive.sum(0)
-        # free what no later step reads
-        done = k - plan.max_depth
-        if 0 <= done < self.T:
-            for key in [key for key in self.values if key[1] == done]:
-                del self.values[key]
+    def route(self, route: _Route, depth: int):
+        """The messages along one route at every step: hops and counts, routing time per sender,
+        synaptic ops on the destination cores, and which destination neurons receive input."""
+        if route.pooled is not None:       # the pooled tensor itself: one sender per value
+            steps, cells = self.value(route.pooled)
+        else:
+            steps, cells = self.value(route.source)
+            if route.rows is not None:     # partial sums of blocks split over senders
+                cells = cells.reshape((len(cells),) + route.source_shape)
+                cells = torch.matmul(torch.matmul(route.rows, cells), route.cols.T)
+        per_class = torch.from_numpy(_messages_per_class(
+            cells.reshape(steps * self.B, route.shape[0], -1).contiguous().numpy(), route.channels_per_sender))
+        per_class = self._over_steps(steps, per_class, self.T).reshape(self.T, self.B, -1)
+        total_per_class = per_class.sum((0, 1))
+        totals = (total_per_class @ route.class_totals).tolist()
+        counts = self.layer_counts[route.source]
+        counts["messages"] += totals[0]
+        counts["spike_within_tile"] += totals[1]
+        counts["spike_across_tiles"] += totals[0] - totals[1]
+        counts["hop_east_west"] += totals[2]
+        counts["hop_north_south"] += totals[3]
+        window = slice(depth, depth + self.T)
+        self.sender_latency[window].index_add_(2, route.senders, per_class @ route.class_latency)
+        self.messages_sent.index_add_(0, route.senders, total_per_class @ route.class_messages)
+        dest = self.plan.layers[route.dest]
+        if not dest.always_active:                                      # received at the same logical step
+            self.received[route.dest] += (per_class @ route.class_reach).to(torch.float32)
+        synops = (per_class @ route.class_tiles)[..., None] * dest.group_sizes   # [T, B, tiles, groups]
+        self.core_synops[window].index_add_(2, dest.tile_core.reshape(-1), synops.reshape(self.T, self.B, -1))
 
     def run(self):
-        for k in range(self.T + self.plan.max_depth):
-            self.step(k)
         plan = self.plan
-        spikes, readout = {}, None
+        steps, pixels = self.values[plan.input_name]
+        self.layer_counts[plan.input_name]["spikes"] = float(torch.count_nonzero(pixels)) * self.T / steps
+        for route in plan.routes_out[plan.input_name]:   # graded input events: pixels with a non-zero payload
+            self.route(route, 0)
         for name, layer in plan.layers.items():
-            if layer.node.spiking:
-                spikes[name] = torch.stack(self.spike_masks[name]).numpy()
-                self.layer_counts[name]["spikes"] = float(np.count_nonzero(spikes[name]))
-            else:
-                readout = torch.stack(self.outputs[name]).numpy()
-        voltages = {name: torch.stack(v).numpy() for name, v in self.voltages.items()}
-        return spikes, readout, voltages
+            self.run_layer(name, layer)
+            for route in plan.routes_out[name]:
+                self.route(route, layer.depth)
+        return self
+
+    def chip_steps(self) -> dict:
+        """Per chip step and sample the modelled time: the slowest core (synaptic ops and neuron
+        updates), the busiest sender's messages in series, and the barrier."""
+        plan, t = self.plan, self.plan.time
+        inactive = plan.core_neurons - self.core_active
+        compute = (self.core_synops * t["synaptic_op"] + self.core_active * t["neuron_update_active"]
+                   + inactive * t["neuron_update_inactive"]).max(dim=2).values
+        routing = self.sender_latency.max(dim=2).values
+        return {"step_ns": (compute + routing + plan.barrier_ns).numpy(),
+                "phase": {"compute": float(compute.sum()), "routing": float(routing.sum()),
+                          "barrier": plan.barrier_ns * compute.numel()},
+                "cores": {"synaptic_op": self.core_synops.sum((0, 1)), "neuron_update_active": self.core_active.sum((0, 1)),
+                          "neuron_update_inactive": inactive.sum((0, 1)), "messages_sent": self.messages_sent}}
 
 
 def _merge(parts: list, plan: _Plan, T: int):
-    spikes = {name: np.concatenate([p.result[0][name] for p in parts], axis=1) for name in parts[0].result[0]}
-    readout_steps = np.concatenate([p.result[1] for p in parts], axis=1)
-    voltages = {name: np.concatenate([p.result[2][name] for p in parts], axis=1) for name in parts[0].result[2]}
+    spikes = {name: np.concatenate([p.spikes[name].numpy() for p in parts], axis=1) for name in parts[0].spikes}
+    readout_steps = np.concatenate([p.readout_steps.numpy() for p in parts], axis=1)
+    voltages = {name: np.concatenate([p.voltages[name].numpy() for p in parts], axis=1) for name in parts[0].voltages}
     overflow = {name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
                 for name in parts[0].overflow}
     trace = execute.Trace(spikes=spikes, readout_steps=readout_steps,
                           readout=execute.readout(plan.net, readout_steps), voltages=voltages, overflow=overflow)
     layers = {name: {key: sum(p.layer_counts[name][key] for p in parts) for key in COUNT_KEYS}
               for name in parts[0].layer_counts}
-    cores = {key: sum(p.core[key] for p in parts).numpy() for key in parts[0].core}
+    chip = [p.chip_steps() for p in parts]
+    cores = {key: sum(c["cores"][key] for c in chip).numpy() for key in chip[0]["cores"]}
     for name, layer in plan.layers.items():     # a layer's receiving counts: the sum over its cores
         for key in ("synaptic_op", "neuron_update_active", "neuron_update_inactive"):
             layers[name][key] = float(cores[key][layer.first:layer.first + layer.cores].sum())
     cores["input_port_messages"] = cores["messages_sent"][plan.n_cores:].copy()
     cores["messages_sent"] = cores["messages_sent"][:plan.n_cores]
-    step_ns = np.concatenate([np.stack(p.step_ns) for p in parts], axis=1)
-    phase = {key: sum(p.phase[key] for p in parts) for key in parts[0].phase}
+    step_ns = np.concatenate([c["step_ns"] for c in chip], axis=1)
+    phase = {key: sum(c["phase"][key] for c in chip) for key in chip[0]["phase"]}
     counts = Counts(samples=int(readout_steps.shape[1]), steps=T + plan.max_depth, layers=layers, cores=cores,
                     step_ns=step_ns, phase_ns=phase, barrier_ns=plan.barrier_ns, tiles_used=plan.tiles_used)
     return trace, counts
@@ -569,11 +527,8 @@ def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_
         raise ValueError("the cycle simulator runs fixed-point networks; quantize first")
     inputs = np.asarray(inputs)
     plan = _Plan(net, mapping, target)
-    parts = []
-    for start in range(0, inputs.shape[1], chunk):
-        part = _Run(plan, inputs[:, start:start + chunk], record_voltages)
-        part.result = part.run()
-        parts.append(part)
+    parts = [_Run(plan, inputs[:, start:start + chunk], record_voltages).run()
+             for start in range(0, inputs.shape[1], chunk)]
     return _merge(parts, plan, inputs.shape[0])
 
 

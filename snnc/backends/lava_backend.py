@@ -23,7 +23,10 @@ write their outputs into .npy memmaps, which `LavaGraph.read` turns into a Trace
 """
 from __future__ import annotations
 
+import importlib
 import json
+import multiprocessing
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -45,6 +48,19 @@ SELECT_TAG = "fixed_pt"
 # the least significant bit; storing 2*w with weight_exp = -1 keeps every snnc weight exact.
 DENSE_WEIGHT_SHIFT = 1
 DENSE_WEIGHT_LIMIT = 127
+LAVA_RUNTIME_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
+
+
+def _import_lava_runtime():
+    """Import Lava's multiprocessing runtime before Lava does. On first import it calls
+    multiprocessing.set_start_method('fork'), which fails once anything has fixed the start method,
+    as numba does when it starts the thread pool of snnc's integer kernels. Lava needs fork: the
+    fixed method is forgotten, and Lava sets it again."""
+    if LAVA_RUNTIME_MODULE in sys.modules:
+        return
+    if multiprocessing.get_start_method(allow_none=True) is not None:
+        multiprocessing.set_start_method(None, force=True)
+    importlib.import_module(LAVA_RUNTIME_MODULE)
 
 
 # --- layouts --------------------------------------------------------------------------------
@@ -513,6 +529,7 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
     directory owned by the graph when None). Run with `graph.run()` or Lava's own
     `graph.source.run(RunSteps(graph.num_steps), Loihi2SimCfg(select_tag="fixed_pt"))`, then
     `graph.read()`."""
+    _import_lava_runtime()
     if isinstance(network, ir.Network):
         spec, arrays = lava_spec(network)
     elif isinstance(network, tuple):
@@ -671,6 +688,7 @@ def run_lava_lif(net: ir.Network, inputs: np.ndarray, record_dir=None) -> dict[s
     its depth by Var.set: its bias mantissa and v (u too when du < 4095) are written at its start
     step and the bias cleared after its T steps; samples are `T + L` steps apart (drained).
     """
+    _import_lava_runtime()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense
