@@ -60,10 +60,12 @@ def main() -> None:
     parser.add_argument("--network", default="mnist_lif", choices=["mnist_lif", "mnist_srif"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--lava-repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="threads of torch and of snnc's compiled kernels (0: their default, one per core)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
+    import numba
     import torch
 
     from snnc import execute
@@ -74,6 +76,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     net, source = _network(args.network)
     target = load_target(net.metadata["target"])
     inputs = execute.encode(net, load_dataset("mnist5k").test_images[:args.samples])
@@ -95,7 +98,8 @@ def main() -> None:
 
     report = {
         "network": source, "target": target.name, "samples": n, "T": net.T,
-        "chip_steps_per_sample": counts.steps, "torch_threads": torch.get_num_threads(),
+        "chip_steps_per_sample": counts.steps, "threads": {"torch": torch.get_num_threads(),
+                                                           "kernels": numba.get_num_threads()},
         "cores_used": mapping.totals["cores_used"], "mapping_s": map_s,
         "identical": {"cycle_vs_reference": _same(cycle_trace, ref_trace),
                       "cycle_vs_lava": _same(cycle_trace, lava_trace)},
@@ -114,7 +118,7 @@ def main() -> None:
         ms = report["ms_per_sample"]
         print(f"network: {source} on {target.name}, {n} MNIST-5k digits, T={net.T}, "
               f"{counts.steps} chip steps per sample, {report['cores_used']} cores, "
-              f"torch threads {report['torch_threads']}")
+              f"threads: torch {report['threads']['torch']}, kernels {report['threads']['kernels']}")
         print(f"spikes identical: cycle = reference: {report['identical']['cycle_vs_reference']}, "
               f"cycle = Lava: {report['identical']['cycle_vs_lava']}")
         print(f"cycle simulator  {ms['cycle']:9.3f} ms/sample   (mapping once: {map_s:.2f} s)")

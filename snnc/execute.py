@@ -232,7 +232,8 @@ class FixedNeuron:
         self.keep_u, self.keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
         strict = arithmetic["fire_rule"] == ">"   # v > threshold iff v >= threshold + 1 on integers
         never = np.iinfo(np.int64).max     # an integrator never fires
-        self.fire_at = _per_neuron(np.asarray(n.threshold, dtype=np.int64) + strict if self.spiking else never, self.shape)
+        fire_at = np.asarray(n.threshold, dtype=np.int64) + strict if self.spiking else never
+        self.fire_at = _per_neuron(fire_at, self.shape)
         self.reset_amount = _per_neuron(n.reset_amount if self.soft else 0, self.shape)
         self.bias = _per_neuron(n.bias, self.shape)
         self.initial = _per_neuron(n.initial_state, self.shape)

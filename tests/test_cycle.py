@@ -131,11 +131,17 @@ def test_hops_messages_and_time_on_a_hand_placed_network():
 
 # ------------------------------------------------------------------ brute-force counts
 
-@pytest.fixture(scope="module")
-def lif_run():
+@pytest.fixture(scope="module", params=["static", "changing"])
+def lif_run(request):
+    """A small network on direct-encoded images (the same input at every step, which the simulator
+    processes once) or on inputs that change from step to step."""
     spec = netfactory.recipe("mnist_lif", arch_params={"channels": [16, 32], "hidden": 64})
     net = compile_network(netfactory.random_network(spec, seed=7), LOIHI1).fixed
     inputs = execute.encode(net, netfactory.random_images(spec, 6, seed=8))
+    if request.param == "changing":
+        inputs = np.stack([execute.encode(net, netfactory.random_images(spec, 6, seed=9 + t))[0]
+                           for t in range(net.T)])
+        assert_exact(net, inputs, record=("conv1",))
     mapping = mp.map_to_cores(net, LOIHI1)
     trace, counts = cycle.simulate(net, mapping, LOIHI1, inputs, chunk=4)
     return net, inputs, mapping, trace, counts
@@ -254,3 +260,15 @@ def test_a_mapping_of_another_network_is_refused():
     with pytest.raises(InputError, match="does not describe"):
         cycle.simulate(net, mp.map_to_cores(other, LOIHI2), LOIHI2,
                        execute.encode(net, netfactory.random_images(spec, 1)))
+
+
+@pytest.mark.parametrize("shape, kernel", [((3, 4, 28, 28), 2), ((2, 3, 5, 6), 2), ((2, 3, 6, 7), 2),
+                                           ((2, 2, 9, 9), 3)])
+def test_sum_pools_equal_torchs_on_spikes_and_on_integers(shape, kernel):
+    """The simulator's pools (uint8 spikes two at a time as uint16 words when the width allows,
+    any integers otherwise) against avg_pool2d(divisor_override=1), odd sizes included."""
+    rng = np.random.default_rng(0)
+    for values in (rng.random(shape) < 0.5, rng.integers(-50, 50, shape)):
+        x = torch.from_numpy(values.astype(np.uint8 if values.dtype == bool else np.float32))
+        expected = F.avg_pool2d(x.to(torch.float64), kernel, kernel, divisor_override=1)
+        assert torch.equal(cycle._sum_pool(x, kernel, torch.float64), expected)

@@ -6,6 +6,8 @@ export artifact is deterministic and loads into runnable process objects."""
 import dataclasses
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -325,3 +327,25 @@ def test_trained_checkpoint_is_spike_exact_on_50_digits(checkpoint, digits):
     inputs = execute.encode(net, digits[:50])
     ref = reference.run(net, inputs)
     assert_same(ref, lava_backend.run(net, inputs))
+
+
+def test_lava_runs_after_the_compiled_kernels_started_their_threads():
+    """numba fixes multiprocessing's start method when it starts the thread pool of snnc's kernels;
+    Lava's runtime sets it again on first import and refused to start after that (RuntimeError:
+    context has already been set). A fresh process: the reference first, then Lava."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+import numpy as np
+from netfactory import random_images, random_network, recipe
+from snnc import compiler, execute
+from snnc.backends import lava_backend, reference
+from snnc.targets import load_target
+spec = recipe("mnist_lif", arch_params={{"channels": [4, 4], "hidden": 8}})
+net = compiler.compile_network(random_network(spec, seed=0), load_target("loihi2")).fixed
+inputs = execute.encode(net, random_images(spec, 2, seed=0))
+expected = reference.run(net, inputs)
+assert np.array_equal(lava_backend.run(net, inputs).readout, expected.readout)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
