@@ -3,7 +3,8 @@
 The graph is run layer by layer over all T steps (synaptic ops on [T*B, ...] at once, then the
 neuron recurrence over t), vectorized over the batch. Synaptic ops use float64 arithmetic: for a
 fixed-point network every operand is an integer and every partial sum stays far below 2^53, so the
-float64 results are exact integers whatever the summation order (see docs/ir.md).
+float64 results are exact integers whatever the summation order (see docs/ir.md). The fixed-point
+neuron rule is one compiled kernel (numba: `FixedNeuron`), which the cycle simulator runs too.
 """
 from __future__ import annotations
 

@@ -3,15 +3,17 @@
 Per chip time step (docs/cycle-simulator.md):
 1. neuron update: every layer whose pipeline window covers the step (a layer at synaptic depth d
    computes logical step t at chip step t + d) applies the fixed-point rule of snnc.execute
-   (`FixedNeuronStep`: the one definition) to the input accumulated for it;
+   (`FixedNeuron`: the one definition) to the input accumulated for it;
 2. spike routing: the spikes just produced (and the host's input at steps 0..T-1) go out as one
    message per (axon, destination core), XY-routed over the tile mesh; hops are counted;
 3. synaptic accumulation: each message costs its destination core one synaptic op per synapse of
    its axon there, into the accumulator slot of the step its layer will integrate it;
 4. barrier synchronisation.
-The functional result is computed with whole-layer tensor ops (vectorized over the batch, exact
-integer arithmetic) and equals the integer reference spike for spike; the cores only decide what is
-counted and the time model. Traces come back in logical time (T steps), as every backend's do.
+The graph has no recurrence, so every quantity of a step is computed layer by layer over all T
+steps at once (then route by route), vectorized over the batch, and the chip's T + L steps are put
+together from the per-step counts at the end. The functional result is exact integer arithmetic and
+equals the integer reference spike for spike; the cores decide what is counted and the time model.
+Traces come back in logical time (T steps), as every backend's do.
 """
 from __future__ import annotations
 

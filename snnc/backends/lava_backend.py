@@ -6,7 +6,7 @@ Process graph (docs/lava.md has the picture and the reasons):
 - synapses: Lava's own `Conv` (a conv2d reading a producer directly), `Dense` (a linear layer,
   possibly after sum pooling and flatten, which are composed into its matrix) and `Sparse` (a
   conv2d after sum pooling: the unrolled, composed matrix). Each adds Lava's one-step delay;
-- neurons: snnc.lava_procs.SnncNeuron (snnc.execute.fixed_neuron, per-neuron parameters), the
+- neurons: snnc.lava_procs.SnncNeuron (snnc.execute.FixedNeuron's rule, per-neuron parameters), the
   readout integrator being one too; a ResNet add with a neuron is several synapse groups into one
   SnncNeuron (Lava sums an InPort's connections);
 - SnncRelay: a SEW add (graded sum of spike tensors, zero latency) and the delay line that holds

@@ -1,6 +1,6 @@
 """Fixed-point process models (tag 'fixed_pt') for snnc.lava_procs.process.
 
-The neuron arithmetic is snnc.execute.fixed_neuron, written again in numpy (this file must stay
+The neuron arithmetic is snnc.execute.FixedNeuron's, written again in numpy (this file must stay
 importable without torch or the rest of snnc: Lava executes it while searching for models).
 """
 import numpy as np
