@@ -149,10 +149,10 @@ def _cuba_update(x, u, v, fire_at, reset_amount, bias, keep_u, keep_v, shift, to
 def _cuba_run(a, steps, initial, fire_at, reset_amount, bias, spikes, voltages, busy, keep_u, keep_v, shift,
               bits, current_saturates, voltage_saturates, hard, soft):
     """Every step of one population on [steps, batch, neurons]; returns the number of spikes and of
-    current and voltage overflow events. `a` holds one step (presented at every step) or all of them. Fills spikes, and
-    voltages and busy unless they have size 0 (the loop without them stores nothing more). A
-    sample's state stays in two rows of its thread from the first step to the last; every value is
-    formed in int64 from integers, so any dtype holding integer inputs gives the same."""
+    current and voltage overflow events. `a` holds one step (presented at every step) or all of
+    them. Fills spikes, and voltages and busy unless they have size 0 (the loop without them stores
+    nothing more). A sample's state stays in two rows of its thread from the first step to the
+    last; every value is formed in int64 from integers, so any dtype holding integers gives the same."""
     neurons = initial.shape[0]
     top = np.int64(1) << (bits - 1)
     record = voltages.size > 0
@@ -239,7 +239,8 @@ class FixedNeuron:
         self.bias = _per_neuron(n.bias, self.shape)
         self.initial = _per_neuron(n.initial_state, self.shape)
 
-    def run(self, a: torch.Tensor, steps: int, record_voltage: bool = False, record_busy: bool = False) -> NeuronRun:
+    def run(self, a: torch.Tensor, steps: int, record_voltage: bool = False,
+            record_busy: bool = False) -> NeuronRun:
         batch, neurons = a.shape[1], len(self.initial)
         full = (steps, batch, neurons)
         recorded = full if record_voltage or record_busy or not self.spiking else (0, 0, 0)

@@ -18,7 +18,7 @@ Traces come back in logical time (T steps), as every backend's do.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -113,9 +113,7 @@ class _Route:
     """Counting data for the spikes of one source population into one synapse group of a layer."""
 
     dest: str
-    group: int
     source: str
-    block: tuple[int, int]
     source_shape: tuple[int, int, int]    # the source population as (C, H, W)
     shape: tuple[int, int, int]           # X before flatten (C, hx, wx)
     rows: torch.Tensor | None             # [row segments, H_src] (None: identity)
@@ -149,7 +147,6 @@ class _Layer:
     bias_nonzero: torch.Tensor            # [C*H*W] bool
     always_active: bool                   # every neuron has a bias: all active in the window
     core_neurons: torch.Tensor            # [cores] neurons on each of its cores
-    routes_in: list[_Route] = field(default_factory=list)
 
 
 class _Plan:
@@ -206,24 +203,22 @@ class _Plan:
                                        self.core_neurons[entry["first_core"]:entry["first_core"] + entry["cores"]])
         self.rules = {name: execute.FixedNeuron(layer.node, net.arithmetic)
                       for name, layer in self.layers.items()}   # stateless: shared by every chunk
-        # routes: (source, destination group) pairs with their per-cell counting vectors
+        # routes: (source, destination group) pairs with their per-class counting tables
         self.routes_out: dict[str, list[_Route]] = {name: [] for name in layers}
         for name, info in layers.items():
             if name == self.input_name:
                 continue
             dest = self.layers[name]
-            for gi, group in enumerate(info.groups):
+            for group in info.groups:
                 for src, block in group.sources:
-                    route = self._route(dest, info, gi, group, src, block, layers, parts, tiles)
-                    dest.routes_in.append(route)
-                    self.routes_out[src].append(route)
+                    self.routes_out[src].append(self._route(dest, info, group, src, block, layers, parts, tiles))
         n_tiles = len({tuple(t) for t in tiles[:-1].tolist()})
         mesh_tiles = (-(-mapping.mesh[0] // self.tile[0])) * (-(-mapping.mesh[1] // self.tile[1]))
         low, high = self.time["barrier_min"], self.time["barrier_max"]
         self.barrier_ns = low + (high - low) * (n_tiles - 1) / max(1, mesh_tiles - 1)
         self.tiles_used = n_tiles
 
-    def _route(self, dest, info, gi, group, src, block, layers, parts, tiles) -> _Route:
+    def _route(self, dest, info, group, src, block, layers, parts, tiles) -> _Route:
         C, hx, wx = group.pre_shape
         source = layers[src]
         if src == self.input_name:
@@ -282,9 +277,8 @@ class _Plan:
         per_class = table[which, position]                                       # [classes, 5]
         sender_of = np.zeros((len(which), len(unique_senders)))
         sender_of[np.arange(len(which)), which] = 1
-        return _Route(dest=dest.name, group=gi, source=src, block=block,
-                      source_shape=(source.C, source.H, source.W), shape=(C, hx, wx), rows=rows, cols=cols,
-                      pooled=pooled, channels_per_sender=channels_per_sender, senders=torch.from_numpy(unique_senders),
+        return _Route(dest=dest.name, source=src, source_shape=(source.C, source.H, source.W),
+                      shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled, channels_per_sender=channels_per_sender, senders=torch.from_numpy(unique_senders),
                       class_totals=torch.from_numpy(per_class[:, :4].copy()),
                       class_latency=torch.from_numpy(sender_of * per_class[:, 4:5]),
                       class_messages=torch.from_numpy(sender_of * per_class[:, 0:1]),
