@@ -27,6 +27,7 @@ from snnc.backends import onnx_backend  # noqa: E402
 from snnc.compiler import compile_checkpoint, compile_network  # noqa: E402
 from snnc.data import load_dataset  # noqa: E402
 from snnc.targets import load_target  # noqa: E402
+from timing import best_of  # noqa: E402
 
 
 def _compiled(checkpoint: str | None, target: str):
@@ -40,16 +41,6 @@ def _compiled(checkpoint: str | None, target: str):
 
     return compile_network(random_network(recipe("mnist_srif")), load_target(target)), \
         "random mnist_srif network (no checkpoint)"
-
-
-def _best(function, repeats: int) -> tuple[float, object]:
-    function()  # warm-up
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def main() -> None:
@@ -66,13 +57,13 @@ def main() -> None:
     images = np.concatenate([images] * (-(-args.samples // len(images))))[:args.samples]
     inputs = execute.encode(compiled.fixed, images)
 
-    ref_time, ref = _best(lambda: execute.run(compiled.fixed, inputs), args.repeats)
+    ref_time, ref = best_of(lambda: execute.run(compiled.fixed, inputs), args.repeats, warm_up=True)
     start = time.perf_counter()
     lean = onnx_backend.session(onnx_graph.fixed_model(compiled.fixed, spikes=False))
     session_time = time.perf_counter() - start
     full = onnx_backend.session(onnx_graph.fixed_model(compiled.fixed, spikes=True))
-    lean_time, lean_trace = _best(lambda: onnx_backend.run_session(lean, inputs), args.repeats)
-    full_time, full_trace = _best(lambda: onnx_backend.run_session(full, inputs), args.repeats)
+    lean_time, lean_trace = best_of(lambda: onnx_backend.run_session(lean, inputs), args.repeats, warm_up=True)
+    full_time, full_trace = best_of(lambda: onnx_backend.run_session(full, inputs), args.repeats, warm_up=True)
     if not (np.array_equal(lean_trace.readout, ref.readout) and np.array_equal(full_trace.readout, ref.readout)
             and all(np.array_equal(full_trace.spikes[k], v) for k, v in ref.spikes.items())):
         sys.exit("error: ONNX and the integer reference disagree")
