@@ -25,11 +25,13 @@ def interrupt_on_sigterm():
 
 
 def reports_errors(command):
-    """Turn SnncError into one line on stderr and its exit code, never a traceback."""
+    """Turn SnncError into one line on stderr and its exit code, never a traceback; SIGTERM and
+    Ctrl-C end the command with exit 130 after its cleanup ran."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            interrupt_on_sigterm()
             return command(*args, **kwargs)
         except SnncError as error:
             click.echo(f"error: {error}", err=True)
@@ -68,25 +70,19 @@ def main():
               help="Weight of TET's MSE regulariser (losses tet and tet-s).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="CPU threads for torch.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--force", is_flag=True, help="Overwrite an existing snnc checkpoint.")
 @reports_errors
 def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_lambda, threads,
           force):
     """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint."""
     import contextlib
-    from pathlib import Path
 
     from snnc.data import load_dataset
-    from snnc.errors import OutputError
     from snnc.models import load_recipe
-    from snnc.train import save_checkpoint
+    from snnc.train import check_checkpoint_output, save_checkpoint
     from snnc.train import train as train_model
 
-    output = Path(output)
-    if output.exists() and not force:
-        raise OutputError(f"{output} already exists (use --force to overwrite)")
-    if not output.parent.is_dir():
-        raise OutputError(f"directory {output.parent} does not exist")
+    check_checkpoint_output(output, force)
     spec = load_recipe(recipe)
     dataset = load_dataset(data)
     show_bar = sys.stderr.isatty()
@@ -107,7 +103,7 @@ def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_l
             on_batch=(lambda: bar.update(1)) if show_bar else None, on_epoch=report_epoch)
     save_checkpoint(output, model, {"data": data, "loss": loss, "epochs": epochs, "seed": seed,
                                     "lr": lr, "batch_size": batch_size, "shift": shift,
-                                    "tet_lambda": tet_lambda, "test_accuracy": accuracy})
+                                    "tet_lambda": tet_lambda, "test_accuracy": accuracy}, force=force)
     click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {len(dataset.test_labels)} "
                f"{data} test samples")
 
@@ -179,7 +175,7 @@ def _progress(as_json):
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Export directory to create.")
 @click.option("--target", default="loihi2", show_default=True, help="Target name or YAML file.")
-@click.option("--force", is_flag=True, help="Replace an existing export directory.")
+@click.option("--force", is_flag=True, help="Replace an existing snnc export directory (nothing else).")
 @click.option("--bn-into", type=click.Choice(["neuron", "weights"]), default="neuron", show_default=True,
               help="Fold tdBN into per-channel thresholds (neuron) or into the weights.")
 @click.option("--onnx-spikes", is_flag=True, help="model.onnx also outputs every layer's spikes.")
@@ -198,7 +194,6 @@ def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data
     export directory."""
     from snnc.compiler import export as export_source
 
-    interrupt_on_sigterm()
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
                "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale}
     summary = export_source(source, output, target=target, force=force, options=options,
@@ -215,7 +210,8 @@ def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data
 
 @main.command()
 @click.argument("path")
-@click.option("--target", default="loihi2", show_default=True, help="Target for a checkpoint's fixed-point view.")
+@click.option("--target", default="loihi2", show_default=True,
+              help="Target for a source's fixed-point view (an export uses its own).")
 @reports_errors
 def inspect(path, target):
     """Per-layer table of a checkpoint (float and quantized) or an export directory."""
@@ -224,14 +220,12 @@ def inspect(path, target):
     from snnc.summary import describe_network
 
     if Path(path).is_dir():
-        from snnc.compiler import load_export
+        from snnc.export_dir import ExportDir
+        from snnc.passes.mapping import format_mapping, load_mapping
 
-        from snnc.passes.mapping import format_mapping, map_to_cores
-        from snnc.targets import load_target
-
-        net, manifest = load_export(path)
-        click.echo(describe_network(net))
-        click.echo("\n" + format_mapping(map_to_cores(net, load_target(manifest["target"]))))
+        export = ExportDir.open(path)
+        click.echo(describe_network(export.network))
+        click.echo("\n" + format_mapping(load_mapping(export)))
         return
     from snnc.compiler import compile_source
 
@@ -245,24 +239,20 @@ def inspect(path, target):
 @main.command("run")
 @click.argument("outdir")
 @click.option("--backend", default="reference", show_default=True,
-              help="reference, onnx, lava or cycle.")
+              help="reference, onnx, onnx-step, lava or cycle.")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def run_command(outdir, backend, data, samples, as_json):
     """Run an export directory on one backend and report its accuracy."""
-    from snnc.compiler import run_backend
+    from snnc.backends import run_on_backend
 
-    result = run_backend(outdir, backend, data, samples)
+    result = run_on_backend(outdir, backend, data, samples)
     if as_json:
         print_json(result)
     else:
         click.echo(f"{backend}: accuracy {result['accuracy']:.4f} on {result['samples']} {result['data']} samples")
-
-
-if __name__ == "__main__":
-    main()
 
 
 def _progress_bar(as_json, label):
@@ -274,17 +264,17 @@ def _progress_bar(as_json, label):
 
 @main.command()
 @click.argument("outdir")
-@click.option("--backends", default="reference,onnx,lava,cycle", show_default=True,
-              help="Comma-separated backends to compare with the integer reference.")
+@click.option("--backends", default="reference,onnx,onnx-step,lava,cycle", show_default=True,
+              help="Comma-separated backends whose exported files are compared with the integer reference.")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
 @click.option("--input", "input_file", default=None, help="Replay an input saved by a failed verify.")
 @click.option("--save-input", default="snnc-verify-input.npz", show_default=True,
               help="Where to save the input of the first divergence.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def verify(outdir, backends, data, samples, input_file, save_input, as_json):
-    """Check that backends compute the integer reference's spikes exactly; exit 1 if not."""
+    """Check that the exported artifacts compute the integer reference's spikes exactly; exit 1 if not."""
     from snnc.errors import CheckFailed
     from snnc.verify import verify as run_verify
 
@@ -312,8 +302,10 @@ def verify(outdir, backends, data, samples, input_file, save_input, as_json):
 def _divergence_line(first):
     where = "readout" if first["layer"] == "readout" else f"layer '{first['layer']}' step {first['step']}"
     values = ", ".join(f"{k}={v}" for k, v in first["values"].items())
+    saved = (f"input saved to {first['saved_input']}" if first.get("saved_input")
+             else f"input not saved: {first.get('save_error')}")
     return (f"sample {first['sample']}, {where}, neuron {first['neuron']} {first['neuron_index']}: "
-            f"{values} (input saved to {first['saved_input']})")
+            f"{values} ({saved})")
 
 
 def _print_verify(report):
@@ -342,7 +334,7 @@ def _print_verify(report):
 @main.command()
 @click.argument("outdir")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
 @click.option("--target", default=None, help="Price with this target's table (default: the export's).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True)
@@ -356,6 +348,9 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
     """Operation counts, energy per sample and chip latency; optional CI gates (exit 1 on failure)."""
     from snnc import energy as energy_model
 
+    energy_model.check_gate_limits(budget_uj, max_regression)
+    if plot_file:
+        energy_model.check_plot_path(plot_file)
     report = energy_model.energy_report(outdir, data=data, samples=samples, target=target)
     if output_format == "json":
         print_json(report)
@@ -369,17 +364,19 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
 @main.command()
 @click.argument("outdir")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def simulate(outdir, data, samples, as_json):
     """Run an export on the cycle-level multicore simulator: accuracy, counts, latency, throughput."""
     from snnc.backends.cycle import simulate_export
-    from snnc.compiler import load_export, test_images
+    from snnc.data import test_images
+    from snnc.export_dir import ExportDir
 
-    net, manifest = load_export(outdir)
-    images, labels = test_images(net, data or manifest.get("data", "mnist5k"), samples)
-    report = simulate_export(outdir, images, labels=labels)
+    export = ExportDir.open(outdir)
+    images, labels = test_images(export.network.input_node.shape,
+                                 data or export.manifest.get("data", "mnist5k"), samples)
+    report = simulate_export(export, images, labels=labels)
     if as_json:
         print_json(report)
         return
@@ -389,3 +386,7 @@ def simulate(outdir, data, samples, as_json):
                f"{report['chip_samples_per_second']:,.0f} samples/s on the chip (modelled)")
     for layer, counts in report["counts"]["per_sample"].items():
         click.echo(f"  {layer}: " + ", ".join(f"{k} {v:,.1f}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -84,3 +84,17 @@ def encode(images, steps):
 
     frames = torch.as_tensor(images).to(torch.float32) / 255.0
     return frames.unsqueeze(0).expand(steps, *frames.shape)
+
+
+def test_images(input_shape, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` test images of a data set, checked against a network's input shape,
+    and their labels."""
+    dataset = load_dataset(data)
+    count = len(dataset.test_labels) if samples is None else samples
+    if count < 1:
+        raise InputError("--samples must be at least 1")
+    images, labels = dataset.test_images[:count], dataset.test_labels[:count]
+    if tuple(images.shape[1:]) != tuple(input_shape):
+        raise InputError(f"data set {data} has inputs {list(images.shape[1:])}, the network expects "
+                         f"{list(input_shape)}")
+    return images, labels

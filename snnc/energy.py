@@ -10,16 +10,19 @@ Two conventions side by side (SEMANTICS section 3):
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from snnc import compiler
-from snnc.errors import CheckFailed, InputError
+from snnc import execute
+from snnc.data import test_images
+from snnc.errors import CheckFailed, InputError, OutputError
+from snnc.export_dir import ExportDir, check_file_output, write_file
 from snnc.ir import Network, Node
 from snnc.passes.fold import synaptic_inputs
-from snnc.targets import load_energy_table, load_target
+from snnc.targets import load_energy_table
 
 PJ_PER_UJ = 1e6
 
@@ -32,25 +35,40 @@ def flops(node: Node) -> int:
     return int(node.weight.size)
 
 
-def _activity(net: Network, trace, name: str) -> float:
-    """Mean real value of a node's output per element and step: a firing rate for spikes."""
+def _source_is_input(net: Network, name: str) -> bool:
+    """Whether a synapse reads the network input, directly or through views (flatten, pooling)."""
+    node = net.node(name)
+    if node.op == "input":
+        return True
+    return node.op in ("avgpool", "sumpool", "flatten") and _source_is_input(net, node.inputs[0])
+
+
+def _activity(net: Network, trace, inputs: np.ndarray, name: str) -> float:
+    """Mean real value of a node's output per element and step: a firing rate for spikes (and for
+    an input that is itself binary spikes)."""
     node = net.node(name)
     if node.spiking:
         return float(trace.spikes[name].mean())
+    if node.op == "input":
+        return float(inputs.mean())
     if node.op in ("avgpool", "sumpool", "flatten"):
-        return _activity(net, trace, node.inputs[0])
+        return _activity(net, trace, inputs, node.inputs[0])
     if node.op == "add":
-        return sum(_activity(net, trace, source) for source in node.inputs)
+        return sum(_activity(net, trace, inputs, source) for source in node.inputs)
     raise InputError(f"layer '{name}' has no firing rate")
 
 
-def _layer_rows(net: Network, trace, counts: dict, chip_table: dict, cmos: dict) -> list[dict]:
+def _layer_rows(net: Network, trace, inputs: np.ndarray, counts: dict, chip_table: dict,
+                cmos: dict) -> list[dict]:
+    # A layer reading graded input (pixels) multiplies: the papers' MAC term. One reading binary
+    # input spikes (event data, netx networks) accumulates like every other layer.
+    spiking_input = net.encoding.get("kind") == "spikes"
     rows = []
     for node in net.nodes:
         if node.neuron is None:
             continue
         synapses = synaptic_inputs(net, node)
-        first_layer = any(net.node(syn.inputs[0]).op == "input" for syn in synapses)
+        first_layer = not spiking_input and any(_source_is_input(net, syn.inputs[0]) for syn in synapses)
         layer_flops = sum(flops(syn) for syn in synapses)
         events = counts.get(node.name, {})
         row = {
@@ -67,7 +85,7 @@ def _layer_rows(net: Network, trace, counts: dict, chip_table: dict, cmos: dict)
             row.update(input_firing_rate=None, macs=layer_flops, sops_estimate=0.0,
                        energy_45nm_estimate_pj=cmos["mac"] * layer_flops)
         else:
-            rate = sum(_activity(net, trace, syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
+            rate = sum(_activity(net, trace, inputs, syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
             sops = rate * net.T * layer_flops
             row.update(input_firing_rate=rate, macs=0, sops_estimate=sops,
                        energy_45nm_estimate_pj=cmos["ac"] * sops)
@@ -93,16 +111,20 @@ def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = N
                   target: Optional[str] = None) -> dict:
     """Run the exported network on the cycle simulator and price what it did."""
     from snnc.backends import cycle
-    from snnc.passes.mapping import map_to_cores
+    from snnc.passes.mapping import load_mapping, map_to_cores
 
-    net, manifest = compiler.load_export(outdir)
-    chip = load_target(target or manifest["target"])
+    export = ExportDir.open(outdir)
+    net, manifest = export.network, export.manifest
+    chip = export.target_or(target)
     cmos = load_energy_table("cmos45nm")
     data = data or manifest.get("data", "mnist5k")
-    inputs, labels = compiler.test_inputs(net, data, samples)
-    trace, counts = cycle.simulate(net, map_to_cores(net, chip), chip, inputs)
+    images, labels = test_images(net.input_node.shape, data, samples)
+    inputs = execute.encode(net, images)
+    # the exported mapping, unless another target is asked for (which needs its own mapping)
+    mapping = map_to_cores(net, chip) if target else load_mapping(export)
+    trace, counts = cycle.simulate(net, mapping, chip, inputs)
     per_sample = cycle.energy_counts(counts)
-    rows = _layer_rows(net, trace, per_sample, chip.energy_pj, cmos.energy_pj)
+    rows = _layer_rows(net, trace, inputs, per_sample, chip.energy_pj, cmos.energy_pj)
     time = counts.to_dict()["time"]
     totals = {key: float(sum(row[key] for row in rows)) for key in (
         "flops", "synaptic_ops_counted", "sops_estimate", "macs", "neuron_updates_active",
@@ -122,21 +144,41 @@ def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = N
     }
 
 
+def check_gate_limits(budget_uj: Optional[float], max_regression: Optional[float]) -> None:
+    """Refuse a gate that could never fail (before any work is done)."""
+    if budget_uj is not None and not (math.isfinite(budget_uj) and budget_uj > 0):
+        raise InputError(f"--budget-uj must be a positive number, got {budget_uj}")
+    if max_regression is not None and not (math.isfinite(max_regression) and max_regression >= 0):
+        raise InputError(f"--max-regression must be a non-negative number, got {max_regression}")
+
+
+def _baseline_totals(baseline) -> dict:
+    """The totals of a saved report; every gated figure must be a positive finite number."""
+    try:
+        previous = json.loads(Path(baseline).read_text())["totals"]
+        values = {key: previous[key] for key in ("energy_chip_uj", "synaptic_ops_counted")}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise InputError(f"{baseline}: not an snnc energy report (snnc energy --format json)")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise InputError(f"{baseline}: totals.{key} must be a positive number, got {value!r}")
+    return values
+
+
 def check_gates(report: dict, budget_uj: Optional[float] = None, baseline: Optional[str] = None,
                 max_regression: Optional[float] = None) -> list[str]:
-    """Messages for every gate the report fails (empty when all pass)."""
+    """Messages for every gate the report fails (empty when all pass). A gate whose limit or
+    measurement is not a finite number fails instead of passing: NaN compares false with anything."""
+    check_gate_limits(budget_uj, max_regression)
     failures = []
     energy = report["totals"]["energy_chip_uj"]
-    if budget_uj is not None and energy > budget_uj:
+    if budget_uj is not None and not energy <= budget_uj:
         failures.append(f"energy {energy:.4f} uJ per sample exceeds the budget of {budget_uj} uJ")
     if baseline is not None:
-        try:
-            previous = json.loads(Path(baseline).read_text())["totals"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise InputError(f"{baseline}: not an snnc energy report (snnc energy --format json)")
+        previous = _baseline_totals(baseline)
         limit = 1 + (max_regression or 0.0) / 100
         for key, label in (("energy_chip_uj", "energy"), ("synaptic_ops_counted", "synaptic ops")):
-            if previous.get(key) and report["totals"][key] > previous[key] * limit:
+            if not report["totals"][key] <= previous[key] * limit:
                 growth = 100 * (report["totals"][key] / previous[key] - 1)
                 failures.append(f"{label} per sample grew {growth:.2f}% against {baseline} "
                                 f"(limit {max_regression or 0.0}%)")
@@ -185,8 +227,15 @@ def format_table(report: dict, markdown: bool = False) -> str:
     return "\n".join(lines + summary + [f"units: {report['units']}"])
 
 
+def check_plot_path(path) -> Path:
+    """Fail before any work when the plot could not be written."""
+    if Path(path).suffix.lower() != ".png":
+        raise OutputError(f"{path}: the plot is written as PNG; give a .png file name")
+    return check_file_output(path, force=True, replaceable=_is_png, what="PNG plot")
+
+
 def plot(report: dict, path) -> None:
-    """Per-layer energy (both conventions) and firing rates, as a PNG."""
+    """Per-layer energy (both conventions) and firing rates, as a PNG (written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,5 +255,13 @@ def plot(report: dict, path) -> None:
     rate_axis.set(xticks=x, xticklabels=layers, ylabel="spikes per neuron per step", title="firing rate")
     figure.suptitle(f"{report['network']} on {report['target']}")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        write_file(check_plot_path(path), lambda handle: figure.savefig(handle, format="png", dpi=100),
+                   force=True, replaceable=_is_png, what="PNG plot")
+    finally:
+        plt.close(figure)
+
+
+def _is_png(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -13,6 +13,12 @@ class CheckFailed(SnncError):
     exit_code = 1
 
 
+class UsageError(SnncError):
+    """Options that contradict each other or name nothing to do (click's own usage errors share 2)."""
+
+    exit_code = 2
+
+
 class InputError(SnncError):
     """A missing, unreadable, corrupt or inconsistent input (checkpoint, recipe, data set, export)."""
 

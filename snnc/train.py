@@ -13,6 +13,7 @@ from torch.nn import functional as F
 import snnc
 from snnc.data import encode
 from snnc.errors import InputError
+from snnc.export_dir import check_file_output, write_file
 from snnc.models import build, validate_recipe
 
 CHECKPOINT_FORMAT = "snnc-checkpoint"
@@ -118,8 +119,25 @@ def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0
     return model, accuracy
 
 
-def save_checkpoint(path, model, training):
-    """Write the plain-dict checkpoint (format snnc-checkpoint, version 1)."""
+def is_checkpoint(path) -> bool:
+    """Whether `path` holds an snnc checkpoint (what `train --force` may overwrite)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            contents = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # anything torch cannot read as weights is not ours
+        return False
+    return isinstance(contents, dict) and contents.get("format") == CHECKPOINT_FORMAT
+
+
+def check_checkpoint_output(path, force: bool) -> None:
+    """Fail before training when the checkpoint could not be written at the end."""
+    check_file_output(path, force, replaceable=is_checkpoint, what="checkpoint")
+
+
+def save_checkpoint(path, model, training, force: bool = False):
+    """Write the plain-dict checkpoint (format snnc-checkpoint, version 1), atomically; with
+    `force` an existing snnc checkpoint (and nothing else) is replaced."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -127,7 +145,8 @@ def save_checkpoint(path, model, training):
         "state_dict": {key: tensor.detach().clone() for key, tensor in model.state_dict().items()},
         "training": {**training, "snnc_version": snnc.__version__},
     }
-    torch.save(checkpoint, path)
+    write_file(path, lambda handle: torch.save(checkpoint, handle), force=force,
+               replaceable=is_checkpoint, what="checkpoint")
 
 
 def _load_failure_detail(error):

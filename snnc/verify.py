@@ -1,6 +1,7 @@
 """`snnc verify`: run several backends on the same inputs and find the first divergence.
 
-The integer reference is the definition; every other backend's trace (in logical time) is compared
+Every backend runs the files the export ships (backend.run_export): the integer reference runs
+network.json, which is the definition; every other backend's trace (in logical time) is compared
 with it: every layer's spikes at every step, then the readout. The first divergence is the earliest
 sample, then the earliest step, then the earliest layer in network order, then the lowest neuron
 index; it comes with the membrane history of that neuron from every backend that exposes it, and
@@ -8,18 +9,37 @@ the offending input is saved so the case can be replayed with `--input`.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from snnc import compiler
+from snnc import execute
 from snnc.backends import get_backend
-from snnc.errors import InputError
+from snnc.data import test_images
+from snnc.errors import InputError, OutputError, UsageError
 from snnc.execute import Trace
+from snnc.export_dir import ExportDir, check_file_output, write_file
 from snnc.ir import Network
 
 REFERENCE = "reference"
 CHUNK = 100
+
+
+def fidelity(folded: Network, fixed: Network, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Float (folded, float64) against quantized: accuracy of each and per-layer spike agreement."""
+    float_trace = execute.run(folded, execute.encode(folded, images))
+    fixed_trace = execute.run(fixed, execute.encode(fixed, images))
+    agreement = {name: float((float_trace.spikes[name] == spikes).mean())
+                 for name, spikes in fixed_trace.spikes.items()}
+    return {
+        "samples": int(len(labels)),
+        "float_accuracy": float((float_trace.predictions == labels).mean()),
+        "quantized_accuracy": float((fixed_trace.predictions == labels).mean()),
+        "prediction_agreement": float((float_trace.predictions == fixed_trace.predictions).mean()),
+        "spike_agreement": agreement,
+        "overflow_events": fixed_trace.overflow,
+    }
 
 
 def _first_difference(net: Network, expected: Trace, actual: Trace) -> Optional[dict]:
@@ -55,14 +75,14 @@ def count_mismatches(net: Network, expected: Trace, actual: Trace) -> dict:
     return counts
 
 
-def _membrane_history(net: Network, modules: dict, inputs: np.ndarray, layer: str, neuron: int) -> dict:
+def _membrane_history(export: ExportDir, modules: dict, inputs: np.ndarray, layer: str, neuron: int) -> dict:
     """The membrane of one neuron at every step, from each backend that records voltages."""
     history = {}
     if layer == "readout":
-        layer = net.output_node.name
+        layer = export.network.output_node.name
     for name, module in modules.items():
         try:
-            trace = module.run(net, inputs, record_voltages=(layer,))
+            trace = module.run_export(export, inputs, record_voltages=(layer,))
         except NotImplementedError:
             continue
         volts = trace.voltages.get(layer)
@@ -91,13 +111,18 @@ def load_inputs(net: Network, manifest: dict, data: Optional[str], samples: Opti
     """Encoded inputs [T, B, ...] with labels (None for a replayed input file) and their origin."""
     if input_file is None:
         data = data or manifest.get("data", "mnist5k")
-        inputs, labels = compiler.test_inputs(net, data, samples)
-        return inputs, labels, data
+        images, labels = test_images(net.input_node.shape, data, samples)
+        return execute.encode(net, images), labels, data
     try:
-        with np.load(input_file, allow_pickle=False) as archive:
+        archive = np.load(input_file, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise InputError(f"{input_file}: not an snnc verify input file (an .npz holding 'inputs')")
+        with archive:
             inputs = archive["inputs"]
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, EOFError, KeyError) as error:
         raise InputError(f"{input_file}: not an snnc verify input file ({error})")
+    if not np.issubdtype(inputs.dtype, np.integer):
+        raise InputError(f"{input_file}: inputs must be integers (encoded inputs), got {inputs.dtype}")
     expected = (net.T,) + tuple(net.input_node.shape)
     if inputs.ndim != len(expected) + 1 or (inputs.shape[0],) + inputs.shape[2:] != expected:
         raise InputError(f"{input_file}: inputs shaped {list(inputs.shape)}, the network needs "
@@ -105,15 +130,45 @@ def load_inputs(net: Network, manifest: dict, data: Optional[str], samples: Opti
     return inputs.astype(np.int64), None, str(input_file)
 
 
+def _is_verify_input(path: Path) -> bool:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return list(archive.files) == ["inputs"]
+    except (OSError, ValueError, EOFError, AttributeError, TypeError):
+        return False
+
+
+def _check_save_input(save_input) -> Path:
+    """Fail before any work when the divergence input could not be saved later."""
+    return check_file_output(save_input, force=True, replaceable=_is_verify_input, what="verify input")
+
+
+def _save_input(path: Path, inputs: np.ndarray) -> dict:
+    """Save the diverging sample; a failure is reported next to the divergence, not instead of it."""
+    try:
+        write_file(path, lambda handle: np.savez(handle, inputs=inputs), force=True,
+                   replaceable=_is_verify_input, what="verify input")
+    except OutputError as error:
+        return {"saved_input": None, "save_error": str(error)}
+    return {"saved_input": str(path)}
+
+
 def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Optional[int] = None,
            input_file: Optional[str] = None, save_input: str = "snnc-verify-input.npz",
            progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Compare `backends` against the integer reference on the same inputs; a JSON-able report."""
-    net, manifest = compiler.load_export(outdir)
-    names = [REFERENCE] + [b for b in backends if b != REFERENCE]
+    """Run the exported artifacts of `backends` on the same inputs and compare each with the
+    integer reference (network.json); a JSON-able report."""
+    names = [REFERENCE] + [b for b in dict.fromkeys(backends) if b != REFERENCE]
+    if len(names) < 2:
+        raise UsageError("--backends must name at least one backend to compare with the reference")
     modules = {name: get_backend(name) for name in names}
+    save_path = _check_save_input(save_input)
+    export = ExportDir.open(outdir)
+    net, manifest = export.network, export.manifest
     inputs, labels, origin = load_inputs(net, manifest, data, samples, input_file)
     total = inputs.shape[1]
+    if total < 1:
+        raise InputError("verify needs at least one sample")
     mismatches = {name: None for name in names[1:]}
     first = None
     overflow: dict[str, dict[str, dict[str, int]]] = {}  # backend -> layer -> kind -> events
@@ -126,10 +181,10 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
 
     for start in range(0, total, CHUNK):
         chunk = inputs[:, start:start + CHUNK]
-        expected = modules[REFERENCE].run(net, chunk)
+        expected = modules[REFERENCE].run_export(export, chunk)
         count_overflow(REFERENCE, expected)
         for name in names[1:]:
-            actual = modules[name].run(net, chunk)
+            actual = modules[name].run_export(export, chunk)
             count_overflow(name, actual)
             counts = count_mismatches(net, expected, actual)
             mismatches[name] = counts if mismatches[name] is None else \
@@ -147,14 +202,13 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
               "target": manifest["target"], "mismatches": mismatches, "overflow_events": overflow}
     if not equivalent:
         sample_inputs = inputs[:, first["sample"]:first["sample"] + 1]
-        layer = first["layer"]
-        first["membrane_history"] = _membrane_history(net, {n: modules[n] for n in (REFERENCE, first["backend"])},
-                                                      sample_inputs, layer, first["neuron"])
-        np.savez(save_input, inputs=sample_inputs)
-        first["saved_input"] = str(save_input)
+        first["membrane_history"] = _membrane_history(
+            export, {n: modules[n] for n in (REFERENCE, first["backend"])}, sample_inputs,
+            first["layer"], first["neuron"])
+        first.update(_save_input(save_path, sample_inputs))
         report["first_divergence"] = first
         report["samples_checked"] = int(min(total, (first["sample"] // CHUNK + 1) * CHUNK))
-    folded = compiler.load_float_export(outdir)
+    folded = export.float_network
     if labels is not None and folded is not None:  # direct encoding: every step holds the image itself
-        report["fidelity"] = compiler.fidelity(folded, net, inputs[0], labels)
+        report["fidelity"] = fidelity(folded, net, inputs[0], labels)
     return report

@@ -29,7 +29,8 @@ from snnc import execute
 from snnc.errors import InputError
 from snnc.ir import Network, Node
 from snnc.passes.quantize import largest_outputs
-from snnc.passes.mapping import (Mapping, Partition, analyse, map_to_cores, segments, tile_reach)
+from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, segments,
+                                 tile_reach)
 
 NAME = "cycle"
 DEFAULT_CHUNK = 64
@@ -541,7 +542,11 @@ def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_
     if not net.fixed:
         raise ValueError("the cycle simulator runs fixed-point networks; quantize first")
     inputs = np.asarray(inputs)
-    plan = _Plan(net, mapping, target)
+    try:
+        plan = _Plan(net, mapping, target)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise InputError(f"the mapping of '{mapping.network}' does not describe network '{net.name}' "
+                         f"on {target.name} ({type(error).__name__}: {error})")
     parts = [_Run(plan, inputs[:, start:start + chunk], record_voltages).run()
              for start in range(0, inputs.shape[1], chunk)]
     return _merge(parts, plan, inputs.shape[0])
@@ -560,15 +565,17 @@ def run(net: Network, inputs, record_voltages=()) -> execute.Trace:
     return trace
 
 
-def simulate_export(outdir, images, samples: int | None = None, labels=None) -> dict:
-    """`snnc simulate OUTDIR`: the exported network on its target's cores, as a JSON-able report."""
-    from snnc.compiler import load_export
-    from snnc.targets import load_target
+def run_export(export, inputs, record_voltages=()) -> execute.Trace:
+    """Backend interface on an export: its network on its mapping.json and its own target copy."""
+    trace, _ = simulate(export.network, load_mapping(export), export.target, inputs, record_voltages)
+    return trace
 
-    net, manifest = load_export(outdir)
-    target = load_target(manifest["target"])
-    images = np.asarray(images)[:samples] if samples else np.asarray(images)
-    mapping = map_to_cores(net, target)
+
+def simulate_export(export, images, labels=None) -> dict:
+    """`snnc simulate OUTDIR`: the exported network on its exported mapping and target, as a
+    JSON-able report."""
+    net, target, mapping = export.network, export.target, load_mapping(export)
+    images = np.asarray(images)
     trace, counts = simulate(net, mapping, target, execute.encode(net, images))
     report = {"network": net.name, "target": target.name, "samples": int(len(images)),
               "cores_used": mapping.totals["cores_used"], "tiles_used": mapping.totals["tiles_used"],

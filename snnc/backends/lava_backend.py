@@ -36,6 +36,7 @@ import numpy as np
 
 from snnc import ir
 from snnc.errors import DesignRuleError, InputError
+from snnc.export_dir import artifact_writer
 
 NAME = "lava"
 ARTIFACT_DIR = "lava"
@@ -351,6 +352,7 @@ def lava_spec(net: ir.Network) -> tuple[dict, dict[str, np.ndarray]]:
 
 # --- the artifact ---------------------------------------------------------------------------
 
+@artifact_writer("Lava process graph", order=50)
 def write_artifacts(compiled, directory, options=None) -> list[str]:
     """Write lava/graph.json and lava/network.npz (deterministic bytes) for compiled.fixed."""
     spec, arrays = lava_spec(compiled.fixed)
@@ -361,24 +363,61 @@ def write_artifacts(compiled, directory, options=None) -> list[str]:
     return [f"{ARTIFACT_DIR}/{GRAPH_FILE}", f"{ARTIFACT_DIR}/{ARRAYS_FILE}"]
 
 
-def load_artifact(outdir) -> tuple[dict, dict[str, np.ndarray]]:
-    """The Lava graph description of an export directory (its lava/ artifact when present,
-    otherwise derived from network.json); raises InputError when it is unreadable."""
-    from snnc.compiler import load_export
+# The ports each process type has: (input ports, output ports).
+PORTS = {"source": ((), ("s_out",)), "neuron": (("a_in",), ("s_out",)), "relay": (("a_in",), ("s_out",)),
+         "conv": (("s_in",), ("a_out",)), "dense": (("s_in",), ("a_out",)), "sparse": (("s_in",), ("a_out",))}
+_ARRAY_KEYS = {"conv": ("weight",), "dense": ("weight",), "sparse": ("weight",),
+               "neuron": ("threshold", "bias", "reset_amount", "initial_state")}
 
-    outdir = Path(outdir)
-    net, _ = load_export(outdir)
-    folder = outdir / ARTIFACT_DIR
-    if not (folder / GRAPH_FILE).is_file():
-        return lava_spec(net)
+
+def _check_spec(spec, arrays: dict) -> None:
+    """Refuse a Lava graph description that names unknown processes, ports or arrays (a damaged or
+    hand-edited lava/graph.json) before any Lava process is made."""
+    if not isinstance(spec, dict) or spec.get("format") != FORMAT or spec.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"not an snnc Lava graph version {FORMAT_VERSION}")
+    processes, connections = spec.get("processes"), spec.get("connections")
+    if not isinstance(processes, list) or not isinstance(connections, list):
+        raise InputError("Lava graph: 'processes' and 'connections' must be lists")
+    kinds = {}
+    for entry in processes:
+        if not isinstance(entry, dict) or entry.get("type") not in PORTS or not isinstance(entry.get("name"), str):
+            raise InputError(f"Lava graph: unknown process {str(entry)[:80]}")
+        if entry["name"] in kinds:
+            raise InputError(f"Lava graph: process '{entry['name']}' is defined twice")
+        kinds[entry["name"]] = entry["type"]
+        for key in _ARRAY_KEYS.get(entry["type"], ()):
+            if entry.get(key) not in arrays:
+                raise InputError(f"Lava graph: process '{entry['name']}' refers to a missing array ({key})")
+    for name in (spec.get("source"), spec.get("readout_process"), *spec.get("spiking", [])):
+        if kinds.get(name) not in ("source", "neuron"):
+            raise InputError(f"Lava graph: '{name}' is not a source or neuron process of the graph")
+    for link in connections:
+        try:
+            (src, out_port), (dst, in_port) = link["from"], link["to"]
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"Lava graph: malformed connection {str(link)[:80]}")
+        if src not in kinds or out_port not in PORTS[kinds[src]][1]:
+            raise InputError(f"Lava graph: connection from unknown process or port {src}.{out_port}")
+        if dst not in kinds or in_port not in PORTS[kinds[dst]][0]:
+            raise InputError(f"Lava graph: connection to unknown process or port {dst}.{in_port}")
+    if not isinstance(spec.get("T"), int) or spec["T"] < 1 or spec.get("readout") not in ("mean", "last") \
+            or not isinstance(spec.get("latency"), int) or spec["latency"] < 0:
+        raise InputError("Lava graph: T, readout or latency is missing or invalid")
+
+
+def load_artifact(export) -> tuple[dict, dict[str, np.ndarray]]:
+    """The Lava graph an export directory ships (lava/graph.json + lava/network.npz), checked."""
+    graph, arrays_file = f"{ARTIFACT_DIR}/{GRAPH_FILE}", f"{ARTIFACT_DIR}/{ARRAYS_FILE}"
+    spec = export.read_json(graph)
     try:
-        spec = json.loads((folder / GRAPH_FILE).read_text())
-        with np.load(folder / ARRAYS_FILE, allow_pickle=False) as archive:
+        with np.load(export.path(arrays_file), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        raise InputError(f"{folder}: unreadable Lava artifact ({error})")
-    if spec.get("format") != FORMAT or spec.get("format_version") != FORMAT_VERSION:
-        raise InputError(f"{folder}: not an snnc Lava graph version {FORMAT_VERSION}")
+    except (OSError, ValueError, AttributeError) as error:
+        raise InputError(f"{export.root}: unreadable {arrays_file} ({error})")
+    try:
+        _check_spec(spec, arrays)
+    except InputError as error:
+        raise InputError(f"{export.root}/{graph}: {error}")
     return spec, arrays
 
 
@@ -523,19 +562,14 @@ def _new_memmap(path: Path, dtype, shape) -> str:
 
 def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=None,
                      record_voltages=()) -> LavaGraph:
-    """Instantiate the Lava processes of `network` (a fixed ir.Network, an export directory, or a
-    (spec, arrays) pair from lava_spec / load_artifact), fed with `inputs` (encoded, [T, B, ...]) or
+    """Instantiate the Lava processes of `network` (a fixed ir.Network or a (spec, arrays) pair
+    from lava_spec / load_artifact), fed with `inputs` (encoded, [T, B, ...]) or
     `images` (uint8 [B, ...], direct-encoded). Results are written below `record_dir` (a temporary
     directory owned by the graph when None). Run with `graph.run()` or Lava's own
     `graph.source.run(RunSteps(graph.num_steps), Loihi2SimCfg(select_tag="fixed_pt"))`, then
     `graph.read()`."""
     _import_lava_runtime()
-    if isinstance(network, ir.Network):
-        spec, arrays = lava_spec(network)
-    elif isinstance(network, tuple):
-        spec, arrays = network
-    else:
-        spec, arrays = load_artifact(network)
+    spec, arrays = lava_spec(network) if isinstance(network, ir.Network) else network
     source_entry = next(p for p in spec["processes"] if p["type"] == "source")
     if inputs is None:
         if images is None:
@@ -577,17 +611,21 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
     from lava.proc.io.source import RingBuffer
 
     processes = {}
-    for entry in spec["processes"]:
-        if entry["type"] == "source":
-            processes[entry["name"]] = RingBuffer(data=_lava_inputs(spec, inputs, period, num_steps))
-        else:
-            processes[entry["name"]] = _make_process(entry, arrays, schedule, files)
-    for link in spec["connections"]:
-        (src, out_port), (dst, in_port) = link["from"], link["to"]
-        port = getattr(processes[src], out_port)
-        if link["reshape"] is not None:
-            port = port.reshape(tuple(link["reshape"]))
-        port.connect(getattr(processes[dst], in_port))
+    try:
+        for entry in spec["processes"]:
+            if entry["type"] == "source":
+                processes[entry["name"]] = RingBuffer(data=_lava_inputs(spec, inputs, period, num_steps))
+            else:
+                processes[entry["name"]] = _make_process(entry, arrays, schedule, files)
+        for link in spec["connections"]:
+            (src, out_port), (dst, in_port) = link["from"], link["to"]
+            port = getattr(processes[src], out_port)
+            if link.get("reshape") is not None:
+                port = port.reshape(tuple(link["reshape"]))
+            port.connect(getattr(processes[dst], in_port))
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, AssertionError) as error:
+        raise InputError(f"Lava graph: a process or connection does not fit its arrays or shapes "
+                         f"({type(error).__name__}: {str(error)[:120]})")
     by_type = lambda kind: {p["name"]: processes[p["name"]] for p in spec["processes"] if p["type"] in kind}  # noqa: E731
     return LavaGraph(spec=spec, source=processes[spec["source"]], neurons=by_type(("neuron",)),
                      synapses=by_type(("conv", "dense", "sparse")), relays=by_type(("relay",)),
@@ -596,9 +634,10 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
                      record_voltages=tuple(record_voltages), files=files, _owned_dir=owned)
 
 
-def run(net, inputs, record_voltages=(), period=None):
-    """Execute a fixed network in Lava's simulator; a Trace in logical time, equal to the reference's."""
-    graph = build_lava_graph(net, inputs=inputs, period=period, record_voltages=record_voltages)
+def run(network, inputs, record_voltages=(), period=None):
+    """Execute a fixed network (or a (spec, arrays) Lava graph) in Lava's simulator; a Trace in
+    logical time, equal to the reference's."""
+    graph = build_lava_graph(network, inputs=inputs, period=period, record_voltages=record_voltages)
     try:
         graph.run()
         return graph.read()
@@ -606,26 +645,9 @@ def run(net, inputs, record_voltages=(), period=None):
         graph.close()
 
 
-def run_export(outdir, images_or_inputs, samples=None, record_voltages=(), period=None):
-    """Run an export directory's Lava artifact on uint8 images [B, ...] or encoded inputs [T, B, ...]
-    (the first `samples` of them); returns the Trace."""
-    spec, arrays = load_artifact(outdir)
-    data = np.asarray(images_or_inputs)
-    source = next(p for p in spec["processes"] if p["type"] == "source")
-    per_sample = len(source["ir_shape"])
-    if data.ndim == per_sample + 1:
-        data = data[:samples] if samples is not None else data
-        inputs = np.broadcast_to(data.astype(np.int64), (spec["T"],) + data.shape)
-    elif data.ndim == per_sample + 2:
-        inputs = data[:, :samples] if samples is not None else data
-    else:
-        raise InputError(f"expected images [B, {', '.join(map(str, source['ir_shape']))}] or inputs [T, B, ...]")
-    graph = build_lava_graph((spec, arrays), inputs=inputs, period=period, record_voltages=record_voltages)
-    try:
-        graph.run()
-        return graph.read()
-    finally:
-        graph.close()
+def run_export(export, inputs, record_voltages=(), period=None):
+    """The backend interface on an export: its Lava artifact as written, on encoded inputs [T, B, ...]."""
+    return run(load_artifact(export), inputs, record_voltages=record_voltages, period=period)
 
 
 # --- cross-check against Lava's own LIF -------------------------------------------------------

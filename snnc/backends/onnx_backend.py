@@ -2,11 +2,13 @@
 
 - `write_artifacts(compiled, directory, options)`: the export hook. Writes model.onnx (all T steps;
   every spiking layer's spikes as extra outputs when options['onnx_spikes']), model_step.onnx (one
-  step with explicit state) and, when options['float_onnx'], model_float.onnx (the folded network
-  in float32, approximate).
+  step with explicit state), model_spikes.onnx (model.onnx with every layer's spikes, for verify,
+  when model.onnx does not output them) and, when options['float_onnx'], model_float.onnx (the
+  folded network in float32, approximate).
 - `run(net, inputs)`: the backend interface (builds the model in memory, runs onnxruntime's CPU
   provider, returns a Trace in logical time).
-- `run_file(path, inputs)`, `run_export(outdir, inputs)`: run a written model.onnx.
+- `run_file(path, inputs)`: run a written model.onnx; `run_export(export, inputs)`: the backend
+  interface on an export's files (readout from model.onnx, spikes from the model that has them).
 - `initial_state(net, batch)`, `run_steps(path_or_model, inputs)`: streaming with model_step.onnx.
 
 The graph construction lives in snnc/onnx_graph.py; docs/onnx.md describes the files.
@@ -20,11 +22,13 @@ import numpy as np
 from snnc import onnx_graph
 from snnc.errors import CheckFailed, InputError
 from snnc.execute import Trace
+from snnc.export_dir import artifact_writer
 from snnc.ir import Network
 
 NAME = "onnx"
 MODEL = "model.onnx"
 STEP_MODEL = "model_step.onnx"
+SPIKES_MODEL = "model_spikes.onnx"
 FLOAT_MODEL = "model_float.onnx"
 CHUNK = 256  # samples per onnxruntime call (bounds memory like snnc.execute.run)
 
@@ -39,13 +43,19 @@ def _write(model, path: Path) -> None:
     path.write_bytes(onnx_graph.serialize(model))
 
 
+@artifact_writer("ONNX models", order=20)
 def write_artifacts(compiled, directory, options: dict) -> list[str]:
-    """Write model.onnx, model_step.onnx (and model_float.onnx) into `directory`; deterministic bytes."""
+    """Write model.onnx, model_step.onnx (and model_spikes.onnx, model_float.onnx) into
+    `directory`; deterministic bytes."""
     directory = Path(directory)
     options = options or {}
-    _write(onnx_graph.fixed_model(compiled.fixed, spikes=bool(options.get("onnx_spikes"))), directory / MODEL)
+    with_spikes = bool(options.get("onnx_spikes"))
+    _write(onnx_graph.fixed_model(compiled.fixed, spikes=with_spikes), directory / MODEL)
     _write(onnx_graph.fixed_model(compiled.fixed, stepwise=True), directory / STEP_MODEL)
     written = [MODEL, STEP_MODEL]
+    if not with_spikes:
+        _write(onnx_graph.fixed_model(compiled.fixed, spikes=True), directory / SPIKES_MODEL)
+        written.append(SPIKES_MODEL)
     if options.get("float_onnx"):
         if compiled.folded is None:
             raise InputError("--float-onnx needs a float network; this source is already fixed point")
@@ -118,12 +128,15 @@ def run_file(path, inputs) -> Trace:
     return run_session(session(path), inputs)
 
 
-def run_export(outdir, inputs) -> Trace:
-    """Run OUTDIR/model.onnx of an export directory (spikes are in the trace when it has them)."""
-    path = Path(outdir) / MODEL
-    if not path.is_file():
-        raise InputError(f"{outdir}: no {MODEL} (export with the ONNX writer enabled)")
-    return run_file(path, inputs)
+def run_export(export, inputs, record_voltages=()) -> Trace:
+    """The export's model.onnx as written (its readout), with every layer's spikes from the
+    exported model that outputs them (model.onnx itself with --onnx-spikes, else model_spikes.onnx).
+    Voltages are not exposed ({})."""
+    trace = run_file(export.path(MODEL), inputs)
+    if trace.spikes:
+        return trace
+    spiking = run_file(export.path(SPIKES_MODEL), inputs)
+    return Trace(spikes=spiking.spikes, readout_steps=spiking.readout_steps, readout=trace.readout)
 
 
 # --- streaming with model_step.onnx ----------------------------------------------------------------

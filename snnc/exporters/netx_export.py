@@ -10,6 +10,7 @@ and input encoding, so that snnc.frontends.netx.load_netx reads the same network
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from snnc import __version__
 from snnc.errors import DesignRuleError, InputError, OutputError
+from snnc.export_dir import artifact_writer
 from snnc.frontends.netx import (BIAS_EXP, DECAY_UNITY, LAVA_LIF_RULES, THRESHOLD_SHIFT,
                                  lava_dense_weights)
 from snnc.ir import Network, Node
@@ -187,73 +189,74 @@ def export_netx(net: Network, path) -> list[str]:
         _check_readout_below_threshold(net, readout)
     path = Path(path)
     summary = []
-    try:
-        handle = h5py.File(path, "w")
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error}")
-    try:
-        with handle:
-            root = handle.create_group("layer")
-            for index, (kind, node) in enumerate(layers):
-                group = root.create_group(str(index))
-                group.attrs["snnc_name"] = node.name
-                _type(group, kind)
-                if kind == "input":
-                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
-                elif kind == "flatten":
-                    group.create_dataset("shape", data=np.array([int(np.prod(node.shape)), 1, 1], dtype=np.int64))
-                elif kind == "dense":
-                    weight = _check_weights(node)
-                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
-                    group.create_dataset("inFeatures", data=np.int64(weight.shape[1]))
-                    group.create_dataset("outFeatures", data=np.int64(weight.shape[0]))
-                    group.create_dataset("weight", data=weight.astype(np.float32))
-                    if node is readout and readout_kind == "default":
-                        pass   # netx's default neuron for a dense layer without one
-                    elif node is readout:
-                        _write_readout_neuron(group, node)
-                    else:
-                        _write_neuron(group, net, node)
-                    bias = _bias_mantissa(node, per_channel=False)
-                    if bias is not None:
-                        group.create_dataset("bias", data=bias.astype(np.float32))
+    # Built in memory, then written in one call: the HDF5 library crashes the process on a full
+    # disk, while a plain write reports ENOSPC, and no half-written file is ever left behind.
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as handle:
+        root = handle.create_group("layer")
+        for index, (kind, node) in enumerate(layers):
+            group = root.create_group(str(index))
+            group.attrs["snnc_name"] = node.name
+            _type(group, kind)
+            if kind == "input":
+                group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+            elif kind == "flatten":
+                group.create_dataset("shape", data=np.array([int(np.prod(node.shape)), 1, 1], dtype=np.int64))
+            elif kind == "dense":
+                weight = _check_weights(node)
+                group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                group.create_dataset("inFeatures", data=np.int64(weight.shape[1]))
+                group.create_dataset("outFeatures", data=np.int64(weight.shape[0]))
+                group.create_dataset("weight", data=weight.astype(np.float32))
+                if node is readout and readout_kind == "default":
+                    pass   # netx's default neuron for a dense layer without one
+                elif node is readout:
+                    _write_readout_neuron(group, node)
                 else:
-                    weight = _check_weights(node)
-                    group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
-                    group.create_dataset("inChannels", data=np.int64(weight.shape[1]))
-                    group.create_dataset("outChannels", data=np.int64(weight.shape[0]))
-                    group.create_dataset("kernelSize", data=np.array(weight.shape[2:], dtype=np.int64))
-                    group.create_dataset("stride", data=np.array(node.attrs["stride"], dtype=np.int64))
-                    group.create_dataset("padding", data=np.array(node.attrs["padding"], dtype=np.int64))
-                    group.create_dataset("dilation", data=np.array([1, 1], dtype=np.int64))
-                    group.create_dataset("groups", data=np.int64(1))
-                    group.create_dataset("weight", data=weight.astype(np.float32))
                     _write_neuron(group, net, node)
-                    bias = _bias_mantissa(node, per_channel=True)
-                    if bias is not None:
-                        group.create_dataset("bias", data=bias.astype(np.float32))
-                summary.append(f"layer {index}: {kind} {node.name} {list(node.shape)}")
-            simulation = handle.create_group("simulation")
-            simulation.create_dataset("Ts", data=np.int64(1))
-            simulation.create_dataset("tSample", data=np.int64(net.T))
-            meta = handle.create_group("snnc")
-            meta.attrs["name"] = net.name
-            meta.attrs["readout"] = net.readout
-            meta.attrs["snnc_version"] = __version__
-            meta.attrs["encoding"] = json.dumps(net.encoding, sort_keys=True)
-            # netx.hdf5.Network(input_message_bits=...): graded input (pixels) needs the payload width
-            graded = int(net.encoding.get("max", 1)) > 1
-            meta.attrs["input_message_bits"] = int(net.encoding.get("bits", 8)) if graded else 0
-            if readout_kind == "count":
-                meta.attrs["count_readout"] = readout.name
-    except BaseException:
-        path.unlink(missing_ok=True)   # never leave a half-written network behind
-        raise
+                bias = _bias_mantissa(node, per_channel=False)
+                if bias is not None:
+                    group.create_dataset("bias", data=bias.astype(np.float32))
+            else:
+                weight = _check_weights(node)
+                group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                group.create_dataset("inChannels", data=np.int64(weight.shape[1]))
+                group.create_dataset("outChannels", data=np.int64(weight.shape[0]))
+                group.create_dataset("kernelSize", data=np.array(weight.shape[2:], dtype=np.int64))
+                group.create_dataset("stride", data=np.array(node.attrs["stride"], dtype=np.int64))
+                group.create_dataset("padding", data=np.array(node.attrs["padding"], dtype=np.int64))
+                group.create_dataset("dilation", data=np.array([1, 1], dtype=np.int64))
+                group.create_dataset("groups", data=np.int64(1))
+                group.create_dataset("weight", data=weight.astype(np.float32))
+                _write_neuron(group, net, node)
+                bias = _bias_mantissa(node, per_channel=True)
+                if bias is not None:
+                    group.create_dataset("bias", data=bias.astype(np.float32))
+            summary.append(f"layer {index}: {kind} {node.name} {list(node.shape)}")
+        simulation = handle.create_group("simulation")
+        simulation.create_dataset("Ts", data=np.int64(1))
+        simulation.create_dataset("tSample", data=np.int64(net.T))
+        meta = handle.create_group("snnc")
+        meta.attrs["name"] = net.name
+        meta.attrs["readout"] = net.readout
+        meta.attrs["snnc_version"] = __version__
+        meta.attrs["encoding"] = json.dumps(net.encoding, sort_keys=True)
+        # netx.hdf5.Network(input_message_bits=...): graded input (pixels) needs the payload width
+        graded = int(net.encoding.get("max", 1)) > 1
+        meta.attrs["input_message_bits"] = int(net.encoding.get("bits", 8)) if graded else 0
+        if readout_kind == "count":
+            meta.attrs["count_readout"] = readout.name
+    try:
+        path.write_bytes(buffer.getvalue())
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {error.strerror or error}")
     return summary
 
 
+@artifact_writer("netx network", order=40)
 def write_artifact(compiled, directory, options: dict) -> list[str]:
-    """compiler.ARTIFACT_WRITERS entry: the fixed network as `network.net`. With options["netx"]
+    """Export writer: the fixed network as `network.net`. With options["netx"]
     true a network netx cannot express fails the export (DesignRuleError); by default ("auto") such
     a network simply gets no netx file."""
     request = options.get("netx", "auto")

@@ -17,13 +17,15 @@ load_nir(export_nir(net)) reproduces the network exactly.
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from snnc.errors import InputError
+from snnc.errors import InputError, OutputError
+from snnc.export_dir import artifact_writer
 from snnc.frontends.nir_frontend import GRAPH_METADATA_KEY, METADATA_KEY
 from snnc.ir import Network, Node
 
@@ -203,16 +205,19 @@ def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
                                    "producer": "snnc"})
     if path is not None:
         path = Path(path)
+        buffer = io.BytesIO()  # in memory first: the HDF5 library crashes on a full disk
+        nir.write(buffer, graph)
         try:
-            nir.write(str(path), graph)
+            path.write_bytes(buffer.getvalue())
         except OSError as error:
-            from snnc.errors import OutputError
-            raise OutputError(f"cannot write {path}: {error}")
+            path.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {path}: {error.strerror or error}")
     return graph
 
 
+@artifact_writer("NIR graph", order=30)
 def write_artifact(compiled, directory, options: dict) -> list[str]:
-    """compiler.ARTIFACT_WRITERS entry: the folded float network as `network.nir` (deterministic
+    """Export writer: the folded float network as `network.nir` (deterministic
     bytes). options["nir_dt"] sets dt (default 1e-4). Nothing is written for a network that has no
     float form (one read from a netx file)."""
     folded = getattr(compiled, "folded", None)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy import sparse
 
-from snnc.errors import DesignRuleError
+from snnc.errors import DesignRuleError, InputError
+from snnc.export_dir import artifact_writer
 from snnc.ir import Network, Node
 from snnc.passes.fold import synaptic_inputs
 
@@ -502,6 +503,23 @@ class Mapping:
                                "tile": [self.input_port[0] // self.tile[0], self.input_port[1] // self.tile[1]]},
                 "layers": self.layers, "cores": self.cores, "totals": self.totals}
 
+    @classmethod
+    def from_dict(cls, doc) -> "Mapping":
+        """The mapping of a mapping.json (InputError when it is not one); `to_dict`'s inverse."""
+        try:
+            if doc["format"] != FORMAT or doc["format_version"] != FORMAT_VERSION:
+                raise InputError(f"not an {FORMAT} version {FORMAT_VERSION}")
+            mapping = cls(network=str(doc["network"]), target=str(doc["target"]),
+                          mesh=tuple(int(v) for v in doc["mesh"]), tile=tuple(int(v) for v in doc["tile"]),
+                          packing=dict(doc["packing"]), limits=dict(doc["limits"]),
+                          input_port=tuple(int(v) for v in doc["input_port"]["position"]),
+                          layers=list(doc["layers"]), cores=list(doc["cores"]), totals=dict(doc["totals"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(f"malformed mapping ({type(error).__name__}: {error})")
+        if len(mapping.mesh) != 2 or len(mapping.tile) != 2 or len(mapping.input_port) != 2:
+            raise InputError("malformed mapping (mesh, tile and input port are 2-D)")
+        return mapping
+
     def layer(self, name: str) -> dict:
         for entry in self.layers:
             if entry["name"] == name:
@@ -617,9 +635,21 @@ def format_mapping(mapping: Mapping) -> str:
     return "\n".join(lines)
 
 
+MAPPING_FILE = "mapping.json"
+
+
+@artifact_writer("core mapping", order=10)
 def write_artifacts(compiled, directory: Path, options: dict) -> list[str]:
-    """Export writer: mapping.json for compiled.fixed on compiled.target (deterministic bytes)."""
+    """Export writer (first, so that a network that does not fit fails before the rest): mapping.json for compiled.fixed on compiled.target (deterministic bytes)."""
     mapping = map_to_cores(compiled.fixed, compiled.target)
-    path = Path(directory) / "mapping.json"
+    path = Path(directory) / MAPPING_FILE
     path.write_text(json.dumps(mapping.to_dict(), indent=1, sort_keys=True) + "\n")
-    return ["mapping.json"]
+    return [MAPPING_FILE]
+
+
+def load_mapping(export) -> Mapping:
+    """The mapping an export directory ships, as written."""
+    try:
+        return Mapping.from_dict(export.read_json(MAPPING_FILE))
+    except InputError as error:
+        raise InputError(f"{export.root}/{MAPPING_FILE}: {error}")
