@@ -241,7 +241,7 @@ def inspect(path, target):
 @click.option("--backend", default="reference", show_default=True,
               help="reference, onnx, onnx-step, lava or cycle.")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def run_command(outdir, backend, data, samples, as_json):
@@ -267,7 +267,7 @@ def _progress_bar(as_json, label):
 @click.option("--backends", default="reference,onnx,onnx-step,lava,cycle", show_default=True,
               help="Comma-separated backends whose exported files are compared with the integer reference.")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
 @click.option("--input", "input_file", default=None, help="Replay an input saved by a failed verify.")
 @click.option("--save-input", default="snnc-verify-input.npz", show_default=True,
               help="Where to save the input of the first divergence.")
@@ -334,7 +334,7 @@ def _print_verify(report):
 @main.command()
 @click.argument("outdir")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
 @click.option("--target", default=None, help="Price with this target's table (default: the export's).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True)
@@ -364,17 +364,17 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
 @main.command()
 @click.argument("outdir")
 @click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=click.IntRange(min=1), default=None, help="Number of test samples (default: all).")
+@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def simulate(outdir, data, samples, as_json):
     """Run an export on the cycle-level multicore simulator: accuracy, counts, latency, throughput."""
     from snnc.backends.cycle import simulate_export
-    from snnc.data import test_images
+    from snnc.data import dataset_images
     from snnc.export_dir import ExportDir
 
     export = ExportDir.open(outdir)
-    images, labels = test_images(export.network.input_node.shape,
+    images, labels = dataset_images(export.network.input_node.shape,
                                  data or export.manifest.get("data", "mnist5k"), samples)
     report = simulate_export(export, images, labels=labels)
     if as_json:

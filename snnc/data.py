@@ -86,7 +86,7 @@ def encode(images, steps):
     return frames.unsqueeze(0).expand(steps, *frames.shape)
 
 
-def test_images(input_shape, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+def dataset_images(input_shape, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
     """The first `samples` test images of a data set, checked against a network's input shape,
     and their labels."""
     dataset = load_dataset(data)
@@ -98,3 +98,11 @@ def test_images(input_shape, data: str, samples: int | None) -> tuple[np.ndarray
         raise InputError(f"data set {data} has inputs {list(images.shape[1:])}, the network expects "
                          f"{list(input_shape)}")
     return images, labels
+
+
+def dataset_inputs(net, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first `samples` test images of a data set, encoded for `net` ([T, B, ...]), and labels."""
+    from snnc.execute import encode as encode_for
+
+    images, labels = dataset_images(net.input_node.shape, data, samples)
+    return encode_for(net, images), labels

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from snnc import execute
-from snnc.data import test_images
+from snnc.data import dataset_images
 from snnc.errors import CheckFailed, InputError, OutputError
 from snnc.export_dir import ExportDir, check_file_output, write_file
 from snnc.ir import Network, Node
@@ -118,7 +118,7 @@ def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = N
     chip = export.target_or(target)
     cmos = load_energy_table("cmos45nm")
     data = data or manifest.get("data", "mnist5k")
-    images, labels = test_images(net.input_node.shape, data, samples)
+    images, labels = dataset_images(net.input_node.shape, data, samples)
     inputs = execute.encode(net, images)
     # the exported mapping, unless another target is asked for (which needs its own mapping)
     mapping = map_to_cores(net, chip) if target else load_mapping(export)

@@ -16,7 +16,7 @@ import numpy as np
 
 from snnc import execute
 from snnc.backends import get_backend
-from snnc.data import test_images
+from snnc.data import dataset_images
 from snnc.errors import InputError, OutputError, UsageError
 from snnc.execute import Trace
 from snnc.export_dir import ExportDir, check_file_output, write_file
@@ -111,7 +111,7 @@ def load_inputs(net: Network, manifest: dict, data: Optional[str], samples: Opti
     """Encoded inputs [T, B, ...] with labels (None for a replayed input file) and their origin."""
     if input_file is None:
         data = data or manifest.get("data", "mnist5k")
-        images, labels = test_images(net.input_node.shape, data, samples)
+        images, labels = dataset_images(net.input_node.shape, data, samples)
         return execute.encode(net, images), labels, data
     try:
         archive = np.load(input_file, allow_pickle=False)

@@ -5,6 +5,7 @@ the test directory is not a package.)
 """
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 import yaml
@@ -49,3 +50,29 @@ def random_images(spec: dict, count: int, seed: int = 0) -> np.ndarray:
     """uint8 images shaped like the recipe's input."""
     rng = np.random.default_rng(seed)
     return rng.integers(0, 256, (count,) + tuple(spec["input_shape"]), dtype=np.int64).astype(np.uint8)
+
+
+def netx_file(path):
+    """784 input spikes -> dense 64 CUBA neurons -> dense 10 without neuron (netx's integrator),
+    laid out as lava-dl's export_hdf5 writes it."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        layers = f.create_group("layer")
+        shapes = {0: ("input", [784]), 1: ("dense", [64]), 2: ("dense", [10])}
+        for index, (kind, shape) in shapes.items():
+            group = layers.create_group(str(index))
+            group.create_dataset("type", (1,), "S10", [kind.encode("ascii")])
+            group.create_dataset("shape", data=np.array(shape))
+        for index, (inputs, outputs) in ((1, (784, 64)), (2, (64, 10))):
+            group = layers[str(index)]
+            group.create_dataset("inFeatures", data=inputs)
+            group.create_dataset("outFeatures", data=outputs)
+            group.create_dataset("weight", data=rng.integers(-40, 41, (outputs, inputs)).astype(np.float32))
+        neuron = layers["1"].create_group("neuron")
+        for key, value in (("type", "CUBA"), ("iDecay", 1024), ("vDecay", 256), ("vThMant", 200),
+                           ("refDelay", 1), ("gradedSpike", False)):
+            neuron.create_dataset(key, data=value)
+        simulation = f.create_group("simulation")
+        simulation.create_dataset("Ts", data=1)
+        simulation.create_dataset("tSample", data=8)
+    return path

@@ -3,6 +3,7 @@ by brute force, the time model, and the export entry point."""
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ import torch.nn.functional as F
 import netfactory
 from snnc import execute, ir
 from snnc.backends import cycle, get_backend, reference
-from snnc.compiler import compile_checkpoint, compile_network, sha256
+from snnc.compiler import compile_checkpoint, compile_network
+from snnc.export_dir import ExportDir, write_manifest
 from snnc.errors import InputError
 from snnc.ir import Network, Neuron, Node
 from snnc.passes import mapping as mp
+from snnc.passes.mapping import write_artifacts as mapping_writer
 from snnc.targets import load_target
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -238,12 +241,13 @@ def test_simulate_export_reports_accuracy_counts_and_time(tmp_path):
     spec = netfactory.recipe("mnist_srif")
     net = compile_network(netfactory.random_network(spec, seed=5), LOIHI2).fixed
     written = [path.name for path in ir.save(net, tmp_path)]
-    manifest = {"format": "snnc-export", "format_version": 1, "target": "loihi2",
-                "files": {name: sha256(tmp_path / name) for name in written}}
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "target.yaml").write_bytes(Path(LOIHI2.source_path).read_bytes())
+    compiled = SimpleNamespace(fixed=net, target=LOIHI2)
+    written += ["target.yaml"] + mapping_writer(compiled, tmp_path, {})
+    write_manifest(tmp_path, {"target": "loihi2", "network": net.name}, written)
     images = netfactory.random_images(spec, 10, seed=6)
     labels = np.arange(10) % 10
-    report = cycle.simulate_export(tmp_path, images, samples=6, labels=labels)
+    report = cycle.simulate_export(ExportDir.open(tmp_path), images[:6], labels=labels)
     ref = reference.run(net, execute.encode(net, images[:6]))
     assert report["samples"] == 6 and report["predictions"] == ref.predictions.tolist()
     assert report["accuracy"] == pytest.approx(float((ref.predictions == labels[:6]).mean()))

@@ -12,6 +12,8 @@ from snnc import compiler, energy
 from snnc.backends import get_backend
 from snnc.cli import main
 from snnc.train import load_checkpoint
+from snnc.export_dir import ExportDir
+from snnc.data import dataset_inputs
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = 40
@@ -42,8 +44,8 @@ def _fanout_count(events: torch.Tensor, weight_shape, stride=1, padding=0) -> fl
 
 def test_counted_sops_equal_an_independent_count(outdir, report):
     """Exact: the integer reference's spikes pushed through all-ones convolutions in PyTorch."""
-    net, _ = compiler.load_export(outdir)
-    inputs, _ = compiler.test_inputs(net, "mnist5k", SAMPLES)
+    net = ExportDir.open(outdir).network
+    inputs, _ = dataset_inputs(net, "mnist5k", SAMPLES)
     spikes = get_backend("reference").run(net, inputs).spikes
     merge = lambda x: torch.from_numpy(np.asarray(x, dtype=np.float64)).flatten(0, 1)  # noqa: E731
     pooled1 = F.avg_pool2d(merge(spikes["conv1"]), 2)
@@ -73,7 +75,7 @@ def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
     images = load_dataset("mnist5k").test_images[:SAMPLES]
     with torch.no_grad():
         model(encode(torch.from_numpy(images), 4))
-    net, _ = compiler.load_export(outdir)
+    net = ExportDir.open(outdir).network
     shape = {name: net.node(name).weight.shape for name in ("conv1", "conv2", "fc1", "readout")}
     fanout = {"conv1": _fanout_count(seen["conv1"], shape["conv1"], padding=1),
               "conv2": _fanout_count(seen["conv2"], shape["conv2"], padding=1),
@@ -84,12 +86,12 @@ def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
 
 
 def test_papers_estimate(report, outdir):
-    net, _ = compiler.load_export(outdir)
+    net = ExportDir.open(outdir).network
     rows = {row["layer"]: row for row in report["layers"]}
     channels1, channels2, hidden = (net.node(n).weight.shape[0] for n in ("conv1", "conv2", "fc1"))
     assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * channels1 and rows["conv1"]["sops_estimate"] == 0
     assert rows["fc1"]["flops"] == channels2 * 7 * 7 * hidden
-    inputs, _ = compiler.test_inputs(net, "mnist5k", SAMPLES)
+    inputs, _ = dataset_inputs(net, "mnist5k", SAMPLES)
     rate = get_backend("reference").run(net, inputs).spikes["conv2"].mean()
     assert rows["fc1"]["sops_estimate"] == pytest.approx(rate * 4 * channels2 * 7 * 7 * hidden)
     assert rows["fc1"]["energy_45nm_estimate_pj"] == pytest.approx(0.9 * rows["fc1"]["sops_estimate"])

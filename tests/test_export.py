@@ -1,4 +1,5 @@
 """`snnc export`, `snnc inspect` and `snnc run`: the export directory and its guarantees."""
+import hashlib
 import json
 import subprocess
 import sys
@@ -6,9 +7,10 @@ import sys
 import pytest
 
 import netfactory
-from snnc import compiler
+from snnc import compiler, export_dir
 from snnc.errors import InputError, OutputError
 from snnc.train import save_checkpoint
+from snnc.export_dir import ExportDir
 
 SNNC = [sys.executable, "-m", "snnc.cli"]
 
@@ -36,14 +38,14 @@ def test_export_directory_contents(exported):
     assert manifest["target"] == "loihi2" and manifest["input"]["T"] == 4
     assert {"network.json", "network.npz", "fidelity.json", "float/network.json"} <= set(manifest["files"])
     for name, digest in manifest["files"].items():
-        assert compiler.sha256(outdir / name) == digest
+        assert hashlib.sha256((outdir / name).read_bytes()).hexdigest() == digest
     text = (outdir / "manifest.json").read_text()
     assert str(outdir.parent) not in text and "time" not in text.lower()
     fidelity = json.loads((outdir / "fidelity.json").read_text())
     assert fidelity["samples"] == 1000
     assert set(fidelity["spike_agreement"]) == {"conv1", "conv2", "fc1"}
     assert summary["float_accuracy"] == fidelity["float_accuracy"]
-    net, _ = compiler.load_export(outdir)
+    net = ExportDir.open(outdir).network
     assert net.fixed and net.metadata["target"] == "loihi2"
 
 
@@ -54,7 +56,7 @@ def test_tampered_export_is_refused(exported, tmp_path):
     shutil.copytree(exported[0], copy)
     (copy / "network.json").write_text((copy / "network.json").read_text().replace('"T": 4', '"T": 5'))
     with pytest.raises(InputError, match="network.json.*SHA-256"):
-        compiler.load_export(copy)
+        ExportDir.open(copy)
 
 
 def test_run_reference_matches_fidelity(exported):
@@ -82,7 +84,7 @@ def test_existing_output_is_refused_and_failures_leave_nothing(checkpoint, tmp_p
     target.mkdir()
     with pytest.raises(OutputError, match="already exists"):
         compiler.export(checkpoint, target)
-    monkeypatch.setattr(compiler, "ARTIFACT_WRITERS", [("broken", "builtins:exit")])
+    monkeypatch.setitem(export_dir._WRITERS, "broken", export_dir.ArtifactWriter("broken", 0, sys.exit))
     with pytest.raises(BaseException):
         compiler.export(checkpoint, tmp_path / "never")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -209,9 +209,6 @@ def exported(tmp_path_factory):
     # The export's fidelity report runs the 1000 test digits twice; 20 are enough here.
     patch.setattr(data, "load_dataset", lambda name: dataclasses.replace(
         full, test_images=full.test_images[:20], test_labels=full.test_labels[:20]))
-    writer = ("lava", "snnc.backends.lava_backend:write_artifacts")
-    if writer not in compiler.ARTIFACT_WRITERS:
-        patch.setattr(compiler, "ARTIFACT_WRITERS", compiler.ARTIFACT_WRITERS + [writer])
     try:
         compiler.export(checkpoint, folder / "out")
     finally:
@@ -222,7 +219,7 @@ def exported(tmp_path_factory):
 def test_export_artifact_is_deterministic_and_runs(exported, digits, tmp_path):
     manifest = json.loads((exported / "manifest.json").read_text())
     assert {"lava/graph.json", "lava/network.npz"} <= set(manifest["files"])
-    net, _ = compiler.load_export(exported)
+    net = ExportDir.open(exported).network
     again = lava_backend.write_artifacts(compiler.Compiled("", net, net, net, LOIHI2, [], "mnist5k"),
                                          tmp_path, {})
     for name in again:
@@ -231,7 +228,9 @@ def test_export_artifact_is_deterministic_and_runs(exported, digits, tmp_path):
     assert str(exported) not in json.dumps(graph_doc)
     assert {p["type"] for p in graph_doc["processes"]} == {"source", "conv", "sparse", "dense", "neuron"}
 
-    graph = lava_backend.build_lava_graph(exported, images=digits[:3], record_dir=tmp_path / "run")
+    export = ExportDir.open(exported)
+    graph = lava_backend.build_lava_graph(lava_backend.load_artifact(export), images=digits[:3],
+                                          record_dir=tmp_path / "run")
     from lava.proc.conv.process import Conv
     from lava.proc.dense.process import Dense
     from lava.proc.io.source import RingBuffer
@@ -246,8 +245,7 @@ def test_export_artifact_is_deterministic_and_runs(exported, digits, tmp_path):
     trace = graph.run().read()
     inputs = execute.encode(net, digits[:10])
     assert_same(reference.run(net, inputs[:, :3]), trace)
-    assert_same(reference.run(net, inputs), lava_backend.run_export(exported, digits[:12], samples=10))
-    assert_same(reference.run(net, inputs[:, :2]), lava_backend.run_export(exported, inputs[:, :2]))
+    assert_same(reference.run(net, inputs), lava_backend.run_export(export, inputs))
 
 
 def test_bad_inputs_are_one_line_errors(digits):
@@ -341,6 +339,7 @@ from netfactory import random_images, random_network, recipe
 from snnc import compiler, execute
 from snnc.backends import lava_backend, reference
 from snnc.targets import load_target
+from snnc.export_dir import ExportDir
 spec = recipe("mnist_lif", arch_params={{"channels": [4, 4], "hidden": 8}})
 net = compiler.compile_network(random_network(spec, seed=0), load_target("loihi2")).fixed
 inputs = execute.encode(net, random_images(spec, 2, seed=0))

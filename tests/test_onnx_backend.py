@@ -159,8 +159,10 @@ def test_write_artifacts_deterministic_and_runnable(case, tmp_path):
         assert data == (second / name).read_bytes(), name
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
         assert b"/tmp" not in data and str(tmp_path).encode() not in data
-    assert_same(onnx_backend.run_export(first, inputs), ref)
-    assert onnx_backend.write_artifacts(compiled, plain, {}) == ["model.onnx", "model_step.onnx"]
+    assert_same(onnx_backend.run_file(first / "model.onnx", inputs), ref)
+    assert onnx_backend.write_artifacts(compiled, plain, {}) == ["model.onnx", "model_step.onnx",
+                                                                "model_spikes.onnx"]
+    assert_same(onnx_backend.run_file(plain / "model_spikes.onnx", inputs), ref)
     lean = onnx.load(plain / "model.onnx")
     assert [o.name for o in lean.graph.output] == ["readout", "readout_steps"]
     assert lean.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
@@ -182,7 +184,7 @@ def test_input_errors(case):
     with pytest.raises(InputError):
         onnx_backend.run(compiled.folded, inputs)
     with pytest.raises(InputError):
-        onnx_backend.run_export(Path("/nonexistent-export"), inputs)
+        onnx_backend.run_file(Path("/nonexistent-export/model.onnx"), inputs)
 
 
 def _float_agreement(compiled: Compiled, images: np.ndarray):

@@ -9,6 +9,7 @@ from snnc import compiler, execute
 from snnc.data import load_dataset
 from snnc.targets import load_target
 from snnc.train import load_checkpoint
+from snnc.verify import fidelity
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CHECKPOINTS = ["mnist_srif.pt", "mnist_lif.pt"]
@@ -48,7 +49,7 @@ def test_folded_network_spikes_exactly_like_pytorch(compiled, digits):
 def test_quantized_accuracy_within_half_a_point(compiled, digits):
     name, result = compiled
     images, labels = digits
-    report = compiler.fidelity(result.folded, result.fixed, images, labels)
+    report = fidelity(result.folded, result.fixed, images, labels)
     assert report["float_accuracy"] >= 0.97, name
     assert abs(report["quantized_accuracy"] - report["float_accuracy"]) <= 0.005, report
     assert min(report["spike_agreement"].values()) > 0.95, report["spike_agreement"]

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 from snnc import compiler, verify
 from snnc.backends import get_backend
 from snnc.cli import main
+from snnc.export_dir import ExportDir
+from snnc.data import dataset_inputs
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -38,22 +40,22 @@ def test_all_backends_agree(outdir):
 
 
 def _planted_onnx(layer, neuron, bit):
-    """The ONNX backend run on parameters with one threshold bit flipped."""
+    """The ONNX backend run on the export's parameters with one threshold bit flipped."""
     onnx = get_backend("onnx")
 
-    def run(net, inputs, record_voltages=()):
-        tampered = net.copy()
+    def run_export(export, inputs, record_voltages=()):
+        tampered = export.network.copy()
         threshold = tampered.node(layer).neuron.threshold.reshape(-1)
         threshold[neuron] ^= 1 << bit
         return onnx.run(tampered, inputs, record_voltages)
 
-    return types.SimpleNamespace(NAME="onnx", run=run)
+    return types.SimpleNamespace(NAME="onnx", run_export=run_export)
 
 
 def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
-    net, _ = compiler.load_export(outdir)
+    net = ExportDir.open(outdir).network
     reference = get_backend("reference")
-    inputs, _ = compiler.test_inputs(net, "mnist5k", 30)
+    inputs, _ = dataset_inputs(net, "mnist5k", 30)
     baseline = reference.run(net, inputs)
     layer = "conv2"
     fired = baseline.spikes[layer].reshape(net.T, 30, -1)
@@ -86,8 +88,8 @@ def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
 
 
 def test_human_readable_report_names_the_divergence(outdir, tmp_path, monkeypatch):
-    net, _ = compiler.load_export(outdir)
-    inputs, _ = compiler.test_inputs(net, "mnist5k", 5)
+    net = ExportDir.open(outdir).network
+    inputs, _ = dataset_inputs(net, "mnist5k", 5)
     fired = get_backend("reference").run(net, inputs).spikes["fc1"].reshape(net.T, 5, -1)
     neuron = int(np.nonzero(fired.any(axis=(0, 1)))[0][0])
     real_get_backend = verify.get_backend

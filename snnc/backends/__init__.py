@@ -30,14 +30,14 @@ def get_backend(name: str):
 def run_on_backend(outdir, backend: str, data: str | None = None, samples: int | None = None) -> dict:
     """`snnc run`: an export directory's artifacts on one backend over test samples; accuracy."""
     from snnc import execute
-    from snnc.data import test_images
+    from snnc.data import dataset_images
     from snnc.export_dir import ExportDir
 
     module = get_backend(backend)
     export = ExportDir.open(outdir)
     net = export.network
     data = data or export.manifest.get("data", "mnist5k")
-    images, labels = test_images(net.input_node.shape, data, samples)
+    images, labels = dataset_images(net.input_node.shape, data, samples)
     trace = module.run_export(export, execute.encode(net, images))
     return {"backend": backend, "data": data, "samples": int(len(labels)),
             "accuracy": float((trace.predictions == labels).mean()), "target": export.manifest["target"]}
