@@ -3,6 +3,7 @@
 A checkpoint is loadable with torch.load(path, weights_only=True): no pickled classes, so loading
 one never runs code from the file.
 """
+import io
 import math
 import warnings
 from pathlib import Path
@@ -145,7 +146,9 @@ def save_checkpoint(path, model, training, force: bool = False):
         "state_dict": {key: tensor.detach().clone() for key, tensor in model.state_dict().items()},
         "training": {**training, "snnc_version": snnc.__version__},
     }
-    write_file(path, lambda handle: torch.save(checkpoint, handle), force=force,
+    buffer = io.BytesIO()  # torch's writer fails with an unhelpful RuntimeError on a full disk
+    torch.save(checkpoint, buffer)
+    write_file(path, lambda handle: handle.write(buffer.getvalue()), force=force,
                replaceable=is_checkpoint, what="checkpoint")
 
 
