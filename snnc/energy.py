@@ -1,6 +1,6 @@
 """`snnc energy`: per-layer operation counts and energy per sample, with every figure's model named.
 
-Two conventions side by side (SEMANTICS section 3):
+Two conventions side by side (docs/semantics.md, section 7):
 - counted: the cycle simulator's exact events on the mapped chip (each presynaptic spike or non-zero
   graded input costs one synaptic op per synapse it drives, borders included), priced with the
   target's per-operation table (synaptic ops, neuron updates, spikes within a tile, hops);

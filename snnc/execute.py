@@ -4,22 +4,25 @@ The graph is run layer by layer over all T steps (synaptic ops on [T*B, ...] at 
 neuron recurrence over t), vectorized over the batch. Synaptic ops use float64 arithmetic: for a
 fixed-point network every operand is an integer and every partial sum stays far below 2^53, so the
 float64 results are exact integers whatever the summation order (see docs/ir.md). The fixed-point
-neuron rule is one compiled kernel (numba: `FixedNeuron`), which the cycle simulator runs too.
+neuron rule is snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle
+simulator runs too.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba.extending import register_jitable
 
+from snnc import fixedpoint
 from snnc.ir import Network, Node
 
-DECAY_UNITY = 4096  # Loihi decays are 12-bit fractions of 4096
-_DECAY_SHIFT = 12  # 4096 == 1 << 12
 DEFAULT_CHUNK = 256
 
 
@@ -114,84 +117,68 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None)
 
 
-@numba.njit(inline="always")
-def _decayed(x, keep):
-    """trunc_toward_zero(x * keep / 4096) on int64 (Loihi's decay; keep = 4096 gives x, 0 gives 0)."""
-    y = x * keep
-    return (y + ((y >> 63) & (DECAY_UNITY - 1))) >> _DECAY_SHIFT
+for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.after_reset, fixedpoint.cuba_step):
+    register_jitable(inline="always")(_rule)   # callable from compiled code, unchanged for numpy
 
 
-@numba.njit(inline="always")
-def _limited(x, top, saturates):
-    """The target's overflow rule for a state register of bits = log2(2 * top): saturation to
-    +-(top - 1), or one wrap into (-top, top] exactly as Lava's PyLifModelBitAcc wraps u."""
-    if saturates:
-        return min(max(x, 1 - top), top - 1)
-    y = x - 2 * top if x > top else x
-    return y + 2 * top if y <= -top else y
+def _compile_kernel(rules_digest: str):
+    """The population kernel, compiled from fixedpoint.cuba_step. numba's on-disk cache is keyed
+    on the kernel's bytecode and closure, not on the functions it calls: `rules_digest` (the
+    SHA-256 of snnc/fixedpoint.py) is in the closure so that editing a rule recompiles it."""
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def cuba_run(a, steps, initial, fire_level, reset_amount, bias, spikes, voltages, busy, keep_u, keep_v,
+                 decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
+        """Every step of one population on [steps, batch, neurons]; returns the number of spikes and
+        of current and voltage overflow events. `a` holds one step (presented at every step) or all
+        of them. Fills spikes, and voltages and busy unless they have size 0 (the loop without them
+        stores nothing more). A sample's state stays in two rows of its thread from the first step
+        to the last; every value is formed in int64 from integers, so any dtype holding integers
+        gives the same."""
+        rules_version = rules_digest  # noqa: F841 (part of the cache key, see above)
+        neurons = initial.shape[0]
+        record = voltages.size > 0
+        spike_count = 0
+        current_events = 0
+        voltage_events = 0
+        for b in numba.prange(a.shape[1]):
+            u = np.zeros(neurons, dtype=np.int64)
+            v = initial.copy()
+            sample_spikes = 0
+            sample_current = 0
+            sample_voltage = 0
+            for t in range(steps):
+                x = a[t if a.shape[0] > 1 else 0, b]
+                fired = spikes[t, b]
+                if record:
+                    for n in range(neurons):
+                        busy[t, b, n] = u[n] != 0 or v[n] != 0
+                        u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
+                            np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
+                            decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+                        fired[n] = spike
+                        voltages[t, b, n] = v[n]
+                        sample_spikes += spike
+                        sample_current += current_event
+                        sample_voltage += voltage_event
+                else:
+                    for n in range(neurons):
+                        u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
+                            np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
+                            decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+                        fired[n] = spike
+                        sample_spikes += spike
+                        sample_current += current_event
+                        sample_voltage += voltage_event
+            spike_count += sample_spikes
+            current_events += sample_current
+            voltage_events += sample_voltage
+        return spike_count, current_events, voltage_events
+
+    return cuba_run
 
 
-@numba.njit(inline="always")
-def _cuba_update(x, u, v, fire_at, reset_amount, bias, keep_u, keep_v, shift, top, current_saturates,
-                 voltage_saturates, hard, soft):
-    """One neuron, one step: (u, v after reset, fired, current overflowed, voltage overflowed).
-    Branch-free on `fired`, which no predictor guesses."""
-    current = (np.int64(x) << shift) + _decayed(u, keep_u)
-    limited = _limited(current, top, current_saturates)
-    voltage = _decayed(v, keep_v) + limited + bias
-    membrane = _limited(voltage, top, voltage_saturates)
-    fired = np.int64(membrane >= fire_at)
-    after_reset = membrane - fired * (hard * membrane + soft * reset_amount)
-    return limited, after_reset, fired, limited != current, membrane != voltage
-
-
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _cuba_run(a, steps, initial, fire_at, reset_amount, bias, spikes, voltages, busy, keep_u, keep_v, shift,
-              bits, current_saturates, voltage_saturates, hard, soft):
-    """Every step of one population on [steps, batch, neurons]; returns the number of spikes and of
-    current and voltage overflow events. `a` holds one step (presented at every step) or all of
-    them. Fills spikes, and voltages and busy unless they have size 0 (the loop without them stores
-    nothing more). A sample's state stays in two rows of its thread from the first step to the
-    last; every value is formed in int64 from integers, so any dtype holding integers gives the same."""
-    neurons = initial.shape[0]
-    top = np.int64(1) << (bits - 1)
-    record = voltages.size > 0
-    spike_count = 0
-    current_events = 0
-    voltage_events = 0
-    for b in numba.prange(a.shape[1]):
-        u = np.zeros(neurons, dtype=np.int64)
-        v = initial.copy()
-        sample_spikes = 0
-        sample_current = 0
-        sample_voltage = 0
-        for t in range(steps):
-            x = a[t if a.shape[0] > 1 else 0, b]
-            fired = spikes[t, b]
-            if record:
-                for n in range(neurons):
-                    busy[t, b, n] = u[n] != 0 or v[n] != 0
-                    u[n], v[n], spike, current_event, voltage_event = _cuba_update(
-                        x[n], u[n], v[n], fire_at[n], reset_amount[n], bias[n], keep_u, keep_v, shift, top,
-                        current_saturates, voltage_saturates, hard, soft)
-                    fired[n] = spike
-                    voltages[t, b, n] = v[n]
-                    sample_spikes += spike
-                    sample_current += current_event
-                    sample_voltage += voltage_event
-            else:
-                for n in range(neurons):
-                    u[n], v[n], spike, current_event, voltage_event = _cuba_update(
-                        x[n], u[n], v[n], fire_at[n], reset_amount[n], bias[n], keep_u, keep_v, shift, top,
-                        current_saturates, voltage_saturates, hard, soft)
-                    fired[n] = spike
-                    sample_spikes += spike
-                    sample_current += current_event
-                    sample_voltage += voltage_event
-        spike_count += sample_spikes
-        current_events += sample_current
-        voltage_events += sample_voltage
-    return spike_count, current_events, voltage_events
+_cuba_run = _compile_kernel(hashlib.sha256(Path(fixedpoint.__file__).read_bytes()).hexdigest())
 
 
 def _per_neuron(array, shape) -> np.ndarray:
@@ -214,8 +201,8 @@ class NeuronRun:
 
 
 class FixedNeuron:
-    """One population's fixed-point rule (SEMANTICS section 2): the one definition of the rule, used
-    by the integer reference and by the cycle simulator (prepared once, run on any batch).
+    """One population's fixed-point rule (snnc.fixedpoint; docs/semantics.md, section 3), compiled:
+    used by the integer reference and by the cycle simulator (prepared once, run on any batch).
 
     `run(a, steps)` applies `steps` steps to the integer synaptic input `a` [1 or steps, B, *shape],
     of any dtype holding integers (float32 from an exact convolution is read as it is); one step of
@@ -227,14 +214,15 @@ class FixedNeuron:
         self.shape = tuple(node.shape)
         self.spiking = n.kind == "spiking"
         self.hard, self.soft = int(n.reset == "hard"), int(n.reset == "soft")
-        self.bits, self.shift = arithmetic["state_bits"], arithmetic["activation_shift"]
-        self.current_saturates = arithmetic["current_overflow"] == "saturate"
-        self.voltage_saturates = arithmetic["voltage_overflow"] == "saturate"
-        self.keep_u, self.keep_v = DECAY_UNITY - int(n.u_decay) - 1, DECAY_UNITY - int(n.v_decay)
-        strict = arithmetic["fire_rule"] == ">"   # v > threshold iff v >= threshold + 1 on integers
-        never = np.iinfo(np.int64).max     # an integrator never fires
-        fire_at = np.asarray(n.threshold, dtype=np.int64) + strict if self.spiking else never
-        self.fire_at = _per_neuron(fire_at, self.shape)
+        self.top, self.shift = fixedpoint.register_top(arithmetic["state_bits"]), arithmetic["activation_shift"]
+        self.decay_bits = arithmetic["decay_bits"]
+        self.current_saturates = fixedpoint.saturates(arithmetic["current_overflow"])
+        self.voltage_saturates = fixedpoint.saturates(arithmetic["voltage_overflow"])
+        self.keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
+        self.keep_v = fixedpoint.voltage_keep(n.v_decay, self.decay_bits)
+        fire_level = fixedpoint.fire_at(n.threshold, arithmetic["fire_rule"]) if self.spiking \
+            else fixedpoint.NEVER_FIRES
+        self.fire_level = _per_neuron(fire_level, self.shape)
         self.reset_amount = _per_neuron(n.reset_amount if self.soft else 0, self.shape)
         self.bias = _per_neuron(n.bias, self.shape)
         self.initial = _per_neuron(n.initial_state, self.shape)
@@ -247,9 +235,9 @@ class FixedNeuron:
         spikes = np.empty(full, dtype=np.uint8)
         voltages, busy = np.empty(recorded, dtype=np.int64), np.empty(recorded, dtype=np.uint8)
         spike_count, current_events, voltage_events = _cuba_run(
-            a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_at,
-            self.reset_amount, self.bias, spikes, voltages, busy, self.keep_u, self.keep_v, self.shift, self.bits,
-            self.current_saturates, self.voltage_saturates, self.hard, self.soft)
+            a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_level,
+            self.reset_amount, self.bias, spikes, voltages, busy, self.keep_u, self.keep_v, self.decay_bits,
+            self.shift, self.top, self.current_saturates, self.voltage_saturates, self.hard, self.soft)
         shape = (steps, batch) + self.shape
         voltages = torch.from_numpy(voltages).reshape(shape) if voltages.size else None
         return NeuronRun(outputs=torch.from_numpy(spikes).reshape(shape) if self.spiking else voltages,
@@ -311,8 +299,6 @@ def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
 
 def readout(net: Network, steps: np.ndarray) -> np.ndarray:
     """The network's readout from the integrator's per-step state: mean (x T when fixed) or last."""
-    if net.readout == "last":
-        return steps[-1]
     if net.fixed:
-        return steps.sum(axis=0)
-    return steps.mean(axis=0)
+        return fixedpoint.readout(steps, net.readout)
+    return steps[-1] if net.readout == "last" else steps.mean(axis=0)

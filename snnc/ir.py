@@ -50,8 +50,8 @@ class Neuron:
 
     In a float network decays are fractions lost per step (v_decay = 1/tau for LIF, 0 for IF;
     u_decay = 1 means the current has no memory). In a fixed-point network they are the hardware
-    registers dv and du of Loihi's CUBA neuron: v keeps (4096 - dv)/4096, u keeps
-    (4096 - du - 1)/4096.
+    registers dv and du of Loihi's CUBA neuron: v keeps (unit - dv)/unit, u keeps
+    (unit - du - 1)/unit, unit = 2**decay_bits of the network's arithmetic (snnc.fixedpoint).
     """
 
     kind: str

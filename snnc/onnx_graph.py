@@ -13,7 +13,9 @@ sum(|w|) * (largest input) per output channel. While that bound stays below 2^24
 is an integer that float32 represents exactly, so the result is exact whatever order or blocking
 the runtime uses. A weight matrix whose bound reaches 2^24 is split into digit planes
 (w = sum_i plane_i * base^i) that each stay below it, and the planes' results are combined in int64.
-Neuron state (u, v), decays, wraps, saturations, thresholds and resets run in int64.
+Neuron state (u, v), decays, wraps, saturations, thresholds and resets run in int64, built from
+snnc.fixedpoint's registers and rules (the decay unit 2**decay_bits and the state width come from
+the network's arithmetic).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from snnc import __version__
+from snnc import __version__, fixedpoint
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Node
 from snnc.passes.quantize import largest_outputs
@@ -36,7 +38,6 @@ READOUT_STEP = "readout_step"
 BATCH = "batch"
 STATE_BATCH = "state_batch"  # model_step.onnx's state inputs: batch, or 1 for the default initial state
 FLOAT32_EXACT = 2 ** 24   # float32 holds every integer of magnitude up to 2^24 exactly
-DECAY_UNITY = 4096        # the same 12-bit decay fraction as snnc.execute
 
 _ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
               np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.bool_): TensorProto.BOOL}
@@ -172,7 +173,8 @@ class _FixedGraph:
         self.net, self.stepwise, self.spikes, self.limit = net, stepwise, spikes, limit
         self.steps = 1 if stepwise else net.T
         self.arith = net.arithmetic
-        self.top = 2 ** (self.arith["state_bits"] - 1)
+        self.top = fixedpoint.register_top(self.arith["state_bits"])
+        self.decay_bits = self.arith["decay_bits"]
         reserved = {INPUT, READOUT, READOUT_STEPS, READOUT_STEP}
         _check_names(net, reserved)
         reserved |= {node.name for node in net.spiking_nodes()}
@@ -205,9 +207,9 @@ class _FixedGraph:
         return tensors[0] if len(tensors) == 1 else self.g.op("Concat", tensors, scope, axis=0)
 
     def _limit(self, x: str, mode: str, scope: str) -> str:
-        """The target's overflow rule on a state register, exactly as snnc.execute._limit."""
+        """fixedpoint.limited: the target's overflow rule on a state register."""
         g, top = self.g, self.top
-        if mode == "saturate":
+        if fixedpoint.saturates(mode):
             low = g.op("Max", [x, g.const(-(top - 1), np.int64)], scope)
             return g.op("Min", [low, g.const(top - 1, np.int64)], scope)
         span = g.const(2 * top, np.int64)
@@ -217,15 +219,16 @@ class _FixedGraph:
         return g.op("Where", [below, g.op("Add", [x, span], scope), lowered], scope)
 
     def _decay(self, x: str, keep: int, scope: str) -> str | None:
-        """trunc(x * keep / 4096) as sign(x) * ((|x| * keep) div 4096): the division only ever sees
-        non-negative operands, where every integer-division convention agrees. None means zero."""
-        g = self.g
-        if keep == DECAY_UNITY:
+        """fixedpoint.decayed, trunc(x * keep / unit), as sign(x) * ((|x| * keep) div unit): the
+        division only ever sees non-negative operands, where every integer-division convention
+        agrees. None means zero."""
+        g, unit = self.g, fixedpoint.decay_unit(self.decay_bits)
+        if keep == unit:
             return x
         if keep == 0:
             return None
         scaled = g.op("Mul", [g.op("Abs", [x], scope), g.const(keep, np.int64)], scope)
-        quotient = g.op("Div", [scaled, g.const(DECAY_UNITY, np.int64)], scope)
+        quotient = g.op("Div", [scaled, g.const(unit, np.int64)], scope)
         return g.op("Mul", [g.op("Sign", [x], scope), quotient], scope)
 
     # --- synapses -------------------------------------------------------------------------------
@@ -289,7 +292,7 @@ class _FixedGraph:
         zeros = np.zeros((1,) + tuple(node.shape), np.int64)
         initial = np.asarray(n.initial_state, np.int64).reshape((1,) + tuple(node.shape))
         if not self.stepwise:
-            keep_u = DECAY_UNITY - int(n.u_decay) - 1
+            keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
             u0 = self._per_sample(node, zeros, np.int64, "u0") if keep_u else None  # unused without memory
             return u0, self._per_sample(node, initial, np.int64, "v0")
         u_name, v_name = state_names(node.name)[:2]
@@ -302,8 +305,8 @@ class _FixedGraph:
         """Run the layer's CUBA recurrence; returns its per-step outputs merged over time:
         spikes (bool) for a spiking layer, v (int64) for the integrator."""
         g, n, scope, arith = self.g, node.neuron, node.name, self.arith
-        keep_u = DECAY_UNITY - int(n.u_decay) - 1
-        keep_v = DECAY_UNITY - int(n.v_decay)
+        keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
+        keep_v = fixedpoint.voltage_keep(n.v_decay, self.decay_bits)
         u_state, v_state = self._state_inputs(node)
         a = g.op("Mul", [current, g.const(2 ** arith["activation_shift"], np.int64)], scope)
         bias = self._per_sample(node, n.bias, np.int64, "bias")
@@ -324,19 +327,19 @@ class _FixedGraph:
                 u = self._limit(g.op("Add", [decayed, a_t], scope), arith["current_overflow"], scope)
                 u_steps.append(u)
                 drive.append(g.op("Add", [u, bias], scope))
-        threshold = reset_amount = None
-        if n.kind == "spiking":
-            threshold = self._per_sample(node, n.threshold, np.int64, "threshold")
+        fire_level = reset_amount = None
+        if n.kind == "spiking":   # fires at v >= fixedpoint.fire_at(threshold, fire rule)
+            fire_level = self._per_sample(node, fixedpoint.fire_at(n.threshold, arith["fire_rule"]), np.int64,
+                                          "fire_level")
             if n.reset == "soft":
                 reset_amount = self._per_sample(node, n.reset_amount, np.int64, "reset_amount")
-        compare = "Greater" if arith["fire_rule"] == ">" else "GreaterOrEqual"
         v, outputs = v_state, []
         for drive_t in drive:
             decayed = self._decay(v, keep_v, scope)
             v = drive_t if decayed is None else g.op("Add", [decayed, drive_t], scope)
             v = self._limit(v, arith["voltage_overflow"], scope)
             if n.kind == "spiking":
-                fired, v = _fire_and_reset(g, n.reset, compare, v, threshold, reset_amount,
+                fired, v = _fire_and_reset(g, n.reset, "GreaterOrEqual", v, fire_level, reset_amount,
                                            g.const(0, np.int64), scope)
                 outputs.append(fired)
             else:
@@ -412,7 +415,7 @@ class _FixedGraph:
             return
         steps = g.op("Reshape", [v, g.const([self.net.T, -1] + classes, np.int64)], node.name,
                      outputs=[READOUT_STEPS])
-        if self.net.readout == "last":
+        if self.net.readout == "last":   # fixedpoint.readout: the last step, or the sum over steps
             g.op("Gather", [steps, g.const(self.net.T - 1, np.int64)], node.name, outputs=[READOUT], axis=0)
         else:
             g.op("ReduceSum", [steps, g.const([0], np.int64)], node.name, outputs=[READOUT], keepdims=0)

@@ -92,7 +92,7 @@ def test_tiny_dense_network_by_hand(tmp_path):
 
 
 def _lava_lif_numpy(layers, spikes):
-    """SEMANTICS section 2, literally, for a chain of netx layers (Lava's du = iDecay - 1)."""
+    """docs/semantics.md section 6 (Lava's LIF), literally, for a chain of netx layers (du = iDecay - 1)."""
     for layer in layers:
         du, dv = layer["iDecay"] - 1, layer["vDecay"]
         u = v = None
@@ -180,6 +180,9 @@ def _netx_dense(weights):
 
 def test_reader_matches_lavas_own_lif_and_dense(tmp_path):
     """The network netx would build (Lava's Dense + LIF, bit-accurate models) spikes like snnc's reference."""
+    from snnc.backends.lava_backend import _import_lava_runtime
+
+    _import_lava_runtime()   # Lava must set the start method that numba's kernels already fixed
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense

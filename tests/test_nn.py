@@ -1,4 +1,4 @@
-"""Neuron, MPR, tdBN and readout rules of SEMANTICS.md section 1."""
+"""Neuron, MPR, tdBN and readout rules of docs/semantics.md, sections 1 and 5."""
 import pytest
 import torch
 

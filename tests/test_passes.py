@@ -7,7 +7,7 @@ import pytest
 import netfactory
 from snnc import execute, passes
 from snnc.errors import DesignRuleError
-from snnc.ir import Network
+from snnc.ir import Network, Neuron, Node
 from snnc.passes.fold import mpr_inverse
 from snnc.targets import load_target
 
@@ -178,6 +178,46 @@ def test_bound_analysis_is_sound_and_flags_overflow(quantized):
     assert not {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
     quiet.node("fc1").neuron.bias = quiet.node("fc1").neuron.bias - 2 ** 22  # two steps pass -2^23
     assert {e["layer"]: e for e in passes.bound_analysis(quiet)}["fc1"]["voltage_overflow"]
+
+
+def _two_neuron_network(T: int) -> Network:
+    """input (2 pixels, up to 255) -> fc (2 IF neurons, hard reset at 1000, weights 10) -> readout."""
+    def neuron(n, kind):
+        spiking = kind == "spiking"
+        return Neuron(kind=kind, threshold=np.full((n,), 1000, np.int64) if spiking else None,
+                      reset="hard" if spiking else "none", reset_amount=None, bias=np.zeros((n,), np.int64),
+                      initial_state=np.zeros((n,), np.int64), v_decay=0, u_decay=4095)
+    return Network(name="tiny", T=T, readout="mean", nodes=[
+        Node("input", "input", [], (2,)),
+        Node("fc", "linear", ["input"], (2,), weight=np.array([[10, 0], [0, 10]]), neuron=neuron(2, "spiking")),
+        Node("readout", "linear", ["fc"], (1,), weight=np.array([[1, 1]]), neuron=neuron(1, "integrator")),
+    ], arithmetic=dict(load_target("loihi2").arithmetic, kind="fixed"), encoding={"scale": 1 / 255, "max": 255})
+
+
+def test_bound_analysis_of_a_billion_steps_is_immediate_and_exact_by_hand():
+    report = {e["layer"]: e for e in passes.bound_analysis(_two_neuron_network(10 ** 9))}
+    # fc: u = 10 * 255 << 6 = 163200 every step; v at most threshold + u = 164200 (reset to <= 1000)
+    assert (report["fc"]["max_abs_current"], report["fc"]["max_abs_voltage"]) == (163200, 164200)
+    assert not report["fc"]["current_overflow"] and not report["fc"]["voltage_overflow"]
+    # readout: u = 2 << 6 = 128 per step, integrated without leak over 10^9 steps
+    assert (report["readout"]["max_abs_current"], report["readout"]["max_abs_voltage"]) == (128, 128 * 10 ** 9)
+    assert report["readout"]["voltage_overflow"] and not report["readout"]["current_overflow"]
+
+
+@pytest.mark.parametrize("spec", [SRIF, LIF], ids=["srif", "lif"])
+def test_bound_analysis_in_closed_form_bounds_the_step_by_step_one(spec):
+    fixed = passes.quantize(passes.fold_all(netfactory.random_network(spec, seed=12)), load_target("loihi2"))
+    fixed.T = 3000
+    leaky = fixed.copy()      # currents with memory and a slow leak: the closed form's slowest case
+    for node in leaky.nodes:
+        if node.neuron is not None:
+            node.neuron.u_decay, node.neuron.v_decay = 20, 7
+    for net in (fixed, leaky):
+        stepwise = passes.bound_analysis(net, exact_steps=net.T)
+        closed = passes.bound_analysis(net, exact_steps=10)
+        for exact, bound in zip(stepwise, closed):
+            for key in ("max_abs_current", "max_abs_voltage"):
+                assert exact[key] <= bound[key] <= 1.02 * exact[key] + 1, (exact, bound)
 
 
 def test_sumpool_sums_and_avgpool_averages():

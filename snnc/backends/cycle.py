@@ -2,8 +2,8 @@
 
 Per chip time step (docs/cycle-simulator.md):
 1. neuron update: every layer whose pipeline window covers the step (a layer at synaptic depth d
-   computes logical step t at chip step t + d) applies the fixed-point rule of snnc.execute
-   (`FixedNeuron`: the one definition) to the input accumulated for it;
+   computes logical step t at chip step t + d) applies the fixed-point rule of snnc.fixedpoint
+   (compiled in snnc.execute.FixedNeuron, which the reference runs too) to the input accumulated for it;
 2. spike routing: the spikes just produced (and the host's input at steps 0..T-1) go out as one
    message per (axon, destination core), XY-routed over the tile mesh; hops are counted;
 3. synaptic accumulation: each message costs its destination core one synaptic op per synapse of

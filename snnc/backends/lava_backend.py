@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snnc import ir
+from snnc import fixedpoint, ir
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
 
@@ -331,8 +331,8 @@ class _SpecBuilder:
                 raise DesignRuleError(f"layer '{node.name}': op {node.op} is not supported on Lava")
         readout = net.output_node
         depths = {p["name"]: p["depth"] for p in self.processes if p["type"] == "neuron"}
-        arithmetic = {key: net.arithmetic[key] for key in ("state_bits", "activation_shift", "fire_rule",
-                                                            "current_overflow", "voltage_overflow")}
+        arithmetic = {key: net.arithmetic[key] for key in ("state_bits", "decay_bits", "activation_shift",
+                                                            "fire_rule", "current_overflow", "voltage_overflow")}
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": net.name,
                 "T": int(net.T), "readout": net.readout, "readout_process": readout.name,
                 "source": net.input_node.name, "latency": depths[readout.name],
@@ -489,8 +489,8 @@ class LavaGraph:
         for name in shapes:
             counts = np.load(self._file(name, "overflow_path")).sum(axis=0)
             overflow[name] = {"current": int(counts[0]), "voltage": int(counts[1])}
-        final = steps[-1] if self.spec["readout"] == "last" else steps.sum(axis=0)
-        return Trace(spikes=spikes, readout_steps=np.ascontiguousarray(steps), readout=final,
+        return Trace(spikes=spikes, readout_steps=np.ascontiguousarray(steps),
+                     readout=fixedpoint.readout(steps, self.spec["readout"]),
                      voltages=voltages, overflow=overflow)
 
     def close(self) -> None:
@@ -673,8 +673,7 @@ def bias_mant_exp(bias: np.ndarray, mant_bits: int = 13, exp_bits: int = 3) -> t
 def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
     """(spiking node, producer name, views) of a chain that Lava's LIF can run, or DesignRuleError."""
     arithmetic = net.arithmetic
-    lava_rules = {"fire_rule": ">", "activation_shift": 6, "state_bits": 24,
-                  "current_overflow": "wrap", "voltage_overflow": "saturate"}
+    lava_rules = dict(fixedpoint.LAVA_LIF_REGISTERS, fire_rule=fixedpoint.LAVA_LIF_FIRE_RULE)
     for key, value in lava_rules.items():
         if arithmetic.get(key) != value:
             raise DesignRuleError(f"Lava's LIF needs {key} = {value!r}, the network has {arithmetic.get(key)!r}")
@@ -685,10 +684,12 @@ def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF takes one synapse group ({node.op})")
         if n.reset != "hard":
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF resets hard only")
-        thresholds = np.unique(n.threshold)
-        if thresholds.size != 1 or thresholds[0] % 64 or not 0 <= thresholds[0] >> 6 < 2 ** 17:
-            raise DesignRuleError(f"layer '{node.name}': Lava's LIF needs one threshold vth << 6 "
-                                  f"(vth < 2^17) per population, got {thresholds[:4]}")
+        thresholds, shift = np.unique(n.threshold), fixedpoint.LAVA_LIF_THRESHOLD_SHIFT
+        if thresholds.size != 1 or thresholds[0] % (1 << shift) \
+                or not 0 <= thresholds[0] >> shift < 2 ** fixedpoint.LAVA_LIF_THRESHOLD_BITS:
+            raise DesignRuleError(f"layer '{node.name}': Lava's LIF needs one threshold vth << {shift} "
+                                  f"(vth < 2^{fixedpoint.LAVA_LIF_THRESHOLD_BITS}) per population, "
+                                  f"got {thresholds[:4]}")
         views, name = [], node.inputs[0]
         while name not in producers:
             view = net.node(name)
@@ -747,7 +748,8 @@ def run_lava_lif(net: ir.Network, inputs: np.ndarray, record_dir=None) -> dict[s
                       num_message_bits=max(1, top[source].bit_length()))
         mant, exp = bias_mant_exp(np.asarray(n.bias).reshape(-1))
         size = mant.size
-        lif = LIF(shape=(size,), du=int(n.u_decay), dv=int(n.v_decay), vth=int(np.asarray(n.threshold).flat[0]) >> 6,
+        vth = int(np.asarray(n.threshold).flat[0]) >> fixedpoint.LAVA_LIF_THRESHOLD_SHIFT
+        lif = LIF(shape=(size,), du=int(n.u_decay), dv=int(n.v_decay), vth=vth,
                   bias_mant=np.zeros(size, dtype=np.int64), bias_exp=exp, u=0, v=0, name=node.name)
         paths[node.name] = _new_memmap(folder / f"{_safe(node.name)}.lif.npy", np.int32, (num_steps, size))
         sink = MemmapSink(shape=(size,), path=paths[node.name], steps=num_steps)
@@ -760,7 +762,7 @@ def run_lava_lif(net: ir.Network, inputs: np.ndarray, record_dir=None) -> dict[s
             start = i * period + depth[node.name]
             events.setdefault(start, []).append((lif.bias_mant, mant))
             events[start].append((lif.v, initial))
-            if int(n.u_decay) != 4095:
+            if fixedpoint.current_keep(n.u_decay, net.arithmetic["decay_bits"]):
                 events[start].append((lif.u, np.zeros(size, dtype=np.int64)))
             events.setdefault(start + steps, []).append((lif.bias_mant, np.zeros(size, dtype=np.int64)))
     source = procs[net.input_node.name]

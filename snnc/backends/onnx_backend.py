@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from snnc import onnx_graph
+from snnc import fixedpoint, onnx_graph
 from snnc.errors import CheckFailed, InputError
 from snnc.execute import Trace
 from snnc.export_dir import artifact_writer
-from snnc.ir import Network
+from snnc.ir import READOUTS, Network
 
 NAME = "onnx"
 MODEL = "model.onnx"
@@ -163,6 +163,8 @@ def run_steps(model, inputs, state: dict | None = None) -> Trace:
     meta = sess.get_modelmeta().custom_metadata_map
     if meta.get("snnc.kind") != "step":
         raise InputError("not an snnc model_step.onnx")
+    if meta.get("snnc.readout", "mean") not in READOUTS:
+        raise InputError(f"model_step.onnx: readout {meta['snnc.readout']!r} is not one of {READOUTS}")
     inputs = np.asarray(inputs).astype(np.int64, copy=False)
     outputs = [output.name for output in sess.get_outputs()]
     carried = {name: "state." + name[len("next."):] for name in outputs if name.startswith("next.")}
@@ -177,6 +179,5 @@ def run_steps(model, inputs, state: dict | None = None) -> Trace:
             if name != onnx_graph.READOUT_STEP and name not in carried:
                 spikes.setdefault(name, []).append(value)
     steps = np.stack(readout_steps)
-    readout = steps[-1] if meta.get("snnc.readout") == "last" else steps.sum(axis=0)
     return Trace(spikes={name: np.stack(values) for name, values in spikes.items()},
-                 readout_steps=steps, readout=readout)
+                 readout_steps=steps, readout=fixedpoint.readout(steps, meta.get("snnc.readout", "mean")))

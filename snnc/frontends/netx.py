@@ -13,7 +13,7 @@ a list of layers `layer/0 .. layer/n-1`, each a group with at least `type` and `
 Shapes are stored in (C, H, W) order (netx reverses them to Lava's (x, y, z)); the conv kernel is a
 correlation kernel as in PyTorch (netx flips it for Lava's convolution, which flips it back).
 
-netx runs every CUBA/LOIHI layer as Lava's `LIF` (SEMANTICS section 2) with du = iDecay - 1 and
+netx runs every CUBA/LOIHI layer as Lava's `LIF` (docs/semantics.md, section 6) with du = iDecay - 1 and
 dv = vDecay, vth = vThMant, bias_mant = bias with bias_exp = 6; dense weights go through
 `optimize_weight_bits` (8-bit mantissa, exponent) and Lava's Dense. In snnc's integer IR this is,
 per step:  u = trunc(u (4096 - iDecay)/4096) + (a << 6), v = trunc(v (4096 - vDecay)/4096) + u +
@@ -30,26 +30,33 @@ from typing import Optional
 
 import numpy as np
 
+from snnc import fixedpoint
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Neuron, Node
 
 NEURON_TYPES = ("CUBA", "LOIHI")
 BIAS_EXP = 6            # netx always sets bias_exp = 6
-THRESHOLD_SHIFT = 6     # Lava's LIF compares v > vth << 6
-DECAY_UNITY = 4096
+THRESHOLD_SHIFT = fixedpoint.LAVA_LIF_THRESHOLD_SHIFT   # Lava's LIF compares v > vth << 6
+# Lava's CUBA LIF as the netx network defines it (docs/semantics.md, section 6).
+LAVA_LIF_RULES = fixedpoint.LAVA_LIF_REGISTERS
+DECAY_UNITY = fixedpoint.decay_unit(LAVA_LIF_RULES["decay_bits"])   # iDecay and vDecay are fractions of it
 # netx's neuron for a dense layer stored without one: "non-leaky integrator"
-DEFAULT_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": 4096, "vThMant": 1 << 17, "refDelay": 1,
-                  "gradedSpike": False}
+DEFAULT_NEURON = {"type": "CUBA", "iDecay": 0, "vDecay": DECAY_UNITY,
+                  "vThMant": 1 << fixedpoint.LAVA_LIF_THRESHOLD_BITS, "refDelay": 1, "gradedSpike": False}
 # What a netx network's input is: binary spikes every step (netx's default input_message_bits = 0).
 SPIKE_ENCODING = {"kind": "spikes", "scale": 1.0, "max": 1, "bits": 1,
                   "description": "binary input spikes (0/1) at every step, netx's default; "
                                  "images: spike where pixel >= threshold",
                   "threshold": 128}
-# Lava's CUBA LIF as the netx network defines it (SEMANTICS section 2).
-LAVA_LIF_RULES = {"activation_shift": 6, "state_bits": 24, "decay_bits": 12, "current_overflow": "wrap",
-                  "voltage_overflow": "saturate"}
-NETX_OVERRIDES = {"kind": "fixed", "fire_rule": ">", "threshold_shift": THRESHOLD_SHIFT,
-                  "threshold_mant_bits": 17, "reset_modes": ["hard"], "weight_bits": 9}
+NETX_OVERRIDES = {"kind": "fixed", "fire_rule": fixedpoint.LAVA_LIF_FIRE_RULE, "threshold_shift": THRESHOLD_SHIFT,
+                  "threshold_mant_bits": fixedpoint.LAVA_LIF_THRESHOLD_BITS, "reset_modes": ["hard"],
+                  "weight_bits": 9}
+
+
+def _current_decay(i_decay: int) -> int:
+    """snnc's du for netx's iDecay: Lava's LIF keeps unit - iDecay of u per step, snnc's register
+    du keeps unit - du - 1 (fixedpoint.current_keep), so du = iDecay - 1."""
+    return i_decay - 1
 
 
 def netx_arithmetic(target="loihi2") -> dict:
@@ -209,7 +216,7 @@ class _Reader:
                 raise InputError(f"{where}: per-neuron {key} is not supported (one decay per layer)")
             decays[key] = int(values.ravel()[0])
             if not 0 <= decays[key] <= DECAY_UNITY:
-                raise InputError(f"{where}: {key} = {decays[key]} is outside 0..4096")
+                raise InputError(f"{where}: {key} = {decays[key]} is outside 0..{DECAY_UNITY}")
         ref_delay = np.asarray(config.get("refDelay", 1))
         if np.any(ref_delay > 1):
             self.notes.append(f"layer {index}: refDelay {int(np.max(ref_delay))} ignored (netx and Lava's LIF "
@@ -223,14 +230,15 @@ class _Reader:
                                  f"layer (netx makes it a non-spiking integrator)")
             return Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=bias_full,
                           initial_state=np.zeros(shape, dtype=np.int64),
-                          v_decay=decays["vDecay"], u_decay=decays["iDecay"] - 1)
+                          v_decay=decays["vDecay"], u_decay=_current_decay(decays["iDecay"]))
         vth = np.asarray(config["vThMant"]).astype(np.int64)
-        if np.any(vth < 0) or np.any(vth >= 1 << 17):
-            raise InputError(f"{where}: vThMant {vth.ravel()[:3].tolist()} is outside Loihi's 17 bits")
+        if np.any(vth < 0) or np.any(vth >= 1 << fixedpoint.LAVA_LIF_THRESHOLD_BITS):
+            raise InputError(f"{where}: vThMant {vth.ravel()[:3].tolist()} is outside Loihi's "
+                             f"{fixedpoint.LAVA_LIF_THRESHOLD_BITS} bits")
         threshold = self.broadcast_bias(vth, shape, index) << THRESHOLD_SHIFT
         return Neuron(kind="spiking", threshold=np.ascontiguousarray(threshold), reset="hard", reset_amount=None,
                       bias=bias_full, initial_state=np.zeros(shape, dtype=np.int64),
-                      v_decay=decays["vDecay"], u_decay=decays["iDecay"] - 1)
+                      v_decay=decays["vDecay"], u_decay=_current_decay(decays["iDecay"]))
 
     def broadcast_bias(self, values: np.ndarray, shape: tuple[int, ...], index: int) -> np.ndarray:
         """A netx per-layer array: one value, one per channel, or one per neuron."""
@@ -415,7 +423,7 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                           neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
                                         bias=np.zeros(last.shape, dtype=np.int64),
                                         initial_state=np.zeros(last.shape, dtype=np.int64),
-                                        v_decay=0, u_decay=DECAY_UNITY - 1)))
+                                        v_decay=0, u_decay=_current_decay(DECAY_UNITY))))
         readout_rule = "identity readout appended: readout = 64 x spike count of the last layer"
         readout = "last"
     else:

@@ -1,7 +1,8 @@
 """Fixed-point process models (tag 'fixed_pt') for snnc.lava_procs.process.
 
-The neuron arithmetic is snnc.execute.FixedNeuron's, written again in numpy (this file must stay
-importable without torch or the rest of snnc: Lava executes it while searching for models).
+The neuron arithmetic is snnc.fixedpoint's cuba_step on numpy arrays, the definition that
+snnc.execute compiles. This file must stay importable without torch or the rest of snnc (Lava
+executes it while searching for models): it imports numpy, lava and snnc.fixedpoint only.
 """
 import numpy as np
 from lava.magma.core.decorator import implements, requires, tag
@@ -11,26 +12,8 @@ from lava.magma.core.model.py.type import LavaPyType
 from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 
+from snnc import fixedpoint
 from snnc.lava_procs.process import MemmapSink, SnncNeuron, SnncRelay
-
-DECAY_SHIFT = 12  # decays are fractions of 4096
-
-
-def _decay(x, keep):
-    """trunc(x * keep / 4096), rounding toward zero as Loihi does."""
-    scaled = x * keep
-    return np.sign(scaled) * (np.abs(scaled) >> DECAY_SHIFT)
-
-
-def _limit(x, bits, mode):
-    """The target's overflow rule for a state register; returns (value, number of events)."""
-    top = 1 << (bits - 1)
-    if mode == "saturate":
-        out = np.clip(x, -(top - 1), top - 1)
-    else:
-        out = np.where(x > top, x - 2 * top, x)
-        out = np.where(out <= -top, x + 2 * top, out)
-    return out, int(np.count_nonzero(out != x))
 
 
 def _open(path):
@@ -60,16 +43,19 @@ class PySnncNeuronModelFixed(PyLoihiProcessModel):
 
     def _setup(self):
         p = self.proc_params
-        self._p = {key: p[key] for key in ("kind", "reset", "fire_rule", "state_bits",
-                                             "activation_shift", "current_overflow",
-                                             "voltage_overflow", "start", "period", "steps",
-                                             "samples")}
-        self._threshold = self.threshold.astype(np.int64)
-        self._bias = self.bias.astype(np.int64)
-        self._reset_amount = self.reset_amount.astype(np.int64)
+        self._p = {key: p[key] for key in ("kind", "activation_shift", "decay_bits", "start", "period",
+                                             "steps", "samples")}
+        spiking = p["kind"] == "spiking"
+        self._rule = dict(
+            fire_level=fixedpoint.fire_at(self.threshold, p["fire_rule"]) if spiking else fixedpoint.NEVER_FIRES,
+            reset_amount=self.reset_amount.astype(np.int64), bias=self.bias.astype(np.int64),
+            keep_u=fixedpoint.current_keep(self.du[0], p["decay_bits"]),
+            keep_v=fixedpoint.voltage_keep(self.dv[0], p["decay_bits"]), decay_bits=p["decay_bits"],
+            shift=p["activation_shift"], top=fixedpoint.register_top(p["state_bits"]),
+            current_saturates=fixedpoint.saturates(p["current_overflow"]),
+            voltage_saturates=fixedpoint.saturates(p["voltage_overflow"]),
+            hard=int(spiking and p["reset"] == "hard"), soft=int(spiking and p["reset"] == "soft"))
         self._initial = self.initial_state.astype(np.int64)
-        self._keep_u = (1 << DECAY_SHIFT) - int(self.du[0]) - 1
-        self._keep_v = (1 << DECAY_SHIFT) - int(self.dv[0])
         self._zeros = np.zeros(self.s_out.shape, dtype=np.int32)
         self._record = _open(p.get("record_path"))
         self._voltage = _open(p.get("voltage_path"))
@@ -91,21 +77,9 @@ class PySnncNeuronModelFixed(PyLoihiProcessModel):
         if t == 0:
             self._u = np.zeros_like(self._u)
             self._v = self._initial.copy()
-        bits = p["state_bits"]
-        u, current_events = _limit(_decay(self._u, self._keep_u)
-                                   + (a.astype(np.int64) << p["activation_shift"]),
-                                   bits, p["current_overflow"])
-        v, voltage_events = _limit(_decay(self._v, self._keep_v) + u + self._bias,
-                                   bits, p["voltage_overflow"])
-        if p["kind"] == "spiking":
-            fired = v > self._threshold if p["fire_rule"] == ">" else v >= self._threshold
-            if p["reset"] == "hard":
-                v = np.where(fired, 0, v)
-            elif p["reset"] == "soft":
-                v = v - self._reset_amount * fired
-            out = fired.astype(np.int32)
-        else:
-            out = self._zeros
+        u, v, fired, current_events, voltage_events = fixedpoint.cuba_step(
+            a.astype(np.int64), self._u, self._v, **self._rule)
+        out = fired.astype(np.int32) if p["kind"] == "spiking" else self._zeros
         self._u, self._v = u, v
         self.u[:] = u
         self.v[:] = v
@@ -114,7 +88,7 @@ class PySnncNeuronModelFixed(PyLoihiProcessModel):
         if self._voltage is not None:
             self._voltage[sample, t] = v.reshape(-1)
         if self._overflow is not None:
-            self._overflow[sample] += (current_events, voltage_events)
+            self._overflow[sample] += (np.count_nonzero(current_events), np.count_nonzero(voltage_events))
         self.s_out.send(out)
 
 

@@ -8,6 +8,10 @@ from lava.magma.core.process.ports.ports import InPort, OutPort
 from lava.magma.core.process.process import AbstractProcess
 from lava.magma.core.process.variable import Var
 
+from snnc import fixedpoint
+
+_LAVA = fixedpoint.LAVA_LIF_REGISTERS   # the defaults: Lava's LIF registers
+
 
 def _array(value, shape):
     return np.broadcast_to(np.asarray(value, dtype=np.int64), shape).copy()
@@ -16,8 +20,9 @@ def _array(value, shape):
 class SnncNeuron(AbstractProcess):
     """One snnc neuron population (a spiking layer or the readout integrator).
 
-    Per step, in int64: u = trunc(u * (4096 - du - 1) / 4096) + (a << activation_shift), limited
-    to state_bits by `current_overflow`; v = trunc(v * (4096 - dv) / 4096) + u + bias, limited by
+    Per step, in int64, snnc.fixedpoint.cuba_step with unit = 2**decay_bits:
+    u = trunc(u * (unit - du - 1) / unit) + (a << activation_shift), limited to state_bits by
+    `current_overflow`; v = trunc(v * (unit - dv) / unit) + u + bias, limited by
     `voltage_overflow`; a spiking population fires where v >= threshold (v > threshold when
     fire_rule is '>') and resets v to 0 ('hard') or subtracts reset_amount ('soft'); the
     integrator only integrates and sends v.
@@ -33,13 +38,15 @@ class SnncNeuron(AbstractProcess):
     """
 
     def __init__(self, *, shape, threshold=0, bias=0, reset_amount=0, initial_state=0,
-                 du=4095, dv=0, kind="spiking", reset="hard", fire_rule=">=", state_bits=24,
-                 activation_shift=6, current_overflow="wrap", voltage_overflow="saturate",
-                 start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
+                 du=fixedpoint.decay_unit(_LAVA["decay_bits"]) - 1, dv=0, kind="spiking", reset="hard",
+                 fire_rule=">=", state_bits=_LAVA["state_bits"], decay_bits=_LAVA["decay_bits"],
+                 activation_shift=_LAVA["activation_shift"], current_overflow=_LAVA["current_overflow"],
+                 voltage_overflow=_LAVA["voltage_overflow"], start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
                  overflow_path=None, name=None):
         shape = tuple(int(n) for n in shape)
         super().__init__(shape=shape, kind=kind, reset=reset, fire_rule=fire_rule,
-                         state_bits=int(state_bits), activation_shift=int(activation_shift),
+                         state_bits=int(state_bits), decay_bits=int(decay_bits),
+                         activation_shift=int(activation_shift),
                          current_overflow=current_overflow, voltage_overflow=voltage_overflow,
                          start=int(start), period=int(period), steps=int(steps),
                          samples=int(samples), record_path=record_path, voltage_path=voltage_path,

@@ -14,7 +14,7 @@ TINY_SCALE = 1e-12  # a batch-norm scale this small makes the channel constant
 
 
 def mpr_inverse(v: np.ndarray) -> np.ndarray:
-    """phi^-1 for InfLoR's MPR (SEMANTICS section 1): phi(H) >= Vth <=> H >= phi^-1(Vth)."""
+    """phi^-1 for InfLoR's MPR (docs/semantics.md, section 1): phi(H) >= Vth <=> H >= phi^-1(Vth)."""
     v = np.asarray(v, dtype=np.float64)
     below = 1.0 - (1.0 - np.minimum(v, 0.0)) ** 3
     middle = 0.5 + np.arctanh((np.clip(v, 0.0, 1.0) - 0.5) * 2.0 * np.tanh(1.5)) / 3.0

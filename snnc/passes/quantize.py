@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from snnc.errors import DesignRuleError
+from snnc import fixedpoint
+from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Node
 from snnc.passes.fold import _per_channel, synaptic_inputs
 from snnc.targets import Target
@@ -24,7 +25,7 @@ def _weight_limit(arithmetic: dict) -> int:
 
 
 def _state_limit(arithmetic: dict) -> int:
-    return 2 ** (arithmetic["state_bits"] - 1) - 1
+    return fixedpoint.register_limit(arithmetic["state_bits"])
 
 
 def _activation_bound(synapses: list[Node], weights: list[np.ndarray], in_max: list[int]) -> np.ndarray:
@@ -80,7 +81,7 @@ def _bias_representable(name: str, bias: np.ndarray, arithmetic: dict) -> np.nda
 def _threshold_integer(theta: np.ndarray, arithmetic: dict) -> np.ndarray:
     """The integer register for the rule `v >= theta` (real theta, integer v) under the target's rule."""
     exact = np.ceil(theta - 1e-9 * np.maximum(1.0, np.abs(theta)))  # tolerate float folding noise
-    register = exact - 1 if arithmetic["fire_rule"] == ">" else exact
+    register = exact - fixedpoint.fire_offset(arithmetic["fire_rule"])   # fires at v >= exact
     step = 2 ** arithmetic["threshold_shift"]
     return (np.round(register / step) * step).astype(np.int64)
 
@@ -111,9 +112,8 @@ def _quantize_neuron(node: Node, scale: np.ndarray, arithmetic: dict) -> None:
         if n.reset == "soft":
             n.reset_amount = np.round(n.reset_amount / unit).astype(np.int64)
             _check_fits(node.name, "reset amount", n.reset_amount, state_limit)
-    decay_unity = 2 ** arithmetic["decay_bits"]
-    n.v_decay = int(round(float(n.v_decay) * decay_unity))
-    n.u_decay = int(round(float(n.u_decay) * decay_unity)) - 1
+    n.v_decay = fixedpoint.voltage_decay_register(n.v_decay, arithmetic["decay_bits"])
+    n.u_decay = fixedpoint.current_decay_register(n.u_decay, arithmetic["decay_bits"])
     n.input_gain, n.mpr = 1.0, False
     node.scale = np.asarray(scale, dtype=np.float64)
 
@@ -184,15 +184,75 @@ def largest_outputs(net: Network) -> dict[str, int]:
     return largest
 
 
-def bound_analysis(net: Network) -> list[dict]:
+EXACT_STEPS = 1024   # bound_analysis iterates up to this many steps one by one, then a closed form
+
+
+def _geometric_sum(keep: float, steps: int) -> float:
+    """sum of keep**i for i < steps (keep in [0, 1])."""
+    return float(steps) if keep >= 1.0 else (1.0 - keep ** steps) / (1.0 - keep)
+
+
+def _affine_fixed_point(keep: float, drive: np.ndarray) -> np.ndarray:
+    """The fixed point of w -> keep * w + drive; for keep = 1, -inf where every w is post-fixed
+    (drive <= 0) and +inf where none is (drive > 0)."""
+    if keep < 1.0:
+        return drive / (1.0 - keep)
+    return np.where(drive > 0, np.inf, -np.inf)
+
+
+def _upper_orbit_bound(w0, keep: float, drive, reset: str, threshold, reset_amount, steps: int) -> np.ndarray:
+    """An upper bound on every w_k, 0 <= k <= steps, of w_k = R(keep * w_{k-1} + drive): a
+    post-fixed point f >= w0 of that map (G(f) <= f, so w_k <= f for every k by induction, G
+    being nondecreasing), or, where none exists, a bound growing linearly with `steps`."""
+    fixed = _affine_fixed_point(keep, drive)
+    if reset == "hard":   # R(p) = max(min(p, theta), 0); f >= 0 and (f >= theta or f >= fixed) suffice
+        return np.maximum(w0, np.minimum(np.maximum(fixed, 0.0), np.maximum(threshold, 0.0)))
+    if reset == "soft":   # R(p) = max(min(p, theta), p - r); f >= drained and min(theta, fixed) suffice
+        bound = np.maximum(w0, np.maximum(_affine_fixed_point(keep, drive - reset_amount),
+                                          np.minimum(threshold, fixed)))
+        # none only where keep = 1 and drive > r: w_k <= max(w0, theta) + k (drive - r)
+        return np.where(np.isinf(bound), np.maximum(w0, threshold) + steps * (drive - reset_amount), bound)
+    bound = np.maximum(w0, fixed)   # no reset: affine, w_k = w0 + k drive where keep = 1 and drive > 0
+    return np.where(np.isinf(bound), w0 + steps * drive, bound)
+
+
+def _check_keeps(node: Node, keeps: tuple[float, float]) -> None:
+    if not all(0.0 <= keep <= 1.0 for keep in keeps):
+        raise InputError(f"layer '{node.name}': decay registers du={node.neuron.u_decay}, "
+                         f"dv={node.neuron.v_decay} keep {keeps[0]:.4g} and {keeps[1]:.4g} of u and v, "
+                         "outside [0, 1]")
+
+
+def bound_analysis(net: Network, exact_steps: int = EXACT_STEPS) -> list[dict]:
     """Worst-case register ranges of a fixed network over its T steps, before anything runs.
 
-    Interval arithmetic: every input at its extreme, the current and membrane iterated T steps with
-    the decays and resets. Returns one entry per neuron layer with the bounds and `overflow` flags.
+    Interval arithmetic on reals: every synaptic input at its extreme, per channel an upper and a
+    lower bound of u and v, decays as the exact fractions keep/unit (Loihi's truncation toward zero
+    only shrinks magnitudes), the reset applied to the upper bound of v. The first min(T,
+    exact_steps) steps are iterated one by one; the rest in closed form (docs/semantics.md,
+    section 3), so T = 10^9 costs what T = exact_steps does. Why the closed form is still a sound
+    bound over steps exact_steps + 1 .. T:
+
+    - u: with u_0 = 0 and a constant extreme drive A (A_hi >= 0, A_lo <= 0), u_t = A * sum_{i<t}
+      keep_u^i, monotone in t: |u_t| <= |A| * sum_{i<T} keep_u^i for every t <= T (exact, not a bound).
+    - v, upper side: u_t <= U = A_hi * sum_{i<T} keep_u^i for t <= T, and the update
+      G(w) = R(keep_v * w + U + bias) (R the reset: hard max(min(p, theta), 0), soft
+      max(min(p, theta), p - r), none p) is nondecreasing in w and in u. So w_t, the bound with U
+      in place of u_t started from the iterated bound, is above v's bound at every step, and any f
+      >= w_0 with G(f) <= f bounds every w_t (induction: w_{t+1} = G(w_t) <= G(f) <= f);
+      _upper_orbit_bound builds such an f, or where G has none (keep_v = 1 and a drive that no reset
+      removes) a bound linear in the steps left. The pre-reset membrane keep_v * w + U + bias is
+      then at most keep_v * f + U + bias.
+    - v, lower side (no reset acts on it): z_t = keep_v * z_{t-1} + U_lo + bias_lo is an affine
+      recurrence, so z_t is monotone in t and its extremes over the steps left are its two
+      endpoints, both in closed form.
+    Returns one entry per neuron layer with the bounds and `overflow` flags.
     """
     arithmetic = net.arithmetic
     limit, shift = _state_limit(arithmetic), arithmetic["activation_shift"]
+    decay_bits, unit = arithmetic["decay_bits"], fixedpoint.decay_unit(arithmetic["decay_bits"])
     int_max = largest_outputs(net)
+    iterated = min(net.T, exact_steps)
     report = []
     for node in net.nodes:
         if node.neuron is None:
@@ -200,29 +260,42 @@ def bound_analysis(net: Network) -> list[dict]:
         synapses = synaptic_inputs(net, node)
         weights = [syn.weight.reshape(syn.weight.shape[0], -1) for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
-        a_hi = sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max))
-        a_lo = -sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max))
+        a_hi = sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) * 2.0 ** shift
+        a_lo = -sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) * 2.0 ** shift
         n = node.neuron
         channels = node.shape[0]
         per_channel = lambda x: np.asarray(x).reshape(channels, -1)  # noqa: E731
         bias_hi, bias_lo = per_channel(n.bias).max(1), per_channel(n.bias).min(1)
         v_hi = per_channel(n.initial_state).max(1).astype(np.float64)
         v_lo = per_channel(n.initial_state).min(1).astype(np.float64)
-        keep_u = (4096 - n.u_decay - 1) / 4096
-        keep_v = (4096 - n.v_decay) / 4096
+        keep_u = fixedpoint.current_keep(n.u_decay, decay_bits) / unit
+        keep_v = fixedpoint.voltage_keep(n.v_decay, decay_bits) / unit
+        _check_keeps(node, (keep_u, keep_v))
+        reset = n.reset if n.kind == "spiking" else "none"
+        thr = per_channel(n.threshold).max(1) if reset != "none" else None
+        reset_min = per_channel(n.reset_amount).min(1) if reset == "soft" else None
         u_hi = u_lo = 0.0
         worst_u = worst_v = 0.0
-        for _ in range(net.T):
-            u_hi, u_lo = keep_u * u_hi + a_hi * 2 ** shift, keep_u * u_lo + a_lo * 2 ** shift
+        for _ in range(iterated):
+            u_hi, u_lo = keep_u * u_hi + a_hi, keep_u * u_lo + a_lo
             v_hi, v_lo = keep_v * v_hi + u_hi + bias_hi, keep_v * v_lo + u_lo + bias_lo
             worst_u = max(worst_u, float(np.max(np.maximum(np.abs(u_hi), np.abs(u_lo)))))
             worst_v = max(worst_v, float(np.max(np.maximum(np.abs(v_hi), np.abs(v_lo)))))
-            if n.kind == "spiking":
-                thr = per_channel(n.threshold).max(1)
-                if n.reset == "hard":
-                    v_hi = np.maximum(np.minimum(v_hi, thr), 0.0)
-                elif n.reset == "soft":
-                    v_hi = np.maximum(np.minimum(v_hi, thr), v_hi - per_channel(n.reset_amount).min(1))
+            if reset == "hard":
+                v_hi = np.maximum(np.minimum(v_hi, thr), 0.0)
+            elif reset == "soft":
+                v_hi = np.maximum(np.minimum(v_hi, thr), v_hi - reset_min)
+        left = net.T - iterated
+        if left:
+            growth = _geometric_sum(keep_u, net.T)
+            u_top, u_bottom = a_hi * growth, a_lo * growth
+            worst_u = max(worst_u, float(np.max(np.maximum(np.abs(u_top), np.abs(u_bottom)))))
+            drive_hi, drive_lo = u_top + bias_hi, u_bottom + bias_lo
+            f = _upper_orbit_bound(v_hi, keep_v, drive_hi, reset, thr, reset_min, left - 1)
+            z_end = keep_v ** (left - 1) * v_lo + drive_lo * _geometric_sum(keep_v, left - 1)
+            highest = keep_v * f + drive_hi
+            lowest = np.minimum(keep_v * v_lo + drive_lo, keep_v * z_end + drive_lo)
+            worst_v = max(worst_v, float(np.max(np.maximum(np.abs(highest), np.abs(lowest)))))
         report.append({"layer": node.name, "max_abs_current": int(math.ceil(worst_u)),
                        "max_abs_voltage": int(math.ceil(worst_v)), "limit": limit,
                        "current_overflow": worst_u > limit, "voltage_overflow": worst_v > limit})
