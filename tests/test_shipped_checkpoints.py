@@ -12,6 +12,7 @@ from snnc.train import load_checkpoint
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CHECKPOINTS = ["mnist_srif.pt", "mnist_lif.pt"]
+pytestmark = pytest.mark.slow   # both checkpoints on all 1000 test digits
 
 
 @pytest.fixture(scope="module")
