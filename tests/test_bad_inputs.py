@@ -101,13 +101,17 @@ def test_checkpoint_that_does_not_match_its_recipe(tmp_path, good_checkpoint, ch
     assert not (tmp_path / "out").exists()
 
 
-def test_bad_target_data_and_outputs(tmp_path, good_checkpoint):
+def test_bad_target_and_data(tmp_path, good_checkpoint):
     assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "o", "--target", "loihi7"),
                          TARGET, "unknown target")
     broken = _write(tmp_path / "bad.yaml", b"name: x\narithmetic: {weight_bits: eight}\n")
     assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "o", "--target", broken),
                          TARGET, "arithmetic.weight_bits")
     assert_clean_failure(invoke("eval", good_checkpoint, "--data", "cifar99"), INPUT, "cifar99")
+
+
+@pytest.mark.slow   # the output errors come after a full compilation
+def test_bad_outputs(tmp_path, good_checkpoint):
     (tmp_path / "exists").mkdir()
     assert_clean_failure(invoke("export", good_checkpoint, "-o", tmp_path / "exists"), OUTPUT, "already exists")
     (tmp_path / "a_file").write_text("")
@@ -115,6 +119,7 @@ def test_bad_target_data_and_outputs(tmp_path, good_checkpoint):
                          OUTPUT, "cannot write")
 
 
+@pytest.mark.slow   # the output error comes after a full compilation
 def test_unwritable_output_directory(tmp_path, good_checkpoint):
     if os.geteuid() == 0:  # root may write to any mode; /proc refuses new entries even to root
         locked = "/proc"
@@ -128,6 +133,7 @@ def test_zero_samples_and_missing_export(tmp_path):
     assert_clean_failure(invoke("run", tmp_path / "nothing"), INPUT, "not an export directory")
 
 
+@pytest.mark.slow   # a full export
 def test_overflowing_checkpoint_is_reported_and_counted(tmp_path):
     """Every pixel pushes conv1's membranes down: after a few steps of the worst case they pass the
     24-bit range. The bound analysis says so at export; the simulators count the saturations."""
@@ -151,10 +157,7 @@ def test_overflowing_checkpoint_is_reported_and_counted(tmp_path):
     assert events["cycle"]["conv1"] == events["reference"]["conv1"]
 
 
-def test_zero_samples_is_refused(tmp_path, good_checkpoint):
-    from snnc import compiler
-
-    out = tmp_path / "out"
-    compiler.export(good_checkpoint, out)
-    assert_clean_failure(invoke("run", out, "--samples", 0), INPUT, "at least 1")
-    assert_clean_failure(invoke("verify", out, "--samples", 0), INPUT, "at least 1")
+@pytest.mark.slow   # reads the export of a shipped checkpoint
+def test_zero_samples_is_refused(lif_export):
+    assert_clean_failure(invoke("run", lif_export, "--samples", 0), INPUT, "at least 1")
+    assert_clean_failure(invoke("verify", lif_export, "--samples", 0), INPUT, "at least 1")

@@ -118,18 +118,31 @@ def test_hops_messages_and_time_on_a_hand_placed_network():
     # 5 chip steps (T + 2); fc works at steps 1-3, the readout at 2-4; idle steps count inactive
     assert (fc["neuron_update_active"], fc["neuron_update_inactive"]) == (6, 4)
     assert (out["neuron_update_active"], out["neuron_update_inactive"]) == (3, 2)
-    t = target.time_ns
-    barrier = t["barrier_min"] + (t["barrier_max"] - t["barrier_min"]) * (3 - 1) / (4 - 1)
-    route_host = t["spike_within_tile"] + t["hop_east_west"]
-    route_fc = t["hop_east_west"] + t["hop_north_south"]
-    busy = t["synaptic_op"] + t["neuron_update_active"]
-    expected = [t["synaptic_op"] + t["neuron_update_inactive"] + route_host,
-                busy + max(route_host, route_fc), busy + max(route_host, route_fc), busy + route_fc,
-                t["neuron_update_active"]]
-    assert np.allclose(counts.step_ns[:, 0], np.array(expected) + barrier)
+    # Time, by hand from targets/loihi2.yaml (time_ns): synaptic_op 3.5, neuron_update_active 8.4,
+    # neuron_update_inactive 5.3, spike_within_tile 2.1, hop_east_west 4.1, hop_north_south 6.5,
+    # barrier_min 113, barrier_max 465.
+    assert {key: target.time_ns[key] for key in ("synaptic_op", "neuron_update_active", "neuron_update_inactive",
+                                                 "spike_within_tile", "hop_east_west", "hop_north_south",
+                                                 "barrier_min", "barrier_max")} == {
+        "synaptic_op": 3.5, "neuron_update_active": 8.4, "neuron_update_inactive": 5.3, "spike_within_tile": 2.1,
+        "hop_east_west": 4.1, "hop_north_south": 6.5, "barrier_min": 113.0, "barrier_max": 465.0}
+    # The barrier grows linearly from barrier_min (1 tile) to barrier_max (the whole 2x2 mesh, 4 tiles);
+    # 3 tiles are used: 113 + (465 - 113) * 2 / 3 = 113 + 234.666... = 347.666...
+    barrier = 347.0 + 2 / 3
+    assert counts.barrier_ns == pytest.approx(barrier)
+    # Per step: the slowest core (synaptic ops, neuron updates) + the busiest sender's messages in
+    # series + the barrier. The host's messages: within its tile 2.1 + one hop east 4.1 = 6.2;
+    # fc0's: one hop east 4.1 + one north 6.5 = 10.6.
+    #   step 0:     synaptic op 3.5 + inactive update 5.3 + host 6.2         = 15.0
+    #   steps 1, 2: synaptic op 3.5 + active update 8.4 + max(6.2, 10.6)     = 22.5
+    #   step 3:     synaptic op 3.5 + active update 8.4 + fc0 10.6           = 22.5
+    #   step 4:     active update 8.4 (the readout)                          =  8.4
+    work = [15.0, 22.5, 22.5, 22.5, 8.4]
+    assert np.allclose(counts.step_ns[:, 0], np.array(work) + barrier)
+    latency = 90.9 + 5 * barrier        # 15 + 3 * 22.5 + 8.4 = 90.9; 5 * 347.666... = 1738.333...
     report = counts.to_dict()
-    assert report["time"]["latency_ns_mean"] == pytest.approx(sum(expected) + 5 * barrier)
-    assert report["time"]["samples_per_second"] == pytest.approx(1e9 / (sum(expected) + 5 * barrier))
+    assert report["time"]["latency_ns_mean"] == pytest.approx(latency)
+    assert report["time"]["samples_per_second"] == pytest.approx(1e9 / latency)
 
 
 # ------------------------------------------------------------------ brute-force counts

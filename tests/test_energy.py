@@ -17,18 +17,12 @@ from snnc.data import dataset_inputs
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = 40
+pytestmark = pytest.mark.slow   # every test reads the export of a shipped checkpoint
 
 
 @pytest.fixture(scope="module")
-def outdir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("energy") / "lif"
-    compiler.export(MODELS / "mnist_lif.pt", out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def report(outdir):
-    return energy.energy_report(outdir, samples=SAMPLES)
+def report(lif_export):
+    return energy.energy_report(lif_export, samples=SAMPLES)
 
 
 def invoke(*args):
@@ -42,9 +36,9 @@ def _fanout_count(events: torch.Tensor, weight_shape, stride=1, padding=0) -> fl
     return float(F.conv2d((events != 0).double(), ones, stride=stride, padding=padding).sum())
 
 
-def test_counted_sops_equal_an_independent_count(outdir, report):
+def test_counted_sops_equal_an_independent_count(lif_export, report):
     """Exact: the integer reference's spikes pushed through all-ones convolutions in PyTorch."""
-    net = ExportDir.open(outdir).network
+    net = ExportDir.open(lif_export).network
     inputs, _ = dataset_inputs(net, "mnist5k", SAMPLES)
     spikes = get_backend("reference").run(net, inputs).spikes
     merge = lambda x: torch.from_numpy(np.asarray(x, dtype=np.float64)).flatten(0, 1)  # noqa: E731
@@ -61,7 +55,7 @@ def test_counted_sops_equal_an_independent_count(outdir, report):
     assert counted == pytest.approx(independent, rel=0, abs=1e-6)
 
 
-def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
+def test_counted_sops_track_hooks_on_the_float_model(report, lif_export):
     """Forward hooks on the trained float PyTorch model see nearly the same spikes (not exactly:
     quantization flips a few per cent of them), so the counts agree within a few per cent."""
     model, _ = load_checkpoint(MODELS / "mnist_lif.pt")
@@ -75,7 +69,7 @@ def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
     images = load_dataset("mnist5k").test_images[:SAMPLES]
     with torch.no_grad():
         model(encode(torch.from_numpy(images), 4))
-    net = ExportDir.open(outdir).network
+    net = ExportDir.open(lif_export).network
     shape = {name: net.node(name).weight.shape for name in ("conv1", "conv2", "fc1", "readout")}
     fanout = {"conv1": _fanout_count(seen["conv1"], shape["conv1"], padding=1),
               "conv2": _fanout_count(seen["conv2"], shape["conv2"], padding=1),
@@ -85,8 +79,8 @@ def test_counted_sops_track_hooks_on_the_float_model(report, outdir):
         assert row["synaptic_ops_counted"] * SAMPLES == pytest.approx(fanout[row["layer"]], rel=0.05)
 
 
-def test_papers_estimate(report, outdir):
-    net = ExportDir.open(outdir).network
+def test_papers_estimate(report, lif_export):
+    net = ExportDir.open(lif_export).network
     rows = {row["layer"]: row for row in report["layers"]}
     channels1, channels2, hidden = (net.node(n).weight.shape[0] for n in ("conv1", "conv2", "fc1"))
     assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * channels1 and rows["conv1"]["sops_estimate"] == 0
@@ -101,9 +95,9 @@ def test_papers_estimate(report, outdir):
     assert totals["latency_us"] > 0 and totals["chip_samples_per_second"] > 0
 
 
-def test_budget_and_regression_gates(outdir, report, tmp_path):
+def test_budget_and_regression_gates(lif_export, report, tmp_path):
     energy_uj = report["totals"]["energy_chip_uj"]
-    args = ("energy", outdir, "--samples", SAMPLES)
+    args = ("energy", lif_export, "--samples", SAMPLES)
     assert invoke(*args, "--budget-uj", energy_uj * 1.01).exit_code == 0
     over = invoke(*args, "--budget-uj", energy_uj * 0.99)
     assert over.exit_code == 1 and "exceeds the budget" in over.stderr
@@ -119,8 +113,8 @@ def test_budget_and_regression_gates(outdir, report, tmp_path):
     assert regressed.exit_code == 1 and "energy per sample grew" in regressed.stderr
 
 
-def test_markdown_and_plot(outdir, tmp_path):
-    result = invoke("energy", outdir, "--samples", 10, "--format", "markdown", "--plot", tmp_path / "e.png")
+def test_markdown_and_plot(lif_export, tmp_path):
+    result = invoke("energy", lif_export, "--samples", 10, "--format", "markdown", "--plot", tmp_path / "e.png")
     assert result.exit_code == 0
     assert "| layer |" in result.stdout and "| conv1 |" in result.stdout and "uJ" in result.stdout
     assert (tmp_path / "e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,5 @@
 """Bring your own network: `snnc export` on a NIR graph and on a lava-dl netx file, then `verify`."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,13 +11,12 @@ from snnc.cli import main
 from snnc.export_dir import ExportDir
 from snnc.data import dataset_inputs
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.slow   # verify runs Lava
 def test_netx_network_exports_and_verifies(tmp_path):
     out = tmp_path / "netx"
     result = invoke("export", netfactory.netx_file(tmp_path / "net.net"), "-o", out, "--json")
@@ -34,9 +32,9 @@ def test_netx_network_exports_and_verifies(tmp_path):
     assert set(np.unique(inputs)) <= {0, 1} and inputs.sum() > 0
 
 
-def test_nir_graph_from_an_export_round_trips(tmp_path):
-    first = tmp_path / "lif"
-    assert invoke("export", MODELS / "mnist_lif.pt", "-o", first).exit_code == 0
+@pytest.mark.slow   # reads the export of a shipped checkpoint and exports again
+def test_nir_graph_from_an_export_round_trips(lif_export, tmp_path):
+    first = lif_export
     second = tmp_path / "from_nir"
     result = invoke("export", first / "network.nir", "-o", second, "--json")
     assert result.exit_code == 0, result.output

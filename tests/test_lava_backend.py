@@ -4,7 +4,6 @@ ResNet (residual currents) and a SEW ResNet (added spikes) with delayed shortcut
 to back or drained; a network built from Lava's own LIF and Dense equals the reference too; the
 export artifact is deterministic and loads into runnable process objects."""
 import ast
-import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -14,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from netfactory import random_images, random_model, random_network, recipe
-from snnc import compiler, data, execute, fixedpoint, passes
+from netfactory import random_images, random_network, recipe
+from snnc import compiler, execute, fixedpoint, passes
 from snnc.backends import get_backend, lava_backend, reference
 from snnc.data import load_dataset
 from snnc.errors import DesignRuleError, InputError
+from snnc.export_dir import ExportDir
 from snnc.targets import load_target
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -66,6 +66,7 @@ def has_bias_and_imp(net):
             and all(np.any(n.neuron.initial_state != 0) for n in spiking))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,overrides", [("mnist_srif", {}), ("mnist_lif", {"neuron": IMP_LIF})])
 def test_random_mnist_network_is_spike_exact(name, overrides, digits):
     net = compiler.compile_network(random_network(recipe(name, **overrides), seed=3), LOIHI2).fixed
@@ -78,6 +79,7 @@ def test_random_mnist_network_is_spike_exact(name, overrides, digits):
     assert_same(ref, got, voltages=layers)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet19", "sew_resnet18", "vgg16"])
 def test_conv_network_is_spike_exact(name):
     spec = recipe(name, **SMALL[name])
@@ -97,6 +99,7 @@ def test_conv_network_is_spike_exact(name):
     assert_same(ref, lava_backend.run(net, inputs))
 
 
+@pytest.mark.slow
 def test_drained_schedule_equals_streamed_and_latency_is_depth(digits):
     net = compiler.compile_network(random_network(recipe("mnist_srif"), seed=5), LOIHI2).fixed
     inputs = execute.encode(net, digits[:5])
@@ -130,6 +133,7 @@ def uniform_threshold_lif(neuron: dict, seed: int = 0):
     return passes.quantize(folded, load_target("loihi1"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lif", "if"])
 def test_lava_lif_and_dense_equal_the_reference(kind, digits):
     neuron = dict(IMP_LIF, type=kind) if kind == "lif" else {"type": "if", "vth": 0.5, "reset": "hard",
@@ -162,6 +166,7 @@ def test_lava_lif_refuses_what_it_cannot_run():
         lava_backend.bias_mant_exp(np.array([4095 * 2 ** 7 + 1]))
 
 
+@pytest.mark.slow
 def test_dense_weight_mapping_is_exact_where_lavas_default_is_not(tmp_path):
     """Odd mixed-sign weights: Lava's Dense with default settings drops their LSB; snnc's mapping
     (2*w, weight_exp=-1, sign mode MIXED) reproduces W @ s exactly, with graded inputs too."""
@@ -197,39 +202,20 @@ def test_dense_weight_mapping_is_exact_where_lavas_default_is_not(tmp_path):
     assert np.array_equal(default[1:], (((weights >> 1) << 1) @ pixels).T)
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from snnc.train import save_checkpoint
-
-    folder = tmp_path_factory.mktemp("lava_export")
-    checkpoint = folder / "random_srif.pt"
-    save_checkpoint(checkpoint, random_model(recipe("mnist_srif"), seed=1),
-                    {"data": "mnist5k", "loss": "tet-s", "epochs": 0, "seed": 1, "test_accuracy": 0.0})
-    patch = pytest.MonkeyPatch()
-    full = data.load_dataset("mnist5k")
-    # The export's fidelity report runs the 1000 test digits twice; 20 are enough here.
-    patch.setattr(data, "load_dataset", lambda name: dataclasses.replace(
-        full, test_images=full.test_images[:20], test_labels=full.test_labels[:20]))
-    try:
-        compiler.export(checkpoint, folder / "out")
-    finally:
-        patch.undo()
-    return folder / "out"
-
-
-def test_export_artifact_is_deterministic_and_runs(exported, digits, tmp_path):
-    manifest = json.loads((exported / "manifest.json").read_text())
+@pytest.mark.slow
+def test_export_artifact_is_deterministic_and_runs(srif_export, digits, tmp_path):
+    manifest = json.loads((srif_export / "manifest.json").read_text())
     assert {"lava/graph.json", "lava/network.npz"} <= set(manifest["files"])
-    net = ExportDir.open(exported).network
+    net = ExportDir.open(srif_export).network
     again = lava_backend.write_artifacts(compiler.Compiled("", net, net, net, LOIHI2, [], "mnist5k"),
                                          tmp_path, {})
     for name in again:
-        assert (tmp_path / name).read_bytes() == (exported / name).read_bytes()
-    graph_doc = json.loads((exported / "lava/graph.json").read_text())
-    assert str(exported) not in json.dumps(graph_doc)
+        assert (tmp_path / name).read_bytes() == (srif_export / name).read_bytes()
+    graph_doc = json.loads((srif_export / "lava/graph.json").read_text())
+    assert str(srif_export) not in json.dumps(graph_doc)
     assert {p["type"] for p in graph_doc["processes"]} == {"source", "conv", "sparse", "dense", "neuron"}
 
-    export = ExportDir.open(exported)
+    export = ExportDir.open(srif_export)
     graph = lava_backend.build_lava_graph(lava_backend.load_artifact(export), images=digits[:3],
                                           record_dir=tmp_path / "run")
     from lava.proc.conv.process import Conv
@@ -285,6 +271,7 @@ def test_overlapping_pool_that_sums_weights_past_8_bits_is_refused():
         lava_backend.lava_spec(net)
 
 
+@pytest.mark.slow
 def test_process_models_are_found_inside_the_small_subpackage(monkeypatch):
     """Lava executes every .py file of the package holding the process while looking for models:
     that must be snnc/lava_procs (numpy + lava only), never snnc/ itself."""
@@ -333,6 +320,7 @@ def _imports(path: Path) -> set[str]:
     return found - {"__future__"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpoint", ["mnist_srif.pt", "mnist_lif.pt"])
 def test_trained_checkpoint_is_spike_exact_on_50_digits(checkpoint, digits):
     path = MODELS / checkpoint
@@ -344,6 +332,7 @@ def test_trained_checkpoint_is_spike_exact_on_50_digits(checkpoint, digits):
     assert_same(ref, lava_backend.run(net, inputs))
 
 
+@pytest.mark.slow
 def test_lava_runs_after_the_compiled_kernels_started_their_threads():
     """numba fixes multiprocessing's start method when it starts the thread pool of snnc's kernels;
     Lava's runtime sets it again on first import and refused to start after that (RuntimeError:
@@ -356,7 +345,6 @@ from netfactory import random_images, random_network, recipe
 from snnc import compiler, execute
 from snnc.backends import lava_backend, reference
 from snnc.targets import load_target
-from snnc.export_dir import ExportDir
 spec = recipe("mnist_lif", arch_params={{"channels": [4, 4], "hidden": 8}})
 net = compiler.compile_network(random_network(spec, seed=0), load_target("loihi2")).fixed
 inputs = execute.encode(net, random_images(spec, 2, seed=0))

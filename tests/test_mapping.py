@@ -217,16 +217,44 @@ def test_serpentine_placement_and_xy_hops():
     assert mapping.totals["tiles_used"] == 1 and mapping.cores[-1]["tile"] == [0, 0]
 
 
-def test_mapping_json_is_deterministic(tmp_path):
+@pytest.fixture(scope="module")
+def lif_mapping_json(tmp_path_factory):
+    """mapping.json as the export writes it, for a network of the shipped LIF recipe on loihi2."""
     net = compile_network(netfactory.random_network(netfactory.recipe("mnist_lif")), LOIHI2).fixed
-    compiled = types.SimpleNamespace(fixed=net, target=LOIHI2)
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    assert mp.write_artifacts(compiled, tmp_path / "a", {}) == ["mapping.json"]
-    mp.write_artifacts(compiled, tmp_path / "b", {})
-    first, second = (tmp_path / "a" / "mapping.json").read_bytes(), (tmp_path / "b" / "mapping.json").read_bytes()
-    assert first == second
-    doc = json.loads(first)
+    directory = tmp_path_factory.mktemp("mapping")
+    assert mp.write_artifacts(types.SimpleNamespace(fixed=net, target=LOIHI2), directory, {}) == ["mapping.json"]
+    return net, directory / "mapping.json"
+
+
+def test_mapping_json_places_every_neuron_once(lif_mapping_json):
+    """The file accounts for the network it maps: models/mnist_lif.yaml has channels [32, 64] and
+    128 hidden neurons on 28x28 inputs, so conv1 holds 32*28*28 = 25088 neurons, conv2 (after the
+    2x2 pool) 64*14*14 = 12544, fc1 128 and the readout 10: 37770 in all, each on exactly one core."""
+    _, path = lif_mapping_json
+    doc = json.loads(path.read_text())
     assert doc["format"] == "snnc-mapping" and doc["target"] == "loihi2"
-    assert doc["totals"]["cores_used"] == len(doc["cores"])
-    assert str(tmp_path) not in first.decode()
+    expected = {"conv1": 25088, "conv2": 12544, "fc1": 128, "readout": 10}
+    assert [entry["name"] for entry in doc["layers"]] == ["conv1", "conv2", "fc1", "readout"]
+    for name, neurons in expected.items():
+        shape = next(entry["shape"] for entry in doc["layers"] if entry["name"] == name)
+        covered = np.zeros((list(shape) + [1, 1])[:3], np.int64)     # (C,) as (C, 1, 1)
+        cores = [core for core in doc["cores"] if core["layer"] == name]
+        for core in cores:
+            (c0, c1), (y0, y1), (x0, x1) = core["channels"], core["rows"], core["cols"]
+            covered[c0:c1, y0:y1, x0:x1] += 1
+        assert covered.size == neurons and np.all(covered == 1), f"{name}: a neuron on no core or on two"
+        assert sum(core["neurons"] for core in cores) == neurons, name
+    assert doc["totals"]["neurons"] == 37770
+    assert [core["id"] for core in doc["cores"]] == list(range(doc["totals"]["cores_used"]))
+    positions = [tuple(core["position"]) for core in doc["cores"]]
+    assert len(set(positions)) == len(positions)
+    rows, cols = LOIHI2.limits["mesh"]                  # 8 x 16 in targets/loihi2.yaml
+    assert all(0 <= r < rows and 0 <= c < cols for r, c in positions)
+    assert str(path.parent) not in path.read_text()
+
+
+def test_mapping_json_reads_back_as_the_same_mapping(lif_mapping_json):
+    """inspect, simulate, energy and the cycle simulator read mapping.json instead of recomputing
+    it: what they read must be the mapping that was written."""
+    net, path = lif_mapping_json
+    assert mp.Mapping.from_dict(json.loads(path.read_text())) == mp.map_to_cores(net, LOIHI2)

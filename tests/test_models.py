@@ -12,6 +12,9 @@ from snnc.nn import Readout, SpikingNeuron, TdBN
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 RECIPES = sorted(MODELS.glob("*.yaml"))
+# the recipes other than MNIST (ResNets, VGG16: millions of parameters) take seconds each: in the slow tier
+RUNNABLE = [pytest.param(path, marks=pytest.mark.slow) if not path.stem.startswith("mnist") else path
+            for path in RECIPES]
 
 
 def test_every_architecture_has_a_shipped_recipe():
@@ -19,7 +22,7 @@ def test_every_architecture_has_a_shipped_recipe():
     assert archs == {"mnist_convnet", "resnet19", "resnet20", "vgg16", "sew_resnet18"}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", RUNNABLE, ids=lambda path: path.stem)
 def test_recipe_builds_and_runs_untrained(path):
     recipe = load_recipe(path)
     torch.manual_seed(0)

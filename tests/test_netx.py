@@ -178,6 +178,7 @@ def _netx_dense(weights):
     return (weights << scale_bits).astype(np.int32), int(8 - scale_bits - n), -scale_bits
 
 
+@pytest.mark.slow   # runs Lava
 def test_reader_matches_lavas_own_lif_and_dense(tmp_path):
     """The network netx would build (Lava's Dense + LIF, bit-accurate models) spikes like snnc's reference."""
     from snnc.backends.lava_backend import _import_lava_runtime

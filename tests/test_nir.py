@@ -130,6 +130,7 @@ def test_round_trip_through_nir_file_is_exact(tmp_path):
     np.testing.assert_array_equal(a.readout, b.readout)
 
 
+@pytest.mark.slow   # two full-width residual networks
 def test_round_trip_of_residual_networks():
     for name in ("sew_resnet18", "resnet20"):
         net = fold_all(netfactory.random_network(netfactory.recipe(name), seed=1))

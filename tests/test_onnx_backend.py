@@ -20,7 +20,9 @@ MODELS = Path(__file__).resolve().parent.parent / "models"
 # ResNet19 at full width takes ~15 s of reference time on 2 cores; a quarter of its widths keeps
 # the topology (3-3-2 basic blocks, residual currents into neurons) at a fraction of the cost.
 SMALL = {"resnet19": {"arch_params": {"channels": [32, 64, 128], "blocks": [3, 3, 2], "hidden": 64}}}
-RECIPES = ["mnist_srif", "mnist_lif", "sew_resnet18", "vgg16", "resnet19"]
+# the large topologies take seconds each: in the slow tier
+RECIPES = ["mnist_srif", "mnist_lif"] + [pytest.param(name, marks=pytest.mark.slow)
+                                         for name in ("sew_resnet18", "vgg16", "resnet19")]
 SAMPLES = {"mnist_srif": 3, "mnist_lif": 3}
 
 
@@ -65,7 +67,7 @@ def test_model_equals_integer_reference(case, name):
     assert min(rates) > 0 and max(rates) < 1
 
 
-@pytest.mark.parametrize("name", ["mnist_srif", "mnist_lif", "sew_resnet18"])
+@pytest.mark.parametrize("name", ["mnist_srif", "mnist_lif", pytest.param("sew_resnet18", marks=pytest.mark.slow)])
 def test_step_model_run_T_times_equals_model(case, name):
     compiled, inputs, ref = case(name)
     step = onnx_graph.fixed_model(compiled.fixed, stepwise=True)
@@ -209,6 +211,7 @@ def test_float_model_close_to_float64(name):
     assert np.allclose(result["readout_steps"], ref.readout_steps, rtol=0.05, atol=0.05)
 
 
+@pytest.mark.slow   # all 1000 test digits
 @pytest.mark.parametrize("checkpoint", ["mnist_srif.pt", "mnist_lif.pt"])
 def test_trained_checkpoint_all_test_digits(checkpoint):
     path = MODELS / checkpoint

@@ -33,6 +33,24 @@ def images():
     return netfactory.random_images(SRIF, 16, seed=3)
 
 
+# phi^-1 of InfLoR's MPR at points worked out by hand, one per branch and at the joints:
+#   v < 0:      1 - (1 - v)^3        -0.5 -> 1 - 1.5^3 = 1 - 3.375 = -2.375
+#   0 <= v <= 1: 1/2 + atanh((v - 1/2) * 2 tanh(3/2)) / 3, with tanh(3/2) = 0.9051482536...
+#               0.5 -> 0.5 (the centre);  1 -> 1/2 + atanh(tanh(3/2)) / 3 = 1/2 + 1/2 = 1
+#               0.75 -> 1/2 + atanh(0.4525741268...) / 3 = 1/2 + 0.4879327302... / 3 = 0.6626442434...
+#   v > 1:      v^3                  1.5 -> 3.375, 2 -> 8
+MPR_INVERSE_BY_HAND = [(-0.5, -2.375), (0.0, 0.0), (0.5, 0.5), (0.75, 0.6626442434), (1.0, 1.0),
+                       (1.5, 3.375), (2.0, 8.0)]
+
+
+@pytest.mark.parametrize("v, expected", MPR_INVERSE_BY_HAND)
+def test_mpr_inverse_at_hand_computed_points(v, expected):
+    from snnc.nn import mpr_inverse as scalar_inverse   # the training side's copy must agree
+
+    assert mpr_inverse(np.array(v)) == pytest.approx(expected, abs=1e-9)
+    assert scalar_inverse(v) == pytest.approx(expected, abs=1e-9)
+
+
 def test_mpr_inverse_inverts_phi():
     from snnc.nn import mpr
     import torch
@@ -40,16 +58,21 @@ def test_mpr_inverse_inverts_phi():
     v = np.linspace(-3, 3, 2001)
     u = mpr_inverse(v)
     assert np.allclose(mpr(torch.from_numpy(u)).numpy(), v, atol=1e-12)
-    assert mpr_inverse(np.array(0.5)) == pytest.approx(0.5)
 
 
-def test_fold_mpr_moves_phi_into_the_threshold(images):
-    net = netfactory.random_network(SRIF, seed=1)
+@pytest.mark.parametrize("vth, folded_threshold", [(0.75, 0.6626442434), (1.5, 3.375)])
+def test_fold_mpr_moves_phi_into_the_threshold(images, vth, folded_threshold):
+    """phi(H) >= Vth becomes H >= phi^-1(Vth): the hand-computed values above (Vth 0.5 would not
+    tell: phi^-1(0.5) = 0.5)."""
+    spec = dict(SRIF, neuron=dict(SRIF["neuron"], vth=vth))
+    net = netfactory.random_network(spec, seed=1)
+    assert np.all(net.node("conv1").neuron.threshold == vth)
     folded = passes.fold_mpr(net)
     assert all(not n.neuron.mpr for n in folded.nodes if n.neuron is not None)
-    conv1 = folded.node("conv1").neuron
-    assert np.allclose(conv1.threshold, mpr_inverse(net.node("conv1").neuron.threshold))
+    for node in folded.spiking_nodes():
+        assert np.allclose(node.neuron.threshold, folded_threshold, rtol=0, atol=1e-9), node.name
     assert net.node("conv1").neuron.mpr, "the pass must not modify its input"
+    assert np.all(net.node("conv1").neuron.threshold == vth), "the pass must not modify its input"
     assert_same_spikes(net, folded, images)
 
 

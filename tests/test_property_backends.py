@@ -1,6 +1,7 @@
 """Property: on small random networks and inputs, reference, ONNX and the cycle simulator agree on
 every spike of every layer at every step, and on the readout."""
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,6 +38,7 @@ def _recipe(choice):
             "readout": choice["readout"]}
 
 
+@pytest.mark.slow   # 12 random networks through three backends
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(choice=networks)
 def test_backends_agree_on_random_networks(choice):

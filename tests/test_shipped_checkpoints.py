@@ -13,6 +13,7 @@ from snnc.verify import fidelity
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 CHECKPOINTS = ["mnist_srif.pt", "mnist_lif.pt"]
+pytestmark = pytest.mark.slow   # both checkpoints on all 1000 test digits
 
 
 @pytest.fixture(scope="module")

@@ -154,6 +154,7 @@ def test_missing_or_directory_checkpoint(tmp_path):
 # ---------------------------------------------------------------- command line
 
 
+@pytest.mark.slow   # trains
 def test_train_then_eval_on_the_command_line(tmp_path, tiny_recipe):
     import yaml
 
@@ -199,6 +200,7 @@ def test_eval_rejects_unknown_dataset(checkpoint):
 # ---------------------------------------------------------------- shipped checkpoints
 
 
+@pytest.mark.slow   # all 1000 test digits
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_is_small_and_accurate(name):
     path = MODELS / name

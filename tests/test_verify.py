@@ -1,7 +1,6 @@
 """`snnc verify`: equivalent backends pass; a planted one-bit difference is found and pinned down."""
 import json
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,22 +12,15 @@ from snnc.cli import main
 from snnc.export_dir import ExportDir
 from snnc.data import dataset_inputs
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-
-
-@pytest.fixture(scope="module")
-def outdir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("verify") / "lif"
-    compiler.export(MODELS / "mnist_lif.pt", out)
-    return out
+pytestmark = pytest.mark.slow   # every test reads the export of a shipped checkpoint; Lava runs
 
 
 def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def test_all_backends_agree(outdir):
-    result = invoke("verify", outdir, "--backends", "reference,onnx,lava,cycle", "--samples", "40", "--json")
+def test_all_backends_agree(lif_export):
+    result = invoke("verify", lif_export, "--backends", "reference,onnx,lava,cycle", "--samples", "40", "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["equivalent"] is True and report["samples"] == 40
@@ -52,8 +44,8 @@ def _planted_onnx(layer, neuron, bit):
     return types.SimpleNamespace(NAME="onnx", run_export=run_export)
 
 
-def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
-    net = ExportDir.open(outdir).network
+def test_planted_one_bit_difference_is_found(lif_export, tmp_path, monkeypatch):
+    net = ExportDir.open(lif_export).network
     reference = get_backend("reference")
     inputs, _ = dataset_inputs(net, "mnist5k", 30)
     baseline = reference.run(net, inputs)
@@ -71,7 +63,7 @@ def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
     monkeypatch.setattr(verify, "get_backend",
                         lambda name: _planted_onnx(layer, neuron, bit) if name == "onnx" else real_get_backend(name))
     saved = tmp_path / "case.npz"
-    result = invoke("verify", outdir, "--backends", "onnx", "--samples", "30", "--json", "--save-input", saved)
+    result = invoke("verify", lif_export, "--backends", "onnx", "--samples", "30", "--json", "--save-input", saved)
     assert result.exit_code == 1, result.output
     first = json.loads(result.stdout)["first_divergence"]
     assert (first["sample"], first["layer"], first["neuron"], first["step"]) == (sample, layer, neuron, step)
@@ -80,22 +72,22 @@ def test_planted_one_bit_difference_is_found(outdir, tmp_path, monkeypatch):
     assert len(history) == net.T
     assert "backends diverge" in result.stderr and "Traceback" not in result.output
 
-    replay = invoke("verify", outdir, "--backends", "onnx", "--input", saved, "--json",
+    replay = invoke("verify", lif_export, "--backends", "onnx", "--input", saved, "--json",
                     "--save-input", tmp_path / "again.npz")
     assert replay.exit_code == 1
     again = json.loads(replay.stdout)["first_divergence"]
     assert (again["sample"], again["layer"], again["neuron"], again["step"]) == (0, layer, neuron, step)
 
 
-def test_human_readable_report_names_the_divergence(outdir, tmp_path, monkeypatch):
-    net = ExportDir.open(outdir).network
+def test_human_readable_report_names_the_divergence(lif_export, tmp_path, monkeypatch):
+    net = ExportDir.open(lif_export).network
     inputs, _ = dataset_inputs(net, "mnist5k", 5)
     fired = get_backend("reference").run(net, inputs).spikes["fc1"].reshape(net.T, 5, -1)
     neuron = int(np.nonzero(fired.any(axis=(0, 1)))[0][0])
     real_get_backend = verify.get_backend
     monkeypatch.setattr(verify, "get_backend",
                         lambda name: _planted_onnx("fc1", neuron, 22) if name == "onnx" else real_get_backend(name))
-    result = invoke("verify", outdir, "--backends", "onnx", "--samples", "5", "--save-input", tmp_path / "x.npz")
+    result = invoke("verify", lif_export, "--backends", "onnx", "--samples", "5", "--save-input", tmp_path / "x.npz")
     assert result.exit_code == 1
     assert "FIRST DIVERGENCE" in result.stdout and "layer 'fc1'" in result.stdout
     assert f"neuron {neuron}" in result.stdout and "membrane of that neuron, reference" in result.stdout
