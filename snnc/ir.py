@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
+import numbers
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from snnc.errors import InputError
+from snnc.targets import arithmetic_problem, is_integer
 
 FORMAT_VERSION = 1
 OPS = ("input", "conv2d", "linear", "avgpool", "sumpool", "flatten", "add")
@@ -34,6 +37,91 @@ SYNAPTIC_OPS = ("conv2d", "linear")
 NEURON_KINDS = ("spiking", "integrator")
 RESETS = ("hard", "soft", "none")
 READOUTS = ("mean", "last")
+ENCODING_KINDS = ("direct", "spikes")
+
+# Limits on what one network may ask for (docs/errors.md, "Limits"). Frontends check them against
+# the numbers a file states before allocating anything, so that a small file cannot claim gigabytes.
+MAX_T = 100_000                 # time steps per sample
+MAX_LAYER_SIZE = 1 << 24        # values in one node's per-sample output: neurons, input elements
+MAX_LAYER_WEIGHTS = 1 << 28     # weights of one conv2d or linear node
+
+
+def check_steps(T, where: str) -> int:
+    """T as an int, if it is an integer in 1..MAX_T."""
+    if not is_integer(T):
+        raise InputError(f"{where}: T must be an integer, got {T!r}")
+    if not 1 <= T <= MAX_T:
+        raise InputError(f"{where}: T = {T} is outside 1..{MAX_T} (the limit on time steps)")
+    return int(T)
+
+
+def check_shape(shape, where: str) -> tuple[int, ...]:
+    """A per-sample shape as a tuple, if it is 1 to 3 positive integers with at most
+    MAX_LAYER_SIZE values in all."""
+    if not isinstance(shape, (tuple, list)) or not 1 <= len(shape) <= 3 or not all(is_integer(d) for d in shape):
+        raise InputError(f"{where}: shape {shape!r} is not 1 to 3 integers")
+    if any(d < 1 for d in shape):
+        raise InputError(f"{where}: shape {list(shape)} has an empty dimension")
+    size = math.prod(int(d) for d in shape)
+    if size > MAX_LAYER_SIZE:
+        raise InputError(f"{where}: shape {list(shape)} holds {size} values, above the limit of "
+                         f"{MAX_LAYER_SIZE} per layer")
+    return tuple(int(d) for d in shape)
+
+
+def check_weight_count(count: int, where: str) -> None:
+    """Refuse a layer with more than MAX_LAYER_WEIGHTS weights."""
+    if count > MAX_LAYER_WEIGHTS:
+        raise InputError(f"{where}: {count} weights, above the limit of {MAX_LAYER_WEIGHTS} per layer")
+
+
+def _int_pair(value, what: str, where: str, low: int = 1) -> tuple[int, int]:
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(is_integer(v) for v in value)) \
+            or min(value) < low:
+        raise InputError(f"{where}: {what} must be two integers >= {low}, got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def conv_output_shape(source: tuple[int, ...], out_channels: int, kernel, stride, padding,
+                      where: str) -> tuple[int, ...]:
+    """(C, H, W) of a conv2d on `source`, checked (kernel and stride >= 1, padding >= 0, the output
+    neither empty nor above the limits) before anything of that size exists."""
+    if len(source) != 3:
+        raise InputError(f"{where}: a conv2d needs a (C, H, W) input, got {list(source)}")
+    (kh, kw), (sh, sw) = _int_pair(kernel, "kernel", where), _int_pair(stride, "stride", where)
+    ph, pw = _int_pair(padding, "padding", where, low=0)
+    height, width = (source[1] + 2 * ph - kh) // sh + 1, (source[2] + 2 * pw - kw) // sw + 1
+    shape = check_shape((int(out_channels), height, width), where)
+    check_weight_count(int(out_channels) * source[0] * kh * kw, where)
+    return shape
+
+
+def pool_output_shape(source: tuple[int, ...], kernel, stride, where: str) -> tuple[int, ...]:
+    """(C, H, W) of a square pool without padding on `source`, checked like conv_output_shape."""
+    if not (is_integer(kernel) and is_integer(stride)) or kernel < 1 or stride < 1:
+        raise InputError(f"{where}: pool kernel and stride must be integers >= 1, got {kernel!r}, {stride!r}")
+    if len(source) != 3:
+        raise InputError(f"{where}: a pool needs a (C, H, W) input, got {list(source)}")
+    return check_shape((source[0], (source[1] - kernel) // stride + 1, (source[2] - kernel) // stride + 1), where)
+
+
+def encoding_problem(encoding) -> Optional[str]:
+    """What is wrong with an input encoding (docs/ir.md), or None."""
+    if not isinstance(encoding, dict):
+        return f"the encoding must be a mapping, got {encoding!r}"
+    kind = encoding.get("kind", "direct")   # the executors' default
+    if kind not in ENCODING_KINDS:
+        return f"encoding kind must be one of {ENCODING_KINDS}, got {kind!r}"
+    scale = encoding.get("scale")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+        return f"the input scale must be a finite number > 0, got {scale!r}"
+    if not is_integer(encoding.get("max")) or encoding["max"] < 1:
+        return f"the encoding's max must be a positive integer, got {encoding.get('max')!r}"
+    threshold = encoding.get("threshold")
+    if kind == "spikes" and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
+                             or not math.isfinite(threshold)):
+        return f"a spike encoding needs a numeric threshold, got {threshold!r}"
+    return None
 
 
 @dataclass
@@ -130,44 +218,123 @@ class Network:
         return _from_parts(*_to_parts(self))
 
     def validate(self) -> None:
-        """Check structure and shapes; raises InputError naming the node."""
-        if self.T < 1:
-            raise InputError(f"network '{self.name}': T must be at least 1, got {self.T}")
+        """Check structure, shapes (each node's against its op, inputs and weights), limits, the
+        encoding and the arithmetic; raises InputError naming the node."""
+        where = f"network '{self.name}'"
+        check_steps(self.T, where)
         if self.readout not in READOUTS:
-            raise InputError(f"network '{self.name}': readout must be one of {READOUTS}")
-        seen = set()
-        for node in self.nodes:
-            where = f"node '{node.name}'"
-            if node.op not in OPS:
-                raise InputError(f"{where}: unknown op '{node.op}'")
-            if node.name in seen:
-                raise InputError(f"{where}: duplicate name")
-            for name in node.inputs:
-                if name not in seen:
-                    raise InputError(f"{where}: input '{name}' is not an earlier node")
-            seen.add(node.name)
-            if node.op in SYNAPTIC_OPS and node.weight is None:
-                raise InputError(f"{where}: {node.op} without weights")
-            neuron = node.neuron
-            if neuron is not None:
-                if neuron.kind not in NEURON_KINDS or neuron.reset not in RESETS:
-                    raise InputError(f"{where}: bad neuron kind/reset")
-                arrays = [neuron.bias, neuron.initial_state]
-                if neuron.kind == "spiking":
-                    arrays.append(neuron.threshold)
-                if neuron.reset == "soft":
-                    arrays.append(neuron.reset_amount)
-                for array in arrays:
-                    if array is None or tuple(array.shape) != tuple(node.shape):
-                        raise InputError(f"{where}: neuron parameter shape does not match {node.shape}")
-                    if not np.all(np.isfinite(array)):
-                        raise InputError(f"{where}: neuron parameters contain NaN or Inf")
-            for array in (node.weight, node.bias):
-                if array is not None and not np.all(np.isfinite(array)):
-                    raise InputError(f"{where}: weights contain NaN or Inf")
-        if self.nodes[0].op != "input" or self.output_node.neuron is None \
+            raise InputError(f"{where}: readout must be one of {READOUTS}")
+        problem = encoding_problem(self.encoding)
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        kind = self.arithmetic.get("kind") if isinstance(self.arithmetic, dict) else None
+        if kind not in ("float", "fixed"):
+            raise InputError(f"{where}: arithmetic kind must be 'float' or 'fixed', got {kind!r}")
+        problem = arithmetic_problem(self.arithmetic) if kind == "fixed" else None
+        if problem:
+            raise InputError(f"{where}: {problem}")
+        if not isinstance(self.metadata, dict):
+            raise InputError(f"{where}: metadata must be a mapping")
+        if not self.nodes or self.nodes[0].op != "input" or self.output_node.neuron is None \
                 or self.output_node.neuron.kind != "integrator":
-            raise InputError(f"network '{self.name}': must start with an input and end with a readout")
+            raise InputError(f"{where}: must start with an input and end with a readout")
+        shapes: dict[str, tuple[int, ...]] = {}
+        for node in self.nodes:
+            _validate_node(node, shapes, self)
+            shapes[node.name] = tuple(node.shape)
+
+
+def _expected_shape(node: Node, shapes: dict[str, tuple[int, ...]], where: str) -> tuple[int, ...]:
+    """The output shape that a node's op, input shapes and weights give."""
+    sources = [shapes[name] for name in node.inputs]
+    if node.op == "input":
+        if sources or shapes:
+            raise InputError(f"{where}: the input must be the first node and has no inputs")
+        return check_shape(node.shape, where)
+    if node.op == "add":
+        if not sources or len(set(sources)) != 1:
+            raise InputError(f"{where}: an add needs inputs of one shape, got {[list(s) for s in sources]}")
+        return sources[0]
+    if len(sources) != 1:
+        raise InputError(f"{where}: {node.op} takes one input, it has {len(sources)}")
+    source, attrs = sources[0], node.attrs
+    if node.op == "flatten":
+        return (math.prod(source),)
+    if node.op in ("avgpool", "sumpool"):
+        return pool_output_shape(source, attrs.get("kernel"), attrs.get("stride"), where)
+    weight = node.weight
+    if node.op == "linear":
+        if weight.ndim != 2 or len(source) != 1 or weight.shape[1] != source[0]:
+            raise InputError(f"{where}: linear weight {list(weight.shape)} does not fit its input {list(source)}")
+        return (int(weight.shape[0]),)
+    if weight.ndim != 4 or len(source) != 3 or weight.shape[1] != source[0]:
+        raise InputError(f"{where}: conv2d weight {list(weight.shape)} does not fit its input {list(source)}")
+    if list(attrs.get("kernel", [])) != list(weight.shape[2:]):
+        raise InputError(f"{where}: kernel {attrs.get('kernel')!r} differs from the weight's {list(weight.shape[2:])}")
+    return conv_output_shape(source, weight.shape[0], attrs.get("kernel"), attrs.get("stride"),
+                             attrs.get("padding"), where)
+
+
+def _validate_node(node: Node, shapes: dict[str, tuple[int, ...]], net: Network) -> None:
+    where = f"node '{node.name}'"
+    if node.op not in OPS:
+        raise InputError(f"{where}: unknown op {node.op!r}")
+    if node.name in shapes:
+        raise InputError(f"{where}: duplicate name")
+    if not isinstance(node.attrs, dict):
+        raise InputError(f"{where}: attrs must be a mapping")
+    for name in node.inputs:
+        if name not in shapes:
+            raise InputError(f"{where}: input '{name}' is not an earlier node")
+    if node.op in SYNAPTIC_OPS and node.weight is None:
+        raise InputError(f"{where}: {node.op} without weights")
+    arrays = [(getattr(node, name), name) for name in ("weight", "bias", "scale")]
+    if node.bn is not None:
+        arrays += [(node.bn.scale, "batch-norm scale"), (node.bn.shift, "batch-norm shift")]
+    for array, name in arrays:
+        if array is not None and (not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf"):
+            raise InputError(f"{where}: {name} must be a numeric array")
+    expected = _expected_shape(node, shapes, where)
+    if tuple(node.shape) != expected:
+        raise InputError(f"{where}: shape {list(node.shape)} does not match its op and inputs, "
+                         f"which give {list(expected)}")
+    for array, name in arrays:
+        if array is None:
+            continue
+        if name != "weight" and tuple(array.shape) != (node.shape[0],):
+            raise InputError(f"{where}: {name} of shape {list(array.shape)} is not one value per channel "
+                             f"({node.shape[0]})")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{where}: {name} contains NaN or Inf")
+    if node.neuron is not None:
+        _validate_neuron(node, net, where)
+
+
+def _validate_neuron(node: Node, net: Network, where: str) -> None:
+    neuron = node.neuron
+    if neuron.kind not in NEURON_KINDS or neuron.reset not in RESETS:
+        raise InputError(f"{where}: bad neuron kind/reset")
+    arrays = [neuron.bias, neuron.initial_state]
+    if neuron.kind == "spiking":
+        arrays.append(neuron.threshold)
+    if neuron.reset == "soft":
+        arrays.append(neuron.reset_amount)
+    for array in arrays:
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf" \
+                or tuple(array.shape) != tuple(node.shape):
+            raise InputError(f"{where}: neuron parameter shape does not match {list(node.shape)}")
+        if not np.all(np.isfinite(array)):
+            raise InputError(f"{where}: neuron parameters contain NaN or Inf")
+    for name in ("v_decay", "u_decay", "input_gain"):
+        value = getattr(neuron, name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise InputError(f"{where}: neuron {name} must be a finite number, got {value!r}")
+    if net.fixed:
+        unity = 2 ** net.arithmetic["decay_bits"]
+        if not (is_integer(neuron.v_decay) and 0 <= neuron.v_decay <= unity
+                and is_integer(neuron.u_decay) and -1 <= neuron.u_decay < unity):
+            raise InputError(f"{where}: decay registers v_decay {neuron.v_decay!r}, u_decay {neuron.u_decay!r} "
+                             f"are not integers within the {net.arithmetic['decay_bits']}-bit range")
 
 
 # --- on-disk form ---------------------------------------------------------------------------
@@ -248,23 +415,44 @@ def save(net: Network, directory: Path) -> list[Path]:
     return [json_path, npz_path]
 
 
+def _check_npz_sizes(path: Path) -> None:
+    """Read only the headers of an npz's arrays: a compressed member claiming more values than any
+    layer may hold is refused before it is inflated (deflate turns a megabyte into a gigabyte)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, _, _ = read_header(member)
+            if math.prod(shape) > MAX_LAYER_WEIGHTS:
+                raise InputError(f"{path}: array {info.filename} of shape {list(shape)} holds more than "
+                                 f"{MAX_LAYER_WEIGHTS} values, the limit per layer")
+
+
 def load(directory: Path) -> Network:
     """Read a network saved by `save`; raises InputError on a missing or malformed file."""
     directory = Path(directory)
     try:
-        doc = json.loads((directory / "network.json").read_text())
+        doc = json.loads((directory / "network.json").read_text(encoding="utf-8"))
+        _check_npz_sizes(directory / "network.npz")
         with np.load(directory / "network.npz", allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except FileNotFoundError as error:
         raise InputError(f"{directory}: not an snnc network ({Path(error.filename).name} missing)")
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise InputError(f"{directory}: unreadable network files ({error})")
+    if not isinstance(doc, dict):
+        raise InputError(f"{directory}: network.json is not a JSON object")
     if doc.get("format") != "snnc-ir" or doc.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{directory}: network format {doc.get('format')!r} version "
                          f"{doc.get('format_version')!r} is not snnc-ir version {FORMAT_VERSION}")
     try:
         net = _from_parts(doc, arrays)
-    except (KeyError, TypeError) as error:
-        raise InputError(f"{directory}: malformed network.json ({error})")
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InputError(f"{directory}: malformed network.json ({type(error).__name__}: {error})")
     net.validate()
+    if net.fixed and not isinstance(net.metadata.get("target"), str):
+        raise InputError(f"{directory}: the fixed-point network does not name the target it was compiled for "
+                         f"(metadata 'target')")
     return net

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from snnc.errors import InputError
+from snnc.ir import MAX_T, check_shape, check_weight_count
 from snnc.nn import Readout, SpikingNeuron, TdBN
 
 OPS = ("conv2d", "linear", "avgpool", "flatten", "add")
@@ -140,10 +141,13 @@ def validate_recipe(recipe, source="<dict>"):
         _fail(source, "name", f"must be a non-empty string, got {recipe['name']!r}")
     arch = _choice(source, "arch", recipe["arch"], tuple(ARCH_DEFAULTS))
     _check_int_list(source, "input_shape", recipe["input_shape"], length=3)
+    check_shape(recipe["input_shape"], f"recipe {source}: field 'input_shape'")
     for field in ("num_classes", "T"):
         value = recipe[field]
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             _fail(source, field, f"must be a positive integer, got {value!r}")
+    if recipe["T"] > MAX_T:
+        _fail(source, "T", f"= {recipe['T']} is above the limit of {MAX_T} time steps")
     return {
         "name": recipe["name"],
         "arch": arch,
@@ -262,11 +266,18 @@ class _GraphBuilder:
             return None
         return TdBN(channels, vth=self.recipe["neuron"]["vth"], kind=kind)
 
+    def _check_size(self, name, shape, weights=0):
+        """Refuse a layer above the limits (snnc.ir) before its tensors are created."""
+        if min(shape) < 1:
+            raise ValueError(f"node {name} would have an empty output shape {shape}")
+        where = f"recipe {self.recipe['name']}: node {name}"
+        check_shape(shape, where)
+        check_weight_count(weights, where)
+
     def _add_node(self, name, op, inputs, shape, spiking, neuron=None, **parts):
         if name in self.shapes:
             raise ValueError(f"duplicate node name {name!r}")
-        if min(shape) < 1:
-            raise ValueError(f"node {name} would have an empty output shape {shape}")
+        self._check_size(name, shape)
         if spiking:
             neuron = self._neuron(shape)
         self.nodes.append(GraphNode(name, op, inputs, neuron=neuron, **parts))
@@ -276,10 +287,11 @@ class _GraphBuilder:
     def conv(self, name, source, out_channels, kernel=3, stride=1, spiking=True):
         in_channels, height, width = self.shapes[source]
         padding = kernel // 2
-        bn = self._bn(out_channels, "2d")
-        synapse = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=bn is None)
         shape = (out_channels, (height + 2 * padding - kernel) // stride + 1,
                  (width + 2 * padding - kernel) // stride + 1)
+        self._check_size(name, shape, out_channels * in_channels * kernel * kernel)
+        bn = self._bn(out_channels, "2d")
+        synapse = nn.Conv2d(in_channels, out_channels, kernel, stride, padding, bias=bn is None)
         return self._add_node(name, "conv2d", [source], shape, spiking, synapse=synapse, bn=bn)
 
     def avgpool(self, name, source, kernel=2):
@@ -304,6 +316,7 @@ class _GraphBuilder:
 
     def linear(self, name, source, out_features, spiking=True):
         (in_features,) = self.shapes[source]
+        self._check_size(name, (out_features,), out_features * in_features)
         bn = self._bn(out_features, "1d")
         synapse = nn.Linear(in_features, out_features, bias=bn is None)
         return self._add_node(name, "linear", [source], (out_features,), spiking, synapse=synapse,
@@ -319,6 +332,7 @@ class _GraphBuilder:
         """The output layer: linear (with bias, no BN) into the non-spiking integrator."""
         (in_features,) = self.shapes[source]
         classes = self.recipe["num_classes"]
+        self._check_size("readout", (classes,), classes * in_features)
         return self._add_node("readout", "linear", [source], (classes,), False,
                               neuron=Readout(self.recipe["readout"]),
                               synapse=nn.Linear(in_features, classes))

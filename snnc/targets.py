@@ -5,6 +5,7 @@ user-written file given by path), validated here so that a bad file names the of
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,14 +17,16 @@ TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 _INT = (int,)
 _NUM = (int, float)
-ARITHMETIC_FIELDS = {
-    "weight_bits": _INT, "activation_shift": _INT, "state_bits": _INT, "decay_bits": _INT,
-    "bias_mant_bits": _INT, "bias_exp_bits": _INT, "threshold_mant_bits": _INT,
-    "threshold_shift": _INT, "input_bits": _INT, "current_overflow": (str,),
-    "voltage_overflow": (str,), "fire_rule": (str,), "reset_modes": (list,),
+# Every integer width of `arithmetic`, with the range snnc's executors handle (64-bit registers):
+# a value outside it is a broken file, not a chip.
+ARITHMETIC_RANGES = {
+    "weight_bits": (2, 16), "activation_shift": (0, 16), "state_bits": (8, 32), "decay_bits": (1, 16),
+    "bias_mant_bits": (2, 32), "bias_exp_bits": (0, 5), "threshold_mant_bits": (1, 32),
+    "threshold_shift": (0, 16), "input_bits": (1, 16),
 }
 CHOICES = {"current_overflow": ("wrap", "saturate"), "voltage_overflow": ("wrap", "saturate"),
            "fire_rule": (">", ">=")}
+MAX_FILE_BYTES = 1 << 20   # a target description is a few kilobytes
 LIMIT_FIELDS = ("cores", "neurons_per_core", "synaptic_memory_bits_per_core",
                 "fan_in_axons_per_core", "fan_out_per_core")
 OPERATION_FIELDS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive",
@@ -67,11 +70,37 @@ def _resolve(name_or_path: str) -> Path:
     return path
 
 
-def _read(path: Path) -> dict:
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without anchors and aliases: an alias bomb expands a kilobyte file into
+    gigabytes, and no target description needs them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "anchors and aliases are not allowed in a target "
+                                              "file", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def _text(path: Path) -> str:
+    """The file's text: UTF-8 and at most MAX_FILE_BYTES."""
     try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise TargetError(f"{path}: not valid YAML ({str(error).splitlines()[0]})")
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise TargetError(f"{path}: a target file is at most {MAX_FILE_BYTES} bytes, this one has "
+                              f"{path.stat().st_size}")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TargetError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except OSError as error:
+        raise TargetError(f"{path}: cannot be read ({error.strerror or error})") from None
+
+
+def _read(path: Path) -> dict:
+    text = _text(path)
+    try:
+        doc = yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as error:
+        raise TargetError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(doc, dict):
         raise TargetError(f"{path}: a target file must be a mapping")
     return doc
@@ -94,21 +123,39 @@ def _number(section: dict, path: Path, where: str, key: str, kinds=_NUM, positiv
     return value
 
 
-def _validate_arithmetic(arithmetic: dict, path: Path) -> None:
-    for key, kinds in ARITHMETIC_FIELDS.items():
+def is_integer(value) -> bool:
+    """An integer (Python or numpy), and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def arithmetic_problem(arithmetic: dict) -> str | None:
+    """What is wrong with a target's (or a fixed network's) `arithmetic` section, naming the field;
+    None when every width is an integer in ARITHMETIC_RANGES and every mode a known one."""
+    if not isinstance(arithmetic, dict):
+        return "field 'arithmetic' must be a mapping"
+    for key, (low, high) in ARITHMETIC_RANGES.items():
         value = arithmetic.get(key)
-        if kinds == _INT:
-            _number(arithmetic, path, "arithmetic", key, _INT)
-            if value < 0:
-                raise TargetError(f"{path}: field 'arithmetic.{key}' must not be negative")
-        elif isinstance(value, bool) or not isinstance(value, kinds):
-            raise TargetError(f"{path}: field 'arithmetic.{key}' is missing or has the wrong type")
-        if key in CHOICES and value not in CHOICES[key]:
-            raise TargetError(f"{path}: field 'arithmetic.{key}' must be one of {CHOICES[key]}")
-    if not set(arithmetic["reset_modes"]) <= {"hard", "soft"} or not arithmetic["reset_modes"]:
-        raise TargetError(f"{path}: field 'arithmetic.reset_modes' must list hard and/or soft")
-    if not 2 <= arithmetic["weight_bits"] <= 16 or not 8 <= arithmetic["state_bits"] <= 32:
-        raise TargetError(f"{path}: field 'arithmetic.weight_bits' or 'state_bits' out of range")
+        if not is_integer(value):
+            return f"field 'arithmetic.{key}' must be an integer, got {value!r}"
+        if not low <= value <= high:
+            return f"field 'arithmetic.{key}' must be between {low} and {high}, got {value}"
+    for key, choices in CHOICES.items():
+        if arithmetic.get(key) not in choices:
+            return f"field 'arithmetic.{key}' must be one of {choices}, got {arithmetic.get(key)!r}"
+    modes = arithmetic.get("reset_modes")
+    if not isinstance(modes, list) or not modes or not all(mode in ("hard", "soft") for mode in modes):
+        return f"field 'arithmetic.reset_modes' must list hard and/or soft, got {modes!r}"
+    for key in ("activation_shift", "threshold_shift"):
+        if arithmetic[key] >= arithmetic["state_bits"]:
+            return (f"field 'arithmetic.{key}' ({arithmetic[key]}) must be below state_bits "
+                    f"({arithmetic['state_bits']})")
+    return None
+
+
+def _validate_arithmetic(arithmetic: dict, path: Path) -> None:
+    problem = arithmetic_problem(arithmetic)
+    if problem:
+        raise TargetError(f"{path}: {problem}")
 
 
 def load_target(name_or_path: str) -> Target:
@@ -161,4 +208,4 @@ def available() -> list[str]:
 
 def describe(name: str) -> str:
     """The YAML text of a shipped target or table, for `snnc targets show`."""
-    return _resolve(name).read_text()
+    return _text(_resolve(name))

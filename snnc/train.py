@@ -5,6 +5,7 @@ one never runs code from the file.
 """
 import io
 import math
+import pickle
 import warnings
 from pathlib import Path
 
@@ -152,13 +153,13 @@ def save_checkpoint(path, model, training, force: bool = False):
                replaceable=is_checkpoint, what="checkpoint")
 
 
-def _load_failure_detail(error):
-    """The informative line of a torch.load error (weights-only errors bury it in advice)."""
-    text = str(error).strip()
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text.split(marker, 1)[1].strip()
-    return text.splitlines()[0] if text else type(error).__name__
+def _pickled_globals(path):
+    """The Python classes and functions a torch file's pickle names beyond the weights-only set,
+    found by reading its opcodes (nothing is executed); [] when it is not a torch zip file."""
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # not a torch zip archive, or one without a readable pickle
+        return []
 
 
 def _read_checkpoint_file(path):
@@ -170,21 +171,26 @@ def _read_checkpoint_file(path):
         with warnings.catch_warnings():  # torch warns about pickle protocols of foreign files
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for corrupt files (pickle, zip, EOF, ...)
-        detail = _load_failure_detail(error)
-        if detail.startswith("Unsupported global"):
-            raise InputError(f"checkpoint {path} holds pickled Python objects "
-                             f"({detail.split(' was not')[0]}); snnc only loads weights-only "
-                             "checkpoints (plain dicts of tensors)") from None
+    except pickle.UnpicklingError:  # the weights-only unpickler refused an instruction
+        names = _pickled_globals(path)
+        if names:
+            raise InputError(f"checkpoint {path} holds pickled Python objects ({', '.join(names[:3])}); "
+                             "snnc only loads weights-only checkpoints (plain dicts of tensors)") from None
+        raise InputError(f"checkpoint {path} is not a readable torch file: its pickle data is corrupt "
+                         "or not weights-only") from None
+    except Exception as error:  # torch raises many types for corrupt files (zip, EOF, runtime, ...)
+        text = str(error).strip()
+        detail = text.splitlines()[0] if text else type(error).__name__
         raise InputError(f"checkpoint {path} is not a readable torch file: {detail}") from None
 
 
-def _check_state_dict(path, state_dict, model):
+def _check_state_dict(path, state_dict, expected):
+    """The checkpoint's tensors against the names, shapes and dtypes its recipe needs (`expected`,
+    a state dict of the recipe's model built on torch's meta device: no memory)."""
     if not isinstance(state_dict, dict) or not all(
             isinstance(key, str) and isinstance(value, torch.Tensor)
             for key, value in state_dict.items()):
         raise InputError(f"checkpoint {path}: state_dict must map names to tensors")
-    expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     extra = sorted(set(state_dict) - set(expected))
     if missing or extra:
@@ -200,11 +206,16 @@ def _check_state_dict(path, state_dict, model):
                              f"needs {expected[key].dtype}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise InputError(f"checkpoint {path}: tensor {key} contains NaN or Inf")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise InputError(f"checkpoint {path}: state_dict does not match its recipe: "
-                         f"{' '.join(str(error).split())}") from None
+        if key.endswith("running_var") and (tensor < 0).any():
+            raise InputError(f"checkpoint {path}: tensor {key} holds a negative variance")
+
+
+def _check_training(path, training):
+    if not isinstance(training, dict):
+        raise InputError(f"checkpoint {path}: 'training' must be a mapping, got {type(training).__name__}")
+    if "data" in training and not isinstance(training["data"], str):
+        raise InputError(f"checkpoint {path}: 'training.data' must be a data set name, "
+                         f"got {type(training['data']).__name__}")
 
 
 def load_checkpoint(path):
@@ -222,7 +233,16 @@ def load_checkpoint(path):
     if checkpoint["format_version"] != CHECKPOINT_VERSION:
         raise InputError(f"checkpoint {path}: format_version {checkpoint['format_version']!r} "
                          f"is not supported (this snnc reads {CHECKPOINT_VERSION})")
-    model = build(validate_recipe(checkpoint["recipe"], source=f"in checkpoint {path}"))
-    _check_state_dict(path, checkpoint["state_dict"], model)
+    _check_training(path, checkpoint["training"])
+    recipe = validate_recipe(checkpoint["recipe"], source=f"in checkpoint {path}")
+    with torch.device("meta"):
+        expected = build(recipe).state_dict()
+    _check_state_dict(path, checkpoint["state_dict"], expected)
+    model = build(recipe)
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise InputError(f"checkpoint {path}: state_dict does not match its recipe: "
+                         f"{' '.join(str(error).split())}") from None
     model.eval()
     return model, checkpoint

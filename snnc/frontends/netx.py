@@ -32,7 +32,8 @@ import numpy as np
 
 from snnc import fixedpoint
 from snnc.errors import DesignRuleError, InputError
-from snnc.ir import Network, Neuron, Node
+from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weight_count, conv_output_shape,
+                     encoding_problem)
 
 NEURON_TYPES = ("CUBA", "LOIHI")
 BIAS_EXP = 6            # netx always sets bias_exp = 6
@@ -82,15 +83,39 @@ def _text(value) -> str:
     return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _numbers(group, key) -> np.ndarray:
+    """A numeric field of a netx group; InputError naming it when it is missing, a group or text."""
+    item = group.get(key)
+    if item is None or not hasattr(item, "dtype"):
+        raise InputError(f"netx {group.name}: field '{key}' is missing")
+    if item.dtype.kind not in "biuf":
+        raise InputError(f"netx {group.name}: field '{key}' holds "
+                         f"{'text' if item.dtype.kind in 'OSU' else item.dtype}, not numbers")
+    return np.asarray(item[()])
+
+
 def _int_array(group, key) -> np.ndarray:
     """netx reads weights and biases with `.astype(int)` (truncation toward zero)."""
-    return np.asarray(group[key][()]).astype(np.int64)
+    return _numbers(group, key).astype(np.int64)
 
 
 def _value(group, key, default=None):
     if key not in group:
         return default
-    return np.asarray(group[key][()])
+    return _numbers(group, key)
+
+
+def _integer(group, key) -> int:
+    """A field holding one integer (a count or a size)."""
+    value = _numbers(group, key)
+    if value.size != 1 or not np.isfinite(value).all():
+        raise InputError(f"netx {group.name}: field '{key}' must be one number, got {value.tolist()}")
+    return int(value.ravel()[0])
+
+
+def _shape(group, key="shape") -> tuple[int, ...]:
+    """A layer's stored shape, checked against the limits before anything of that size exists."""
+    return check_shape([int(x) for x in _numbers(group, key).astype(np.int64).ravel()], f"netx {group.name}")
 
 
 def _pair(group, key, default, where) -> tuple[int, int]:
@@ -110,7 +135,10 @@ def _name(group, default: str) -> str:
     name = group.attrs.get("snnc_name")
     if name is None:
         return default
-    return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except UnicodeDecodeError:
+        raise InputError(f"netx {group.name}: attribute snnc_name is not UTF-8 text") from None
 
 
 def _stored_encoding(attrs: dict) -> Optional[dict]:
@@ -118,20 +146,23 @@ def _stored_encoding(attrs: dict) -> Optional[dict]:
     if raw is None:
         return None
     try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    except ValueError:
-        raise InputError("netx file: malformed snnc/encoding attribute")
+        encoding = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:  # also text that is not UTF-8
+        raise InputError("netx file: malformed snnc/encoding attribute") from None
+    problem = encoding_problem(encoding)
+    if problem:
+        raise InputError(f"netx file: snnc/encoding attribute: {problem}")
+    return encoding
 
 
 def _neuron_config(group, where) -> Optional[dict]:
     if "neuron" not in group:
         return None
     neuron = group["neuron"]
-    config = {key: neuron[key] for key in neuron.keys()}
-    out = {"type": _text(config["type"]) if "type" in config else "CUBA"}
-    for key in config:
+    out = {"type": _text(neuron["type"]) if "type" in neuron else "CUBA"}
+    for key in neuron.keys():
         if key != "type":
-            out[key] = np.asarray(config[key][()])
+            out[key] = _numbers(neuron, key)
     return out
 
 
@@ -264,9 +295,10 @@ class _Reader:
         if "weight" not in group:
             raise InputError(f"{where}: dense layer without weight (complex weights are not supported)")
         weight = _int_array(group, "weight")
-        stored = _value(group, "shape")
-        out_features = int(np.prod(stored)) if stored is not None else int(weight.shape[0])
+        out_features = int(np.prod(_shape(group))) if "shape" in group else int(weight.shape[0])
         if weight.ndim == 1:
+            if weight.size % out_features:
+                raise InputError(f"{where}: {weight.size} weights do not connect to {out_features} neurons")
             weight = weight.reshape(out_features, -1)
         source = self.last()
         if len(source.shape) != 1:
@@ -308,12 +340,9 @@ class _Reader:
         kernel = (int(weight.shape[2]), int(weight.shape[3]))
         if weight.shape[1] != source.shape[0]:
             raise InputError(f"{where}: conv weight {list(weight.shape)} does not fit {source.shape[0]} input channels")
-        height = (source.shape[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-        width = (source.shape[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
-        shape = (int(weight.shape[0]), height, width)
-        stored = _value(group, "shape")
-        if stored is not None and tuple(int(x) for x in stored.ravel()) != shape:
-            raise InputError(f"{where}: stored shape {stored.tolist()} differs from the computed {list(shape)}")
+        shape = conv_output_shape(source.shape, int(weight.shape[0]), kernel, stride, padding, where)
+        if "shape" in group and _shape(group) != shape:
+            raise InputError(f"{where}: stored shape {list(_shape(group))} differs from the computed {list(shape)}")
         self.check_delay(group, index)
         neuron = self.neuron(_neuron_config(group, where), shape, _value(group, "bias"), index, last)
         self.add(Node(name=_name(group, f"conv{index}"), op="conv2d", inputs=[source.name], shape=shape, weight=weight,
@@ -333,6 +362,9 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
     """
     import h5py
 
+    from snnc.targets import Target, load_target
+
+    target = target if isinstance(target, Target) else load_target(target)
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such netx file")
@@ -353,9 +385,10 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
         snnc_attrs = dict(handle["snnc"].attrs) if "snnc" in handle else {}
         if T is None:
             if "simulation" in handle and "tSample" in handle["simulation"]:
-                T = int(np.asarray(handle["simulation"]["tSample"][()]).ravel()[0])
+                T = _integer(handle["simulation"], "tSample")
             else:
                 raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
+        T = check_steps(T, f"{path}: netx network")
         reader = _Reader(path)
         for index in indices:
             kind = _text(layers[str(index)]["type"]).lower() if "type" in layers[str(index)] else "(none)"
@@ -378,7 +411,7 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                 if "neuron" in group:
                     raise InputError(f"{where}: an input layer with neurons (lava-dl Input block, driven "
                                      f"through its bias) is not supported")
-                shape = tuple(int(x) for x in np.asarray(group["shape"][()]).ravel())
+                shape = _shape(group)
                 if input_shape is not None and tuple(input_shape) != shape:
                     if int(np.prod(input_shape)) != int(np.prod(shape)) or len(shape) == 3:
                         raise InputError(f"{where}: input_shape {list(input_shape)} does not match the "
@@ -390,9 +423,9 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
             if not reader.nodes:
                 first = _text(group["type"]).lower()
                 if first == "dense":
-                    width = int(np.asarray(group["inFeatures"][()])) if "inFeatures" in group \
-                        else np.asarray(group["weight"][()]).shape[-1]
-                    reader.add(Node(name="input", op="input", inputs=[], shape=(width,)))
+                    width = _integer(group, "inFeatures") if "inFeatures" in group \
+                        else _numbers(group, "weight").shape[-1]
+                    reader.add(Node(name="input", op="input", inputs=[], shape=check_shape([width], where)))
                 elif input_shape is not None:
                     reader.add(Node(name="input", op="input", inputs=[], shape=tuple(input_shape)))
                 else:
@@ -417,6 +450,7 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
         size = last.shape[0] if len(last.shape) == 1 else None
         if size is None:
             raise InputError(f"{path}: the last layer must be dense (1-D) to be read out")
+        check_weight_count(size * size, f"{path}: identity readout")
         nodes.append(Node(name=str(snnc_attrs.get("count_readout", "readout")), op="linear", inputs=[last.name],
                           shape=last.shape,
                           weight=np.eye(size, dtype=np.int64),
@@ -433,7 +467,8 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
     if readout not in ("mean", "last"):
         raise InputError(f"{path}: snnc readout attribute {readout!r} is not 'mean' or 'last'")
     name = str(snnc_attrs.get("name", path.stem))
-    metadata = {"source": "netx", "netx": {"file": path.name, "readout": readout_rule, "notes": reader.notes}}
+    metadata = {"source": "netx", "target": target.name,
+                "netx": {"file": path.name, "readout": readout_rule, "notes": reader.notes}}
     net = Network(name=name, T=int(T), readout=readout, nodes=nodes, arithmetic=netx_arithmetic(target),
                   encoding=dict(encoding or _stored_encoding(snnc_attrs) or SPIKE_ENCODING), metadata=metadata)
     net.validate()

@@ -30,7 +30,8 @@ from typing import Optional
 import numpy as np
 
 from snnc.errors import InputError
-from snnc.ir import Network, Neuron, Node
+from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weight_count, conv_output_shape,
+                     encoding_problem, pool_output_shape)
 
 # What one input unit is worth when nothing else is said: 8-bit pixels, real value pixel/255,
 # presented as the input current at every step (snnc's own direct encoding).
@@ -43,6 +44,7 @@ SYNAPSE_TYPES = ("Affine", "Linear", "Conv2d")
 METADATA_KEY = "snnc"              # per-node metadata written by snnc's exporter
 GRAPH_METADATA_KEY = "snnc_network"  # graph metadata: JSON with name, T, readout, encoding, order
 DT_INFER_TOLERANCE = 1e-6
+TEXT_FIELDS = ("type", "padding", "metadata", "edges", "version")  # the rest of a node holds numbers
 
 
 def _type(node) -> str:
@@ -57,18 +59,54 @@ def _read_graph(source):
     path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such NIR file")
+    _check_node_fields(path)
     try:
         return nir.read(str(path)), path.stem
-    except (OSError, KeyError, ValueError, TypeError, AssertionError) as error:
-        raise InputError(f"{path}: not a readable NIR graph ({type(error).__name__}: {error})")
+    # the nir library reports a malformed file with whatever its node constructors raise
+    except (OSError, KeyError, ValueError, TypeError, AssertionError, AttributeError, IndexError,
+            OverflowError, ZeroDivisionError) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise InputError(f"{path}: not a readable NIR graph ({type(error).__name__}: {detail})") from None
 
 
-def _array(value) -> np.ndarray:
-    return np.array(value, dtype=np.float64)
+def _check_node_fields(path: Path) -> None:
+    """Refuse, before the nir library builds nodes from them (it divides by strides), text where a
+    node needs numbers and strides or kernel sizes below 1."""
+    import h5py
+
+    def check_group(group, prefix: str) -> None:
+        for key, item in group.items():
+            if isinstance(item, h5py.Group):
+                if key != "metadata":
+                    check_group(item, f"{prefix}{key}/" if key != "nodes" else prefix)
+                continue
+            node = prefix.rstrip("/") or key
+            if key in TEXT_FIELDS or node == key:
+                continue
+            if item.dtype.kind not in "biuf":
+                what = "text" if item.dtype.kind in "OSU" else f"{item.dtype} values"
+                raise InputError(f"{path}: NIR node '{node}': field '{key}' holds {what}, not numbers")
+            if key in ("stride", "kernel_size") and item.size and np.min(item[()]) < 1:
+                raise InputError(f"{path}: NIR node '{node}': {key} {np.asarray(item[()]).tolist()} must be "
+                                 f"at least 1")
+
+    try:
+        with h5py.File(path, "r") as handle:
+            if isinstance(handle.get("node"), h5py.Group) and isinstance(handle["node"].get("nodes"), h5py.Group):
+                check_group(handle["node"]["nodes"], "")
+    except OSError as error:
+        raise InputError(f"{path}: not a readable NIR graph ({error})") from None
+
+
+def _array(value, where: str = "NIR graph") -> np.ndarray:
+    try:
+        return np.array(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(f"{where}: {str(value)[:40]!r} is not an array of numbers") from None
 
 
 def _pair(value, what: str, key: str) -> tuple[int, int]:
-    array = np.atleast_1d(np.asarray(value)).astype(np.int64).ravel()
+    array = np.atleast_1d(_array(value, f"NIR node '{key}': {what}")).astype(np.int64).ravel()
     if array.size == 1:
         return int(array[0]), int(array[0])
     if array.size == 2:
@@ -86,7 +124,7 @@ def _uniform(values: np.ndarray, key: str, what: str) -> float:
 
 
 def _broadcast(values, shape: tuple[int, ...], key: str, what: str) -> np.ndarray:
-    values = _array(values)
+    values = _array(values, f"NIR node '{key}': {what}")
     try:
         return np.broadcast_to(values, shape).copy()
     except ValueError:
@@ -119,7 +157,10 @@ def resolve_dt(graph, dt: Optional[float]) -> tuple[float, str]:
         return float(dt), "given"
     graph_dt = graph.metadata.get("dt") if isinstance(graph.metadata, dict) else None
     if graph_dt is not None:
-        return float(np.asarray(graph_dt)), "graph metadata 'dt'"
+        value = np.asarray(graph_dt)
+        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all() or not value > 0:
+            raise InputError(f"NIR graph metadata 'dt' must be one positive number, got {str(graph_dt)[:40]!r}")
+        return float(value.ravel()[0]), "graph metadata 'dt'"
     pairs = _time_constant_pairs(graph)
     if not pairs:
         return 1.0, "no leaky neurons: one step is one time unit"
@@ -211,6 +252,8 @@ def _apply_snnc_metadata(key: str, node, neuron: Neuron, shape) -> Neuron:
         neuron.mpr = bool(meta.get("mpr", False))
     except KeyError as error:
         raise InputError(f"NIR node '{key}': snnc metadata lacks {error}")
+    except (ValueError, TypeError) as error:
+        raise InputError(f"NIR node '{key}': snnc metadata holds a value that is not a number ({error})") from None
     for field in ("bias", "initial_state", "reset_amount"):
         if field in meta:
             setattr(neuron, field, _broadcast(meta[field], shape, key, field))
@@ -297,7 +340,8 @@ class _Builder:
     # --- node kinds ---
 
     def input(self, key, node, input_shape):
-        shape = tuple(int(x) for x in np.asarray(node.input_type["input"]).ravel())
+        where = f"NIR node '{key}' (Input)"
+        shape = check_shape([int(x) for x in _array(node.input_type["input"], where).ravel()], where)
         if input_shape is not None and tuple(input_shape) != shape:
             if len(shape) != 1 or int(np.prod(input_shape)) != shape[0]:
                 raise InputError(f"input_shape {list(input_shape)} does not match the NIR input "
@@ -312,7 +356,7 @@ class _Builder:
     def synapse(self, key, node):
         kind = _type(node)
         source = self.value_input(key)
-        weight = _array(node.weight)
+        weight = _array(node.weight, f"NIR node '{key}': weight")
         meta = node.metadata if isinstance(node.metadata, dict) else {}
         if kind in ("Affine", "Linear"):
             if weight.ndim != 2:
@@ -347,10 +391,10 @@ class _Builder:
                 else:
                     raise InputError(f"NIR node '{key}' (Conv2d): padding '{padding}' is not supported here")
             padding = _pair(padding, "padding", key)
-            height = (source.shape[1] + 2 * padding[0] - kernel[0]) // stride[0] + 1
-            width = (source.shape[2] + 2 * padding[1] - kernel[1]) // stride[1] + 1
-            bias = self._own_bias(meta, _array(node.bias).reshape(-1))
-            out = Node(name=key, op="conv2d", inputs=[source.name], shape=(weight.shape[0], height, width),
+            shape = conv_output_shape(source.shape, weight.shape[0], kernel, stride, padding,
+                                      f"NIR node '{key}' (Conv2d)")
+            bias = self._own_bias(meta, _array(node.bias, f"NIR node '{key}': bias").reshape(-1))
+            out = Node(name=key, op="conv2d", inputs=[source.name], shape=shape,
                        attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
                        weight=weight, bias=bias)
         self.add(out)
@@ -377,12 +421,10 @@ class _Builder:
         if kernel[0] != kernel[1] or stride[0] != stride[1] or padding != (0, 0):
             raise InputError(f"NIR node '{key}' ({kind}): only square kernels and strides without padding "
                              f"are supported (kernel {kernel}, stride {stride}, padding {padding})")
-        if len(source.shape) != 3:
-            raise InputError(f"NIR node '{key}' ({kind}): input must be (C, H, W), got {list(source.shape)}")
         k, s = kernel[0], stride[0]
-        c, h, w = source.shape
+        shape = pool_output_shape(source.shape, k, s, f"NIR node '{key}' ({kind})")
         out = self.add(Node(name=key, op="avgpool" if kind == "AvgPool2d" else "sumpool", inputs=[source.name],
-                            shape=(c, (h - k) // s + 1, (w - k) // s + 1), attrs={"kernel": k, "stride": s}))
+                            shape=shape, attrs={"kernel": k, "stride": s}))
         self.ref[key] = out.name
 
     def flatten(self, key, node):
@@ -401,7 +443,7 @@ class _Builder:
         self.ref[key] = out.name
 
     def scale(self, key, node):
-        values = _array(node.scale)
+        values = _array(node.scale, f"NIR node '{key}': scale")
         preds = self.preds[key]
         meta = node.metadata if isinstance(node.metadata, dict) else {}
         if meta.get("snnc_op") == "add" or (len(preds) > 1 and np.all(values == 1.0)):
@@ -443,6 +485,7 @@ class _Builder:
 
     def _identity_synapse(self, name: str, source: Node) -> Node:
         channels = source.shape[0]
+        check_weight_count(channels * channels, f"NIR graph: identity synapse '{name}'")
         if len(source.shape) == 3:
             return self.add(Node(name=name, op="conv2d", inputs=[source.name], shape=source.shape,
                                  weight=np.eye(channels).reshape(channels, channels, 1, 1),
@@ -533,9 +576,16 @@ def _graph_meta(graph, use_metadata: bool) -> Optional[dict]:
         return None
     raw = graph.metadata[GRAPH_METADATA_KEY]
     try:
-        return json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+        meta = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
     except ValueError as error:
         raise InputError(f"NIR graph: malformed '{GRAPH_METADATA_KEY}' metadata ({error})")
+    fields = {"name": str, "readout": str, "encoding": dict, "metadata": dict, "order": list}
+    if not isinstance(meta, dict) or "T" not in meta or "encoding" not in meta or any(
+            key in meta and not isinstance(meta[key], kind) for key, kind in fields.items()) \
+            or not all(isinstance(key, str) for key in meta.get("order", [])):
+        raise InputError(f"NIR graph: '{GRAPH_METADATA_KEY}' metadata must be an object with T, encoding "
+                         f"and optionally name, readout, metadata, order of the documented types")
+    return meta
 
 
 def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *,
@@ -589,11 +639,15 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *,
     readout_rule = _attach_readout(builder, outputs[0], readout, meta)
 
     encoding = dict(encoding or (meta["encoding"] if meta else DEFAULT_ENCODING))
+    problem = encoding_problem(encoding)
+    if problem:
+        raise InputError(f"NIR graph: {problem}")
     if builder.input_scale != 1.0:
         encoding["scale"] = float(encoding["scale"]) * builder.input_scale
     T = T if T is not None else (meta["T"] if meta else None)
     if T is None:
         raise InputError("NIR graphs carry no number of time steps: pass T")
+    T = check_steps(T, "NIR graph")
     if meta:
         metadata = dict(meta.get("metadata", {}))
         net_name = name or meta.get("name", stem)
@@ -642,6 +696,7 @@ def _attach_readout(builder: _Builder, output_key: str, readout: Optional[str], 
         builder.current.discard(last.name)
         return "last", "integrator appended to the output synapse: readout = sum over steps of its current"
     channels = last.shape[0]
+    check_weight_count(channels * channels, "NIR graph: identity readout")
     builder.add(Node(name=builder.unique("readout"), op="linear", inputs=[last.name], shape=last.shape,
                      weight=np.eye(channels),
                      neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
