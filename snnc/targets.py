@@ -5,6 +5,7 @@ user-written file given by path), validated here so that a bad file names the of
 """
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def _resolve(name_or_path: str) -> Path:
             raise TargetError(f"target file {name_or_path} does not exist")
         return candidate
     path = TARGETS_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
+    if name_or_path not in available() or not path.is_file():  # a name never leaves targets/
         raise TargetError(f"unknown target '{name_or_path}' (known: {', '.join(available())})")
     return path
 
@@ -118,6 +119,8 @@ def _number(section: dict, path: Path, where: str, key: str, kinds=_NUM, positiv
     if isinstance(value, bool) or not isinstance(value, kinds):
         kind = "an integer" if kinds == _INT else "a number"
         raise TargetError(f"{path}: field '{where}.{key}' must be {kind}, got {value!r}")
+    if not math.isfinite(value):
+        raise TargetError(f"{path}: field '{where}.{key}' must be a finite number, got {value!r}")
     if positive and value <= 0:
         raise TargetError(f"{path}: field '{where}.{key}' must be positive, got {value!r}")
     return value

@@ -148,6 +148,7 @@ def test_an_overlong_name_is_one_line(checkpoint, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_force_replaces_an_export(checkpoint, copy):
     (copy / "fidelity.json").unlink()  # damaged, but still only snnc's files
     edit_manifest(copy, lambda m: m["files"].pop("fidelity.json"))
@@ -188,6 +189,7 @@ def test_train_force_overwrites_only_a_checkpoint(tmp_path):
 
 # --- 2. verify runs the files that ship -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_verify_runs_the_shipped_onnx_model(copy, checkpoint, tmp_path):
     other = tmp_path / "other"
     save_checkpoint(tmp_path / "other.pt", netfactory.random_model(TINY, seed=11),
@@ -204,6 +206,7 @@ def test_verify_runs_the_shipped_onnx_model(copy, checkpoint, tmp_path):
                          "ONNX model")
 
 
+@pytest.mark.slow
 def test_verify_runs_the_shipped_lava_graph(copy, tmp_path):
     graph = json.loads((copy / "lava/graph.json").read_text())
     with np.load(copy / "lava/network.npz") as archive:
@@ -304,6 +307,7 @@ def _target_yaml(tmp_path, name, scale=1.0, file="custom.yaml"):
     return path
 
 
+@pytest.mark.slow
 def test_the_export_is_priced_with_the_target_it_was_compiled_for(checkpoint, exported, tmp_path):
     out = tmp_path / "pricey"
     assert invoke("export", checkpoint, "-o", out, "--target", _target_yaml(tmp_path, "loihi2", 100.0)).exit_code == 0
@@ -314,6 +318,7 @@ def test_the_export_is_priced_with_the_target_it_was_compiled_for(checkpoint, ex
     assert math.isclose(custom["totals"]["energy_chip_uj"], 100 * shipped["totals"]["energy_chip_uj"], rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_a_target_of_another_name_is_read_back(checkpoint, tmp_path):
     out = tmp_path / "mine"
     assert invoke("export", checkpoint, "-o", out, "--target", _target_yaml(tmp_path, "my-chip")).exit_code == 0
@@ -352,6 +357,7 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_leaves_nothing(checkpoint, full_disk, tmp_path):
     assert_clean_failure(invoke("export", checkpoint, "-o", full_disk / "out"), OUTPUT, "no space left")
     assert list(full_disk.iterdir()) == []
@@ -393,6 +399,7 @@ def test_save_input_never_overwrites_a_foreign_file(exported, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_energy_of_nir_and_netx_exports(exported, tmp_path):
     nir_out, netx_out = tmp_path / "nir", tmp_path / "netx"
     assert invoke("export", exported / "network.nir", "-o", nir_out, "--data", "digits", "--T", 2).exit_code == 0
@@ -408,6 +415,7 @@ def test_module_entry_point_runs_every_command():
     assert result.returncode == 0 and "--backends" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["verify", "run"])
 def test_sigterm_exits_130(exported, command, tmp_path):
     args = {"verify": ["verify", str(exported), "--backends", "lava", "--save-input", str(tmp_path / "d.npz")],
