@@ -265,7 +265,7 @@ def test_overlapping_pool_that_sums_weights_past_8_bits_is_refused():
              ir.Node("readout", "linear", ["flatten"], (10,), weight=np.full((10, 18), 100),
                      neuron=neuron((10,), "integrator"))]
     net = ir.Network("overlap", 2, "mean", nodes, arithmetic=dict(LOIHI2.arithmetic, kind="fixed"),
-                     encoding={"max": 255})
+                     encoding={"max": 255, "scale": 1 / 255})
     net.validate()
     with pytest.raises(DesignRuleError, match="composed weight 400"):
         lava_backend.lava_spec(net)
