@@ -3,10 +3,9 @@ import os
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import netfactory
-from snnc.cli import main
+from clicheck import assert_clean_failure, invoke
 from snnc.train import save_checkpoint
 
 INPUT, TARGET, OUTPUT = 3, 4, 6  # docs/errors.md
@@ -18,19 +17,6 @@ def good_checkpoint(tmp_path_factory):
     save_checkpoint(path, netfactory.random_model(netfactory.recipe("mnist_lif"), seed=2),
                     {"data": "mnist5k", "loss": "lts", "epochs": 0, "seed": 2, "test_accuracy": 0.0})
     return path
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_failure(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 class Payload:

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from click.testing import CliRunner
 
 import netfactory
+from clicheck import assert_clean_failure, invoke
 from snnc import compiler, export_dir
-from snnc.cli import main
 from snnc.errors import OutputError
 from snnc.train import save_checkpoint
 
@@ -30,19 +29,6 @@ LOIHI2 = Path(__file__).resolve().parent.parent / "targets" / "loihi2.yaml"
 TINY = {"name": "tiny-digits", "arch": "mnist_convnet", "arch_params": {"channels": [4, 8], "hidden": 16},
         "input_shape": [1, 8, 8], "num_classes": 10, "T": 2,
         "neuron": {"type": "srif", "vth": 0.5, "mpr": True, "imp": True}, "bn": "tdbn", "readout": "mean"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_clean_failure(result, code, *fragments):
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def snapshot(root: Path) -> dict:
