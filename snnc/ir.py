@@ -105,21 +105,25 @@ def pool_output_shape(source: tuple[int, ...], kernel, stride, where: str) -> tu
     return check_shape((source[0], (source[1] - kernel) // stride + 1, (source[2] - kernel) // stride + 1), where)
 
 
-def encoding_problem(encoding) -> Optional[str]:
-    """What is wrong with an input encoding (docs/ir.md), or None."""
+def _finite_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def encoding_problem(encoding, needs_scale: bool = True) -> Optional[str]:
+    """What is wrong with an input encoding (docs/ir.md), or None. A fixed-point network runs on the
+    integer inputs alone: its scale (the real value of one unit) may be absent, not wrong."""
     if not isinstance(encoding, dict):
         return f"the encoding must be a mapping, got {encoding!r}"
     kind = encoding.get("kind", "direct")   # the executors' default
     if kind not in ENCODING_KINDS:
         return f"encoding kind must be one of {ENCODING_KINDS}, got {kind!r}"
     scale = encoding.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
+    if (needs_scale or scale is not None) and not (_finite_number(scale) and scale > 0):
         return f"the input scale must be a finite number > 0, got {scale!r}"
     if not is_integer(encoding.get("max")) or encoding["max"] < 1:
         return f"the encoding's max must be a positive integer, got {encoding.get('max')!r}"
     threshold = encoding.get("threshold")
-    if kind == "spikes" and (isinstance(threshold, bool) or not isinstance(threshold, numbers.Real)
-                             or not math.isfinite(threshold)):
+    if kind == "spikes" and not _finite_number(threshold):
         return f"a spike encoding needs a numeric threshold, got {threshold!r}"
     return None
 
@@ -224,7 +228,7 @@ class Network:
         check_steps(self.T, where)
         if self.readout not in READOUTS:
             raise InputError(f"{where}: readout must be one of {READOUTS}")
-        problem = encoding_problem(self.encoding)
+        problem = encoding_problem(self.encoding, needs_scale=not self.fixed)
         if problem:
             raise InputError(f"{where}: {problem}")
         kind = self.arithmetic.get("kind") if isinstance(self.arithmetic, dict) else None
@@ -327,7 +331,7 @@ def _validate_neuron(node: Node, net: Network, where: str) -> None:
             raise InputError(f"{where}: neuron parameters contain NaN or Inf")
     for name in ("v_decay", "u_decay", "input_gain"):
         value = getattr(neuron, name)
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        if not _finite_number(value):
             raise InputError(f"{where}: neuron {name} must be a finite number, got {value!r}")
     if net.fixed:
         unity = 2 ** net.arithmetic["decay_bits"]

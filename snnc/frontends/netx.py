@@ -149,7 +149,7 @@ def _stored_encoding(attrs: dict) -> Optional[dict]:
         encoding = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
     except ValueError:  # also text that is not UTF-8
         raise InputError("netx file: malformed snnc/encoding attribute") from None
-    problem = encoding_problem(encoding)
+    problem = encoding_problem(encoding, needs_scale=False)   # a netx network is fixed point
     if problem:
         raise InputError(f"netx file: snnc/encoding attribute: {problem}")
     return encoding
