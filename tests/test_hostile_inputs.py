@@ -14,14 +14,13 @@ import zipfile
 
 import h5py
 import netfactory
+from clicheck import assert_clean_failure, invoke
 import nir
 import numpy as np
 import pytest
 import torch
 import yaml
-from click.testing import CliRunner
 
-from snnc.cli import main
 from snnc.targets import TARGETS_DIR
 from snnc.train import save_checkpoint
 
@@ -29,10 +28,6 @@ INPUT, TARGET = 3, 4  # docs/errors.md
 LIMIT_T, LIMIT_LAYER = "100000", "16777216"  # docs/errors.md, "Limits"
 TINY = dict(netfactory.recipe("mnist_lif", input_shape=[1, 8, 8], arch_params={"channels": [4, 8], "hidden": 16},
                               T=2), name="tiny-digits-lif")
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def snapshot(directory):
@@ -45,16 +40,11 @@ def refused(directory, code, *fragments, args, out=None):
     """Run the CLI; assert one `error:` line containing `fragments`, `code`, and no change."""
     before = snapshot(directory)
     result = invoke(*args)
-    assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert_clean_failure(result, code, *fragments)
     assert snapshot(directory) == before
     if out is not None:
         assert not out.exists()
-    return lines[0]
+    return result.stderr.strip()
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
