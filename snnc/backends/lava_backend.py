@@ -388,7 +388,10 @@ def _check_spec(spec, arrays: dict) -> None:
         for key in _ARRAY_KEYS.get(entry["type"], ()):
             if entry.get(key) not in arrays:
                 raise InputError(f"Lava graph: process '{entry['name']}' refers to a missing array ({key})")
-    for name in (spec.get("source"), spec.get("readout_process"), *spec.get("spiking", [])):
+    spiking = spec.get("spiking")
+    if not isinstance(spiking, list):
+        raise InputError("Lava graph: 'spiking' must list the spiking processes")
+    for name in (spec.get("source"), spec.get("readout_process"), *spiking):
         if kinds.get(name) not in ("source", "neuron"):
             raise InputError(f"Lava graph: '{name}' is not a source or neuron process of the graph")
     for link in connections:
