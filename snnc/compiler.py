@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from snnc import __version__, execute, export_dir, ir, passes
+from snnc import __version__, export_dir, ir, passes
 from snnc.errors import InputError
 from snnc.frontends.checkpoint import PIXEL_ENCODING
 from snnc.targets import Target, load_target
@@ -118,7 +118,7 @@ def _copy_target(target: Target, staging: Path) -> str:
 def export(source, outdir, target: str = "loihi2", force: bool = False, options: dict | None = None,
            progress: Callable[[str], None] = lambda message: None) -> dict:
     """Compile `source` into the export directory `outdir` (atomically); returns a summary."""
-    from snnc.data import load_dataset
+    from snnc.data import InputSpec, open_inputs
 
     outdir = export_dir.check_directory_output(outdir, force)
     options = dict(options or {})
@@ -134,18 +134,12 @@ def export(source, outdir, target: str = "loihi2", force: bool = False, options:
             progress(f"writing {writer.label}")
             written += writer.write(compiled, staging, options)
         progress("measuring fidelity")
-        dataset = load_dataset(compiled.data)
-        if compiled.folded is None:  # already fixed point: only the integer network's accuracy exists
-            trace = execute.run(compiled.fixed, execute.encode(compiled.fixed, dataset.test_images))
-            report = {"samples": int(len(dataset.test_labels)), "float_accuracy": None,
-                      "quantized_accuracy": float((trace.predictions == dataset.test_labels).mean()),
-                      "note": "the source is already fixed point: there is no float network to compare"}
-        else:
-            report = fidelity(compiled.folded, compiled.fixed, dataset.test_images, dataset.test_labels)
+        inputs = open_inputs(compiled.data, InputSpec.of(compiled.fixed))
+        report = fidelity(compiled.folded, compiled.fixed, inputs)
+        if compiled.folded is not None:
             (staging / export_dir.FLOAT_DIR).mkdir()
             written += [f"{export_dir.FLOAT_DIR}/{path.name}"
                         for path in ir.save(compiled.folded, staging / export_dir.FLOAT_DIR)]
-        report["data"] = compiled.data
         export_dir.write_json(staging / "fidelity.json", report)
         export_dir.write_json(staging / "bounds.json", compiled.bounds)
         written += ["fidelity.json", "bounds.json"]

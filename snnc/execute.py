@@ -20,10 +20,25 @@ import torch
 import torch.nn.functional as F
 from numba.extending import register_jitable
 
-from snnc import fixedpoint
+from snnc import encoding, fixedpoint
 from snnc.ir import Network, Node
 
 DEFAULT_CHUNK = 256
+WORKING_SET_BYTES = 1 << 30   # what one chunk of samples may hold while it runs (docs/benchmarks.md)
+
+
+def bytes_per_sample(net: Network) -> int:
+    """What running one sample holds at most: every node's output over T steps in float64 (the
+    executor keeps them until the last layer) plus its spikes as uint8, doubled for the
+    synaptic op's temporaries."""
+    values = sum(int(np.prod(node.shape)) for node in net.nodes)
+    widest = max(int(np.prod(node.shape)) for node in net.nodes)
+    return net.T * (9 * values + 2 * 8 * widest)
+
+
+def samples_per_chunk(net: Network, budget: int = WORKING_SET_BYTES) -> int:
+    """How many samples one chunk holds so that running it stays within `budget` bytes."""
+    return max(1, min(DEFAULT_CHUNK, budget // bytes_per_sample(net)))
 
 
 @dataclass
@@ -49,15 +64,8 @@ class Trace:
 
 
 def encode(net: Network, images: np.ndarray) -> np.ndarray:
-    """The image presented at every step: pixels as integers (fixed) or reals (float), or as binary
-    spikes for networks whose encoding says so (netx)."""
-    images = np.asarray(images)
-    if net.encoding.get("kind") == "spikes":  # binary input spikes: a pixel fires when bright enough
-        images = images >= net.encoding["threshold"]
-    steps = np.broadcast_to(images, (net.T,) + images.shape)
-    if net.fixed:
-        return steps.astype(np.int64)
-    return steps.astype(np.float64) * net.encoding["scale"]
+    """Static frames [B, ...] presented at every step, as `net` takes them (snnc.encoding)."""
+    return encoding.network_input(net.fixed, net.encoding, encoding.frame_units(net.encoding, net.T, images))
 
 
 def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torch.Tensor:

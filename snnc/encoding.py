@@ -1,0 +1,38 @@
+"""How data reaches a network's input: the one definition of input units (docs/data.md).
+
+A network takes integer *units* at every step, [T, B, *input_shape]: pixels 0..max for the direct
+encoding, 0/1 for the spike encoding. A fixed-point network takes the units themselves; a float
+network takes units x encoding scale. Static frames (images) become units by being presented at
+every step, thresholded first for a spike encoding ("a pixel fires when bright enough").
+"""
+from __future__ import annotations
+
+import numpy as np
+
+PIXEL_MAX = 255  # frames given to a spike-encoded network are 8-bit images, thresholded
+
+
+def unit_max(encoding: dict) -> int:
+    """The largest unit the network's input takes at one step."""
+    return int(encoding["max"])
+
+
+def frame_max(encoding: dict) -> int:
+    """The largest value of a static frame: a pixel for a spike encoding, else one unit."""
+    return PIXEL_MAX if encoding.get("kind") == "spikes" else unit_max(encoding)
+
+
+def frame_units(encoding: dict, steps: int, frames: np.ndarray) -> np.ndarray:
+    """Static frames [B, *shape] -> units [steps, B, *shape] (int64; a broadcast view)."""
+    frames = np.asarray(frames)
+    if encoding.get("kind") == "spikes":
+        frames = frames >= encoding["threshold"]
+    frames = frames.astype(np.int64, copy=False)
+    return np.broadcast_to(frames, (steps,) + frames.shape)
+
+
+def network_input(fixed: bool, encoding: dict, units: np.ndarray) -> np.ndarray:
+    """Units as a network takes them: int64 for fixed point, units x scale (float64) for float."""
+    if fixed:
+        return np.asarray(units).astype(np.int64, copy=False)
+    return np.asarray(units).astype(np.float64) * encoding["scale"]
