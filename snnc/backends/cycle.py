@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numba
 import numpy as np
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from snnc import execute
+from snnc.data import InputSet
 from snnc.errors import InputError
 from snnc.ir import Network, Node
 from snnc.passes.quantize import largest_outputs
@@ -33,7 +35,6 @@ from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_
                                  tile_reach)
 
 NAME = "cycle"
-DEFAULT_CHUNK = 64
 EXACT_FLOAT32 = 2 ** 24
 COUNT_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spikes", "messages",
               "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south")
@@ -213,6 +214,11 @@ class _Plan:
             for group in info.groups:
                 for src, block in group.sources:
                     self.routes_out[src].append(self._route(dest, info, group, src, block, layers, parts, tiles))
+        # per layer (in order), the tensors read directly from then on: a chunk drops the others
+        reads = [{syn.node.inputs[0] for syn in layer.synapses} | {route.pooled or route.source
+                                                                   for route in self.routes_out[name]}
+                 for name, layer in self.layers.items()]
+        self.keep_after = [set().union(*reads[index + 1:]) | {self.input_name} for index in range(len(reads))]
         n_tiles = len({tuple(t) for t in tiles[:-1].tolist()})
         mesh_tiles = (-(-mapping.mesh[0] // self.tile[0])) * (-(-mapping.mesh[1] // self.tile[1]))
         low, high = self.time["barrier_min"], self.time["barrier_max"]
@@ -490,10 +496,13 @@ class _Run:
         self.layer_counts[plan.input_name]["spikes"] = float(torch.count_nonzero(pixels)) * self.T / steps
         for route in plan.routes_out[plan.input_name]:   # graded input events: pixels with a non-zero payload
             self.route(route, 0)
-        for name, layer in plan.layers.items():
+        for index, (name, layer) in enumerate(plan.layers.items()):
             self.run_layer(name, layer)
             for route in plan.routes_out[name]:
                 self.route(route, layer.depth)
+            for done in set(self.values) - plan.keep_after[index]:   # a dropped value is remade if read
+                del self.values[done]
+            self.received.pop(name, None)
         return self
 
     def chip_steps(self) -> dict:
@@ -512,44 +521,105 @@ class _Run:
                           "neuron_update_inactive": inactive.sum((0, 1)), "messages_sent": self.messages_sent}}
 
 
-def _merge(parts: list, plan: _Plan, T: int):
-    spikes = {name: np.concatenate([p.spikes[name].numpy() for p in parts], axis=1) for name in parts[0].spikes}
-    readout_steps = np.concatenate([p.readout_steps.numpy() for p in parts], axis=1)
-    voltages = {name: np.concatenate([p.voltages[name].numpy() for p in parts], axis=1) for name in parts[0].voltages}
-    overflow = {name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
-                for name in parts[0].overflow}
-    trace = execute.Trace(spikes=spikes, readout_steps=readout_steps,
-                          readout=execute.readout(plan.net, readout_steps), voltages=voltages, overflow=overflow)
-    layers = {name: {key: sum(p.layer_counts[name][key] for p in parts) for key in COUNT_KEYS}
-              for name in parts[0].layer_counts}
-    chip = [p.chip_steps() for p in parts]
-    cores = {key: sum(c["cores"][key] for c in chip).numpy() for key in chip[0]["cores"]}
+def _chunk_result(run: _Run) -> tuple[execute.Trace, Counts]:
+    """What one chunk's run leaves: its trace and its counts (the run's working tensors go)."""
+    plan = run.plan
+    readout_steps = run.readout_steps.numpy()
+    trace = execute.Trace(spikes={name: value.numpy() for name, value in run.spikes.items()},
+                          readout_steps=readout_steps, readout=execute.readout(plan.net, readout_steps),
+                          voltages={name: value.numpy() for name, value in run.voltages.items()},
+                          overflow=run.overflow)
+    chip = run.chip_steps()
+    cores = {key: value.numpy() for key, value in chip["cores"].items()}
+    layers = {name: dict(counts) for name, counts in run.layer_counts.items()}
     for name, layer in plan.layers.items():     # a layer's receiving counts: the sum over its cores
         for key in ("synaptic_op", "neuron_update_active", "neuron_update_inactive"):
             layers[name][key] = float(cores[key][layer.first:layer.first + layer.cores].sum())
     cores["input_port_messages"] = cores["messages_sent"][plan.n_cores:].copy()
     cores["messages_sent"] = cores["messages_sent"][:plan.n_cores]
-    step_ns = np.concatenate([c["step_ns"] for c in chip], axis=1)
-    phase = {key: sum(c["phase"][key] for c in chip) for key in chip[0]["phase"]}
-    counts = Counts(samples=int(readout_steps.shape[1]), steps=T + plan.max_depth, layers=layers, cores=cores,
-                    step_ns=step_ns, phase_ns=phase, barrier_ns=plan.barrier_ns, tiles_used=plan.tiles_used)
+    counts = Counts(samples=run.B, steps=run.T + plan.max_depth, layers=layers, cores=cores,
+                    step_ns=chip["step_ns"], phase_ns=chip["phase"], barrier_ns=plan.barrier_ns,
+                    tiles_used=plan.tiles_used)
     return trace, counts
 
 
-def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_voltages=(),
-             chunk: int = DEFAULT_CHUNK) -> tuple[execute.Trace, Counts]:
-    """Run encoded integer inputs [T, B, ...] on the mapped chip: (logical-time Trace, Counts)."""
+def combine_counts(parts: list[Counts]) -> Counts:
+    """The counts of consecutive chunks as one (totals added, per-sample times side by side)."""
+    first = parts[0]
+    return Counts(samples=sum(p.samples for p in parts), steps=first.steps,
+                  layers={name: {key: sum(p.layers[name][key] for p in parts) for key in COUNT_KEYS}
+                          for name in first.layers},
+                  cores={key: sum(p.cores[key] for p in parts) for key in first.cores},
+                  step_ns=np.concatenate([p.step_ns for p in parts], axis=1),
+                  phase_ns={key: sum(p.phase_ns[key] for p in parts) for key in first.phase_ns},
+                  barrier_ns=first.barrier_ns, tiles_used=first.tiles_used)
+
+
+def concatenate_traces(net: Network, parts: list[execute.Trace]) -> execute.Trace:
+    """The traces of consecutive chunks as one."""
+    if len(parts) == 1:
+        return parts[0]
+    readout_steps = np.concatenate([p.readout_steps for p in parts], axis=1)
+    return execute.Trace(
+        spikes={name: np.concatenate([p.spikes[name] for p in parts], axis=1) for name in parts[0].spikes},
+        readout_steps=readout_steps, readout=execute.readout(net, readout_steps),
+        voltages={name: np.concatenate([p.voltages[name] for p in parts], axis=1) for name in parts[0].voltages},
+        overflow={name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
+                  for name in parts[0].overflow})
+
+
+def _plan(net: Network, mapping: Mapping, target) -> _Plan:
     if not net.fixed:
         raise ValueError("the cycle simulator runs fixed-point networks; quantize first")
-    inputs = np.asarray(inputs)
     try:
-        plan = _Plan(net, mapping, target)
+        return _Plan(net, mapping, target)
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise InputError(f"the mapping of '{mapping.network}' does not describe network '{net.name}' "
                          f"on {target.name} ({type(error).__name__}: {error})")
-    parts = [_Run(plan, inputs[:, start:start + chunk], record_voltages).run()
-             for start in range(0, inputs.shape[1], chunk)]
-    return _merge(parts, plan, inputs.shape[0])
+
+
+def bytes_per_sample(plan: _Plan) -> int:
+    """What simulating one sample holds at most: what the reference holds for it (the simulator
+    keeps the same tensors, in float32 where exact) plus the per-core, per-chip-step tables
+    (synaptic ops, active neurons, routing time) and the neurons' received-input flags."""
+    steps = plan.net.T + plan.max_depth
+    per_core = 8 * steps * (3 * plan.n_cores + 1)
+    received = 4 * plan.net.T * sum(layer.H * layer.W for layer in plan.layers.values())
+    return execute.bytes_per_sample(plan.net) + per_core + received
+
+
+def samples_per_chunk(plan: _Plan, budget: int = execute.WORKING_SET_BYTES) -> int:
+    """Samples per simulated chunk so that one chunk stays within `budget` bytes (at least 1)."""
+    return max(1, min(execute.MAX_CHUNK, budget // bytes_per_sample(plan)))
+
+
+def _run_chunks(plan: _Plan, inputs: np.ndarray, record_voltages, chunk: Optional[int]):
+    chunk = samples_per_chunk(plan) if chunk is None else max(1, int(chunk))
+    for start in range(0, inputs.shape[1], chunk):
+        yield _chunk_result(_Run(plan, inputs[:, start:start + chunk], record_voltages).run())
+
+
+def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_voltages=(),
+             chunk: Optional[int] = None) -> tuple[execute.Trace, Counts]:
+    """Run encoded integer inputs [T, B, ...] on the mapped chip: (logical-time Trace, Counts), in
+    chunks of `chunk` samples (default: samples_per_chunk). The trace holds every layer's spikes
+    for all B samples: for many samples, use simulate_chunks."""
+    plan = _plan(net, mapping, target)
+    traces, counts = zip(*_run_chunks(plan, np.asarray(inputs), record_voltages, chunk))
+    return concatenate_traces(net, list(traces)), combine_counts(list(counts))
+
+
+def simulate_chunks(net: Network, mapping: Mapping, target, inputs: InputSet,
+                    chunk: Optional[int] = None) -> Iterator[tuple[np.ndarray, Optional[np.ndarray], execute.Trace, Counts]]:
+    """Stream an InputSet through the mapped chip: (the chunk's network input [T, b, ...], its
+    labels or None, Trace, Counts) for each chunk of `chunk` samples (default: samples_per_chunk);
+    the caller keeps what it needs."""
+    plan = _plan(net, mapping, target)
+    chunk = samples_per_chunk(plan) if chunk is None else max(1, int(chunk))
+    for _, units, labels in inputs.chunks(chunk):
+        x = inputs.network_input(net, units)
+        trace, counts = _chunk_result(_Run(plan, x, ()).run())
+        yield x, labels, trace, counts
 
 
 def _target_of(net: Network):
@@ -571,23 +641,46 @@ def run_export(export, inputs, record_voltages=()) -> execute.Trace:
     return trace
 
 
-def simulate_export(export, images, labels=None) -> dict:
-    """`snnc simulate OUTDIR`: the exported network on its exported mapping and target, as a
-    JSON-able report."""
+def simulate_export(export, inputs: InputSet, labels=None) -> dict:
+    """`snnc simulate`: the exported network on its exported mapping and target over `inputs`
+    (streamed in chunks), as a JSON-able report; accuracy None without labels."""
     net, target, mapping = export.network, export.target, load_mapping(export)
-    images = np.asarray(images)
-    trace, counts = simulate(net, mapping, target, execute.encode(net, images))
-    report = {"network": net.name, "target": target.name, "samples": int(len(images)),
+    if not isinstance(inputs, InputSet):   # transitional: cli.py's (images, labels) call until it calls simulate_outdir
+        from snnc.data import InputSpec, frames_set
+
+        images = np.asarray(inputs)
+        inputs = frames_set("images", InputSpec.of(net), len(images),
+                            None if labels is None else np.asarray(labels)[:len(images)],
+                            lambda start, stop: images[start:stop])
+    predictions, parts, overflow, correct = [], [], {}, 0
+    for _, labels, trace, counts in simulate_chunks(net, mapping, target, inputs):
+        predictions.append(trace.predictions)
+        parts.append(counts)
+        if labels is not None:
+            correct += int((trace.predictions == labels).sum())
+        for layer, events in trace.overflow.items():
+            merged = overflow.setdefault(layer, {"current": 0, "voltage": 0})
+            for kind, count in events.items():
+                merged[kind] += count
+    counts = combine_counts(parts)
+    report = {"network": net.name, "target": target.name, "data": inputs.origin, "samples": int(inputs.count),
               "cores_used": mapping.totals["cores_used"], "tiles_used": mapping.totals["tiles_used"],
-              "predictions": [int(p) for p in trace.predictions],
+              "predictions": [int(p) for p in np.concatenate(predictions)],
+              "accuracy": None if inputs.labels is None else correct / inputs.count,
               "counts": counts.to_dict(), "energy_counts_per_sample": energy_counts(counts),
-              "overflow_events": trace.overflow,
-              "time_source": target.time_ns.get("source", "")}
-    if labels is not None:
-        labels = np.asarray(labels)[:len(images)]
-        report["accuracy"] = float((trace.predictions == labels).mean())
+              "overflow_events": overflow, "time_source": target.time_ns.get("source", "")}
     time = report["counts"]["time"]
     report["latency_us_per_sample"] = time["latency_ns_mean"] / 1e3
     report["chip_samples_per_second"] = time["samples_per_second"]
     json.dumps(report)  # JSON-able by construction; fail here rather than in the caller
     return report
+
+
+def simulate_outdir(outdir, data: Optional[str] = None, samples: Optional[int] = None) -> dict:
+    """`snnc simulate OUTDIR [--data D] [--samples N]`: simulate_export on the export's inputs
+    (snnc.backends.export_inputs: --data, else the data the export names)."""
+    from snnc.backends import export_inputs
+    from snnc.export_dir import ExportDir
+
+    export = ExportDir.open(outdir)
+    return simulate_export(export, export_inputs(export, data, samples))
