@@ -1,11 +1,14 @@
 """Executing a Network: the float rule and the fixed-point rule, each written once.
 
 The graph is run layer by layer over all T steps (synaptic ops on [T*B, ...] at once, then the
-neuron recurrence over t), vectorized over the batch. Synaptic ops use float64 arithmetic: for a
-fixed-point network every operand is an integer and every partial sum stays far below 2^53, so the
-float64 results are exact integers whatever the summation order (see docs/ir.md). The fixed-point
-neuron rule is snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle
-simulator runs too.
+neuron recurrence over t), vectorized over the batch, a chunk of samples at a time
+(samples_per_chunk sizes it from the network); a value is freed once the last node reading it has
+run. Synaptic ops of a float network use float64. For a fixed-point network every operand is an
+integer: a synaptic op runs in float32 where every partial sum it can form is an integer below 2^24
+(float32_ops), in float64 otherwise (every partial sum far below 2^53), so the results are exact
+integers whatever the summation order (see docs/ir.md). The fixed-point neuron rule is
+snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle simulator runs
+too.
 """
 from __future__ import annotations
 
@@ -26,6 +29,36 @@ from snnc.ir import Network, Node
 MAX_CHUNK = 256               # samples per chunk for the smallest networks
 WORKING_SET_BYTES = 1 << 30   # what one chunk of samples may hold while it runs (docs/benchmarks.md)
 FLOAT64 = 8
+EXACT_FLOAT32 = 2 ** 24       # float32 holds every integer of magnitude up to 2^24 exactly
+
+
+def integer_valued(net: Network, name: str) -> bool:
+    """Whether a fixed network's tensor holds integers: inputs, neuron outputs and their sums,
+    sum pools and flattens of them; an average pool (kernel > 1) makes fractions."""
+    node = net.node(name)
+    if node.op == "input" or node.neuron is not None:
+        return True
+    if node.op == "avgpool" and node.attrs["kernel"] > 1:
+        return False
+    return all(integer_valued(net, source) for source in node.inputs)
+
+
+def float32_ops(net: Network) -> set[str]:
+    """The synaptic ops (conv2d, linear) of a fixed network that are exact in float32: they read
+    integers, and every partial sum, at most sum |w| x the largest input for an output, stays
+    below 2^24. They run in float32 (several times faster), the others in float64."""
+    if not net.fixed:
+        return set()
+    from snnc.passes.quantize import largest_outputs
+
+    largest = largest_outputs(net)
+    exact = set()
+    for node in net.nodes:
+        if node.op in ("conv2d", "linear") and node.bn is None and integer_valued(net, node.inputs[0]):
+            weight = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1)
+            if weight.sum(axis=1).max(initial=0.0) * largest[node.inputs[0]] < EXACT_FLOAT32:
+                exact.add(node.name)
+    return exact
 
 
 def last_uses(net: Network) -> dict[str, int]:
@@ -103,17 +136,18 @@ def encode(net: Network, images: np.ndarray) -> np.ndarray:
 
 
 def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
-    """The node's op on merged [N, ...] float64 tensors (N = T*B)."""
+    """The node's op on merged [N, ...] tensors (N = T*B), in their dtype (float64, or float32
+    where float32_ops allows)."""
+    dtype = inputs[0].dtype
     if node.op == "conv2d":
-        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
-        bias = torch.from_numpy(np.asarray(node.bias, dtype=np.float64)) if with_bias and node.bias is not None else None
+        weight = _param(node.weight, dtype)
+        bias = _param(node.bias, dtype) if with_bias and node.bias is not None else None
         return F.conv2d(inputs[0], weight, bias, stride=tuple(node.attrs["stride"]),
                         padding=tuple(node.attrs["padding"]))
     if node.op == "linear":
-        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
-        out = inputs[0] @ weight.T
+        out = inputs[0] @ _param(node.weight, dtype).T
         if with_bias and node.bias is not None:
-            out = out + torch.from_numpy(np.asarray(node.bias, dtype=np.float64))
+            out = out + _param(node.bias, dtype)
         return out
     if node.op in ("avgpool", "sumpool"):
         kernel, stride = node.attrs["kernel"], node.attrs["stride"]
@@ -129,7 +163,7 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
 
 
 def _param(array, dtype) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(array)).to(dtype)
+    return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
 
 
 def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
@@ -292,24 +326,25 @@ class FixedNeuron:
                          overflow={"current": int(current_events), "voltage": int(voltage_events)})
 
 
-def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...]):
+def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...], exact: set[str]):
     """One chunk through every node in order. A value is dropped after the last node that reads
-    it; spikes are kept once, as the trace's uint8, and read from there as float64."""
+    it; spikes are kept once, as the trace's uint8, and read from there. `exact`: float32_ops."""
     T, B = inputs.shape[:2]
     last = last_uses(net)
     values: dict[str, torch.Tensor] = {}
     spikes, voltages, overflow = {}, {}, {}
     readout_steps = None
 
-    def merged(name):
+    def merged(name, dtype):
         value = values[name] if name in values else torch.from_numpy(spikes[name])
-        return value.reshape((T * B,) + value.shape[2:]).to(torch.float64)
+        return value.reshape((T * B,) + value.shape[2:]).to(dtype)
 
     for index, node in enumerate(net.nodes):
         if node.op == "input":
             values[node.name] = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float64))
             continue
-        z = synaptic_op(node, [merged(name) for name in node.inputs], with_bias=not net.fixed)
+        dtype = torch.float32 if node.name in exact else torch.float64
+        z = synaptic_op(node, [merged(name, dtype) for name in node.inputs], with_bias=not net.fixed)
         z = z.reshape((T, B) + z.shape[1:])
         for name in node.inputs:
             if last[name] == index:
@@ -347,10 +382,11 @@ def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
     and keeps what it needs of each trace."""
     inputs = np.asarray(inputs)
     chunk = samples_per_chunk(net) if chunk is None else max(1, int(chunk))
+    exact = float32_ops(net)
     if inputs.shape[1] <= chunk:
-        spikes, readout_steps, voltages, overflow = _run_chunk(net, inputs, record_voltages)
+        spikes, readout_steps, voltages, overflow = _run_chunk(net, inputs, record_voltages, exact)
     else:
-        parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages)
+        parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages, exact)
                  for start in range(0, inputs.shape[1], chunk)]
         spikes = {name: np.concatenate([p[0][name] for p in parts], axis=1) for name in parts[0][0]}
         readout_steps = np.concatenate([p[1] for p in parts], axis=1)

@@ -219,3 +219,30 @@ def test_samples_per_chunk_shrinks_as_the_network_grows():
     assert chunks == sorted(chunks, reverse=True) and chunks[1] == 64 and chunks[0] > chunks[2]
     assert all(execute.samples_per_chunk(net, budget=1) == 1 for net in nets)
     assert execute.samples_per_chunk(nets[0], budget=1 << 60) == execute.MAX_CHUNK
+
+
+def test_float32_only_where_every_partial_sum_stays_below_2_24():
+    # conv: 9 taps x 255 (the largest pixel) x 1 = 2295; readout: 32 spikes x 1: both exact
+    assert execute.float32_ops(_hand_network()) == {"conv", "readout"}
+    heavy = _hand_network()
+    heavy.node("conv").weight = np.full((2, 1, 3, 3), 7311, np.int64)     # 9 x 255 x 7311 = 16,778,745 > 2^24
+    assert 9 * 255 * 7311 > 2 ** 24 > 9 * 255 * 7310
+    assert execute.float32_ops(heavy) == {"readout"}
+    heavy.node("conv").weight = np.full((2, 1, 3, 3), 7310, np.int64)
+    assert execute.float32_ops(heavy) == {"conv", "readout"}
+    averaged = _hand_network()   # an average pool makes fractions: float64 after it
+    averaged.nodes[2:2] = [Node("pool", "avgpool", ["conv"], (2, 2, 2), attrs={"kernel": 2, "stride": 2})]
+    averaged.nodes[3] = Node("flatten", "flatten", ["pool"], (8,))
+    averaged.nodes[4].weight = np.ones((3, 8), np.int64)
+    assert execute.float32_ops(averaged) == {"conv"}
+    assert execute.float32_ops(netfactory.random_network(_spec())) == set()   # a float network
+
+
+def test_float32_ops_give_float64s_integers(compiled, monkeypatch):
+    net = compiled.fixed
+    assert execute.float32_ops(net) == {"conv1", "conv2", "fc1", "readout"}
+    inputs = _inputs(net)
+    x = inputs.network_input(net, inputs.units())
+    fast = execute.run(net, x, record_voltages=("conv1", "readout"))
+    monkeypatch.setattr(execute, "float32_ops", lambda net: set())
+    _same_traces(fast, execute.run(net, x, record_voltages=("conv1", "readout")))

@@ -30,12 +30,10 @@ from snnc import execute
 from snnc.data import InputSet
 from snnc.errors import InputError
 from snnc.ir import Network, Node
-from snnc.passes.quantize import largest_outputs
 from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, segments,
                                  tile_reach)
 
 NAME = "cycle"
-EXACT_FLOAT32 = 2 ** 24
 COUNT_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spikes", "messages",
               "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south")
 ENERGY_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike_within_tile",
@@ -49,18 +47,6 @@ def _pre_flatten_name(net: Network, name: str) -> str:
     while node.op == "flatten":
         node = net.node(node.inputs[0])
     return node.name
-
-
-def _integral_path(net: Network, name: str) -> bool:
-    """Whether the reference's value of tensor `name` is an integer (a probe of execute's pools)."""
-    node = net.node(name)
-    if node.op == "input" or node.neuron is not None:
-        return True
-    if node.op in ("sumpool", "avgpool"):
-        k = node.attrs["kernel"]
-        probe = execute.synaptic_op(node, [torch.ones((1, 1, k, k), dtype=torch.float64)], with_bias=False)
-        return float(probe.flatten()[0]) == k * k and _integral_path(net, node.inputs[0])
-    return all(_integral_path(net, inp) for inp in node.inputs)
 
 
 def _sum_pool(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -172,9 +158,10 @@ class _Plan:
         tiles = positions // np.array(self.tile)
         self.core_neurons = torch.tensor([c["neurons"] for c in mapping.cores], dtype=torch.float64)
         self.max_depth = max(layer.depth for layer in layers.values())
-        in_max = largest_outputs(net)
+        exact = execute.float32_ops(net)   # the reference's own choice, so that sums agree exactly
         self.fast_pools = {node.name for node in net.nodes if node.op == "sumpool"
-                           and node.attrs["kernel"] == node.attrs["stride"] and _integral_path(net, node.inputs[0])}
+                           and node.attrs["kernel"] == node.attrs["stride"]
+                           and execute.integer_valued(net, node.inputs[0])}
         self.layers: dict[str, _Layer] = {}
         for name, info in layers.items():
             if name == self.input_name:
@@ -182,13 +169,11 @@ class _Plan:
             node, part, entry = net.node(name), parts[name], mapping.layer(name)
             synapses = []
             for group in info.groups:
-                exact = _integral_path(net, group.tensor)
                 for syn_name in group.synapses:
                     syn = net.node(syn_name)
-                    weight = np.asarray(syn.weight, dtype=np.float64)
-                    bound = np.abs(weight).reshape(weight.shape[0], -1).sum(1).max() * in_max[group.tensor]
-                    dtype = torch.float32 if exact and bound < EXACT_FLOAT32 else torch.float64
-                    synapses.append(_Synapse(syn, torch.from_numpy(weight).to(dtype), dtype))
+                    dtype = torch.float32 if syn_name in exact else torch.float64
+                    weight = torch.from_numpy(np.asarray(syn.weight, dtype=np.float64)).to(dtype)
+                    synapses.append(_Synapse(syn, weight, dtype))
             tiles_list = part.tiles(info.H, info.W)
             ranges = part.channel_ranges(info.C)
             tile_core = torch.arange(entry["first_core"], entry["first_core"] + entry["cores"])
