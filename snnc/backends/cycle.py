@@ -17,12 +17,14 @@ Traces come back in logical time (T steps), as every backend's do.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import numba
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 
@@ -34,6 +36,7 @@ from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_
                                  tile_reach)
 
 NAME = "cycle"
+SENDER_BLOCK = 64   # senders whose routing tables are formed at once (a [block, cores, 5] array)
 COUNT_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spikes", "messages",
               "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south")
 ENERGY_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike_within_tile",
@@ -108,12 +111,12 @@ class _Route:
     cols: torch.Tensor | None             # [col segments, W_src]
     pooled: str | None                    # a tensor whose values are the cells (one sender per block)
     channels_per_sender: int              # cells of `channels_per_sender` channels share a sender
-    senders: torch.Tensor                 # [local senders] global index of each sending core (host = last)
     # per class (channel group, spatial cell), [classes, ...]: everything one message costs
     class_totals: torch.Tensor            # [classes, 4]: messages, within tile, ew hops, ns hops
-    class_latency: torch.Tensor           # [classes, local senders]: serial routing time of the sender
-    class_messages: torch.Tensor          # [classes, local senders]: messages the sender sends
-    class_reach: torch.Tensor | None      # [classes, dest positions]: synapses (None: dest always active)
+    class_sender: torch.Tensor            # [classes]: global index of the sending core (host = last)
+    class_latency: torch.Tensor           # [classes]: serial routing time of one message of the class
+    class_messages: torch.Tensor          # [classes]: messages (one per destination core reached)
+    class_reach: object                   # scipy CSR [classes, dest positions]: synapses (None: dest always active)
     class_tiles: torch.Tensor             # [classes, dest tiles]: synapses per destination channel
 
 
@@ -253,29 +256,32 @@ class _Plan:
             senders = src_layer.tile_core.numpy()[tile_of[None, :, :], group_of[:, None, None]]
             channels_per_sender = src_part.group
         # per (sender, X position): messages, within-tile, hops and serial latency
+        # (an X position reaches few cores: the sum over them is a sparse product, SENDER_BLOCK senders at once)
         t = self.time
-        dest_cores = np.arange(self.n_cores)
         unique_senders = np.unique(senders)
+        reached = scipy.sparse.csr_matrix(reached)
         table = np.zeros((len(unique_senders), hx * wx, 5))
-        for i, s in enumerate(unique_senders):
-            ew = np.abs(tiles[s, 1] - tiles[dest_cores, 1])
-            ns = np.abs(tiles[s, 0] - tiles[dest_cores, 0])
+        for first in range(0, len(unique_senders), SENDER_BLOCK):
+            block = unique_senders[first:first + SENDER_BLOCK]
+            ew = np.abs(tiles[block, 1][:, None] - tiles[None, :self.n_cores, 1]).astype(np.float64)
+            ns = np.abs(tiles[block, 0][:, None] - tiles[None, :self.n_cores, 0]).astype(np.float64)
             same = (ew == 0) & (ns == 0)
             latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
-            table[i] = reached @ np.stack([np.ones(self.n_cores), same, ew, ns, latency], axis=1)
+            per_core = np.stack([np.ones_like(ew), same, ew, ns, latency], axis=2)     # [block, cores, 5]
+            sums = reached @ per_core.transpose(1, 0, 2).reshape(self.n_cores, -1)       # [positions, block * 5]
+            table[first:first + len(block)] = sums.reshape(hx * wx, len(block), 5).transpose(1, 0, 2)
         # one class per (channel group, spatial cell): the same sender and the same X position
         which = np.searchsorted(unique_senders, senders[::channels_per_sender]).reshape(-1)   # [classes]
         position = np.broadcast_to(cell_pos, (len(which) // len(cell_pos), len(cell_pos))).reshape(-1)
         per_class = table[which, position]                                       # [classes, 5]
-        sender_of = np.zeros((len(which), len(unique_senders)))
-        sender_of[np.arange(len(which)), which] = 1
         return _Route(dest=dest.name, source=src, source_shape=(source.C, source.H, source.W),
-                      shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled, channels_per_sender=channels_per_sender, senders=torch.from_numpy(unique_senders),
+                      shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled,
+                      channels_per_sender=channels_per_sender,
                       class_totals=torch.from_numpy(per_class[:, :4].copy()),
-                      class_latency=torch.from_numpy(sender_of * per_class[:, 4:5]),
-                      class_messages=torch.from_numpy(sender_of * per_class[:, 0:1]),
-                      class_reach=None if dest.always_active else torch.from_numpy(
-                          group.reach[position].toarray().astype(np.float64)),
+                      class_sender=torch.from_numpy(unique_senders[which]),
+                      class_latency=torch.from_numpy(per_class[:, 4].copy()),
+                      class_messages=torch.from_numpy(per_class[:, 0].copy()),
+                      class_reach=None if dest.always_active else group.reach[position].astype(np.float64).tocsr(),
                       class_tiles=torch.from_numpy(position_tiles[position]))
 
 
@@ -467,11 +473,12 @@ class _Run:
         counts["hop_east_west"] += totals[2]
         counts["hop_north_south"] += totals[3]
         window = slice(depth, depth + self.T)
-        self.sender_latency[window].index_add_(2, route.senders, per_class @ route.class_latency)
-        self.messages_sent.index_add_(0, route.senders, total_per_class @ route.class_messages)
+        self.sender_latency[window].index_add_(2, route.class_sender, per_class * route.class_latency)
+        self.messages_sent.index_add_(0, route.class_sender, total_per_class * route.class_messages)
         dest = self.plan.layers[route.dest]
         if not dest.always_active:                                      # received at the same logical step
-            self.received[route.dest] += (per_class @ route.class_reach).to(torch.float32)
+            reached = route.class_reach.T @ per_class.reshape(self.T * self.B, -1).numpy().T
+            self.received[route.dest] += torch.from_numpy(reached.T.reshape(self.T, self.B, -1)).to(torch.float32)
         synops = (per_class @ route.class_tiles)[..., None] * dest.group_sizes   # [T, B, tiles, groups]
         self.core_synops[window].index_add_(2, dest.tile_core.reshape(-1), synops.reshape(self.T, self.B, -1))
 
@@ -620,10 +627,17 @@ def run(net: Network, inputs, record_voltages=()) -> execute.Trace:
     return trace
 
 
+@functools.lru_cache(maxsize=1)
+def _export_plan(export) -> _Plan:
+    """The plan of an export, kept for the calls that follow (verify runs one per chunk)."""
+    return _plan(export.network, load_mapping(export), export.target)
+
+
 def run_export(export, inputs, record_voltages=()) -> execute.Trace:
     """Backend interface on an export: its network on its mapping.json and its own target copy."""
-    trace, _ = simulate(export.network, load_mapping(export), export.target, inputs, record_voltages)
-    return trace
+    plan = _export_plan(export)
+    traces = [trace for trace, _ in _run_chunks(plan, np.asarray(inputs), record_voltages, None)]
+    return concatenate_traces(plan.net, traces)
 
 
 def simulate_export(export, inputs: InputSet, labels=None) -> dict:
