@@ -71,12 +71,12 @@ def last_uses(net: Network) -> dict[str, int]:
     return last
 
 
-def _unfolded(node: Node, inputs: list[Node]) -> int:
+def _unfolded(node: Node) -> int:
     """Values of torch's im2col buffer per step and sample for a float64 convolution (its CPU
     kernel unfolds the whole batch unless the kernel is 1x1 with stride 1 and no padding)."""
     if node.op != "conv2d":
         return 0
-    out_channels, in_channels, kh, kw = node.weight.shape
+    _, in_channels, kh, kw = node.weight.shape
     if (kh, kw) == (1, 1) and tuple(node.attrs["stride"]) == (1, 1) and tuple(node.attrs["padding"]) == (0, 0):
         return 0
     return int(in_channels * kh * kw * node.shape[1] * node.shape[2])
@@ -95,7 +95,7 @@ def bytes_per_sample(net: Network) -> int:
     for index, node in enumerate(net.nodes):
         inputs = [net.node(name) for name in node.inputs]
         read = sum(size[i.name] for i in inputs if i.name in spiking)
-        working = FLOAT64 * (read + _unfolded(node, inputs) + 2 * size[node.name])
+        working = FLOAT64 * (read + _unfolded(node) + 2 * size[node.name])
         peak = max(peak, FLOAT64 * live + working)
         if node.name not in spiking and last[node.name] > index:
             live += size[node.name]
@@ -155,8 +155,8 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
     if node.op == "flatten":
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if node.op == "add":
-        total = inputs[0] + inputs[1]
-        for other in inputs[2:]:
+        total = inputs[0].clone()   # summed in place: one output, not a stack of the inputs
+        for other in inputs[1:]:
             total += other
         return total
     raise ValueError(f"node '{node.name}': op '{node.op}' cannot be executed")

@@ -208,7 +208,8 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
             for kind, count in events.items():
                 merged[kind] += count
 
-    for start, units, _ in inputs.chunks(execute.samples_per_chunk(net)):
+    # the reference's trace is held while each other backend runs: half the working set each
+    for start, units, _ in inputs.chunks(execute.samples_per_chunk(net, execute.WORKING_SET_BYTES // 2)):
         chunk = inputs.network_input(net, units)
         expected = modules[REFERENCE].run_export(export, chunk)
         count_overflow(REFERENCE, expected)
@@ -223,14 +224,15 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
                 local = difference["sample"]
                 first = _describe(difference, name, expected, actual, local)
                 first["sample"] = start + local
-            del actual
+            del actual   # before the next backend runs
         checked = start + chunk.shape[1]
         progress(checked, inputs.count)
         if first is not None:
             break
     equivalent = first is None
-    report = {"equivalent": equivalent, "backends": names, "samples": int(inputs.count), "inputs": inputs.origin,
-              "target": manifest["target"], "mismatches": mismatches, "overflow_events": overflow}
+    report = {"equivalent": equivalent, "backends": names, "samples": int(inputs.count),
+              "inputs": inputs.origin, "target": manifest["target"], "mismatches": mismatches,
+              "overflow_events": overflow}
     if not equivalent:
         sample_inputs = inputs.network_input(net, inputs.units(first["sample"], first["sample"] + 1))
         first["membrane_history"] = _membrane_history(
