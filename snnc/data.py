@@ -135,7 +135,7 @@ def fits_layout(sample_shape, input_shape) -> bool:
     return [d for d in sample_shape if d != 1] == [d for d in input_shape if d != 1]
 
 
-def _check_layout(origin: str, what: str, sample_shape, spec: InputSpec) -> None:
+def check_layout(origin: str, what: str, sample_shape, spec: InputSpec) -> None:
     if not fits_layout(sample_shape, spec.shape):
         raise InputError(f"{origin}: {what} shaped {list(sample_shape)}, the network's input is "
                          f"{list(spec.shape)} (docs/data.md, 'Shapes')")
@@ -177,7 +177,7 @@ class InputSet:
         return units_of.network_input(net.fixed, net.encoding, units)
 
 
-def _frames_set(origin: str, spec: InputSpec, count: int, labels, read_frames) -> InputSet:
+def frames_set(origin: str, spec: InputSpec, count: int, labels, read_frames) -> InputSet:
     """An InputSet of static frames: read_frames(start, stop) -> [b, *sample shape] integers."""
 
     def read_units(start, stop):
@@ -191,10 +191,10 @@ def _builtin(name: str, spec: InputSpec, samples: Optional[int], split: str) -> 
     dataset = load_dataset(name)
     images = dataset.test_images if split == "test" else dataset.train_images
     labels = dataset.test_labels if split == "test" else dataset.train_labels
-    _check_layout(f"data set {name}", "has inputs", images.shape[1:], spec)
-    count = _count(len(labels), samples)
-    _check_labels(f"data set {name}", labels[:count], count, spec)
-    return _frames_set(name, spec, count, labels[:count], lambda start, stop: images[start:stop])
+    check_layout(f"data set {name}", "has inputs", images.shape[1:], spec)
+    count = sample_count(len(labels), samples)
+    check_labels(f"data set {name}", labels[:count], count, spec)
+    return frames_set(name, spec, count, labels[:count], lambda start, stop: images[start:stop])
 
 
 def _random(text: str, spec: InputSpec, samples: Optional[int]) -> InputSet:
@@ -212,7 +212,7 @@ def _random(text: str, spec: InputSpec, samples: Optional[int]) -> InputSet:
                          f"(N >= 1, SEED >= 0)")
     count = numbers[0] if numbers else RANDOM_DEFAULT_COUNT
     seed = numbers[1] if len(numbers) > 1 else 0
-    count = _count(count, samples)
+    count = sample_count(count, samples)
     spiking = spec.encoding.get("kind") == "spikes"
     top = units_of.unit_max(spec.encoding)
 
@@ -229,7 +229,7 @@ def _random(text: str, spec: InputSpec, samples: Optional[int]) -> InputSet:
     return InputSet(f"{RANDOM}:{count}:{seed}", RANDOM, spec, count, None, read_units)
 
 
-def _count(available: int, samples: Optional[int]) -> int:
+def sample_count(available: int, samples: Optional[int]) -> int:
     if samples is not None and samples < 1:
         raise InputError("--samples must be at least 1")
     count = available if samples is None else min(available, samples)
@@ -238,7 +238,7 @@ def _count(available: int, samples: Optional[int]) -> int:
     return count
 
 
-def _check_labels(origin: str, labels, count: int, spec: InputSpec) -> None:
+def check_labels(origin: str, labels, count: int, spec: InputSpec) -> None:
     if labels is None:
         return
     if labels.ndim != 1 or len(labels) < count:
