@@ -10,7 +10,7 @@ import pytest
 
 import netfactory
 from clicheck import assert_clean_failure, invoke
-from snnc import compiler
+from snnc import compiler, execute
 from snnc.data import InputSpec, open_inputs
 from snnc.errors import InputError
 from snnc.export_dir import ExportDir
@@ -30,6 +30,7 @@ def verify_on(out, data, samples, backends, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["equivalent"] and report["samples"] == samples
+    assert report["backends"] == ["reference"] + [b for b in backends.split(",") if b != "reference"]
     return units
 
 
@@ -76,12 +77,13 @@ def test_netx_network_without_input_layer_takes_its_first_dense_layers_width(tmp
 
 
 def _dense_nir(path):
-    """A 784-input NIR graph (what snnTorch writes for an MLP): affine 16 -> IF -> affine 10 -> LI."""
+    """A 784-input NIR graph (what snnTorch writes for an MLP): affine 16 -> IF -> affine 10 -> LI;
+    the IF's r = 1/dt (dt 1e-3) makes its input gain 1."""
     rng = np.random.default_rng(0)
     graph = nir.NIRGraph.from_list(
         nir.Input(input_type={"input": np.array([784])}),
-        nir.Affine(weight=rng.normal(0, 8, (16, 784)), bias=np.zeros(16)),
-        nir.IF(r=np.ones(16), v_threshold=np.ones(16)),
+        nir.Affine(weight=rng.normal(0, 0.3, (16, 784)), bias=np.zeros(16)),
+        nir.IF(r=np.full(16, 1e3), v_threshold=np.ones(16)),
         nir.Affine(weight=rng.normal(0, 2, (10, 16)), bias=np.zeros(10)),
         nir.LI(tau=np.full(10, 2e-3), r=np.ones(10), v_leak=np.zeros(10)),
         nir.Output(output_type={"output": np.array([10])}))
@@ -95,8 +97,10 @@ def test_nir_graph_with_a_flat_input_runs_on_every_backend(tmp_path):
     result = invoke("export", _dense_nir(tmp_path / "dense.nir"), "-o", out, "--T", 4, "--dt", 1e-3, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["quantized_accuracy"] is not None   # the 1000 mnist5k test digits
-    assert ExportDir.open(out).network.input_node.shape == (784,)
-    verify_on(out, "mnist5k", 8, ALL_BACKENDS, tmp_path)
+    net = ExportDir.open(out).network
+    assert net.input_node.shape == (784,)
+    units = verify_on(out, "mnist5k", 8, ALL_BACKENDS, tmp_path)
+    assert 0 < execute.run(net, units).spikes["affine"].mean() < 1      # the hidden layer is not silent
 
 
 def _nmnist_nir(path):
