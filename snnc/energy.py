@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from snnc import execute
-from snnc.data import dataset_images
 from snnc.errors import CheckFailed, InputError, OutputError
 from snnc.export_dir import ExportDir, check_file_output, write_file
 from snnc.ir import Network, Node
@@ -43,22 +42,40 @@ def _source_is_input(net: Network, name: str) -> bool:
     return node.op in ("avgpool", "sumpool", "flatten") and _source_is_input(net, node.inputs[0])
 
 
-def _activity(net: Network, trace, inputs: np.ndarray, name: str) -> float:
-    """Mean real value of a node's output per element and step: a firing rate for spikes (and for
-    an input that is itself binary spikes)."""
-    node = net.node(name)
-    if node.spiking:
-        return float(trace.spikes[name].mean())
-    if node.op == "input":
-        return float(inputs.mean())
-    if node.op in ("avgpool", "sumpool", "flatten"):
-        return _activity(net, trace, inputs, node.inputs[0])
-    if node.op == "add":
-        return sum(_activity(net, trace, inputs, source) for source in node.inputs)
-    raise InputError(f"layer '{name}' has no firing rate")
+@dataclass
+class Activity:
+    """What the rates of a report are made of, summed over the chunks of samples: every spiking
+    layer's spikes and the network input's values (whose mean per element and step is its rate)."""
+
+    net: Network
+    samples: int = 0
+    spikes: dict = field(default_factory=dict)   # spiking layer -> spikes over all samples
+    input_sum: int = 0
+
+    def add(self, trace, inputs: np.ndarray) -> None:
+        """One chunk: its trace and the network input it ran on [T, b, ...]."""
+        self.samples += int(inputs.shape[1])
+        self.input_sum += int(np.asarray(inputs).sum(dtype=np.int64))
+        for name, spikes in trace.spikes.items():
+            self.spikes[name] = self.spikes.get(name, 0) + int(spikes.sum(dtype=np.int64))
+
+    def rate(self, name: str) -> float:
+        """Mean real value of a node's output per element and step: a firing rate for spikes (and
+        for an input that is itself binary spikes)."""
+        node = self.net.node(name)
+        elements = self.net.T * self.samples * int(np.prod(node.shape))
+        if node.spiking:
+            return self.spikes[name] / elements
+        if node.op == "input":
+            return self.input_sum / elements
+        if node.op in ("avgpool", "sumpool", "flatten"):
+            return self.rate(node.inputs[0])
+        if node.op == "add":
+            return sum(self.rate(source) for source in node.inputs)
+        raise InputError(f"layer '{name}' has no firing rate")
 
 
-def _layer_rows(net: Network, trace, inputs: np.ndarray, counts: dict, chip_table: dict,
+def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict,
                 cmos: dict) -> list[dict]:
     # A layer reading graded input (pixels) multiplies: the papers' MAC term. One reading binary
     # input spikes (event data, netx networks) accumulates like every other layer.
@@ -78,14 +95,14 @@ def _layer_rows(net: Network, trace, inputs: np.ndarray, counts: dict, chip_tabl
             "synaptic_ops_counted": events.get("synaptic_op", 0.0),
             "neuron_updates_active": events.get("neuron_update_active", 0.0),
             "neuron_updates_inactive": events.get("neuron_update_inactive", 0.0),
-            "spikes": float(trace.spikes[node.name].sum() / trace.readout.shape[0]) if node.spiking else 0.0,
-            "firing_rate": float(trace.spikes[node.name].mean()) if node.spiking else None,
+            "spikes": activity.spikes[node.name] / activity.samples if node.spiking else 0.0,
+            "firing_rate": activity.rate(node.name) if node.spiking else None,
         }
         if first_layer:
             row.update(input_firing_rate=None, macs=layer_flops, sops_estimate=0.0,
                        energy_45nm_estimate_pj=cmos["mac"] * layer_flops)
         else:
-            rate = sum(_activity(net, trace, inputs, syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
+            rate = sum(activity.rate(syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
             sops = rate * net.T * layer_flops
             row.update(input_firing_rate=rate, macs=0, sops_estimate=sops,
                        energy_45nm_estimate_pj=cmos["ac"] * sops)
@@ -109,22 +126,26 @@ MODELS = {
 
 def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = None,
                   target: Optional[str] = None) -> dict:
-    """Run the exported network on the cycle simulator and price what it did."""
-    from snnc.backends import cycle
+    """Run the exported network on the cycle simulator, chunk by chunk, and price what it did;
+    accuracy None when the inputs have no labels."""
+    from snnc.backends import cycle, export_inputs
     from snnc.passes.mapping import load_mapping, map_to_cores
 
     export = ExportDir.open(outdir)
-    net, manifest = export.network, export.manifest
+    net = export.network
     chip = export.target_or(target)
     cmos = load_energy_table("cmos45nm")
-    data = data or manifest.get("data", "mnist5k")
-    images, labels = dataset_images(net.input_node.shape, data, samples)
-    inputs = execute.encode(net, images)
+    inputs = export_inputs(export, data, samples)
     # the exported mapping, unless another target is asked for (which needs its own mapping)
     mapping = map_to_cores(net, chip) if target else load_mapping(export)
-    trace, counts = cycle.simulate(net, mapping, chip, inputs)
-    per_sample = cycle.energy_counts(counts)
-    rows = _layer_rows(net, trace, inputs, per_sample, chip.energy_pj, cmos.energy_pj)
+    activity, parts, correct = Activity(net), [], 0
+    for x, labels, trace, counts in cycle.simulate_chunks(net, mapping, chip, inputs):
+        activity.add(trace, x)
+        parts.append(counts)
+        if labels is not None:
+            correct += int((trace.predictions == labels).sum())
+    counts = cycle.combine_counts(parts)
+    rows = _layer_rows(net, activity, cycle.energy_counts(counts), chip.energy_pj, cmos.energy_pj)
     time = counts.to_dict()["time"]
     totals = {key: float(sum(row[key] for row in rows)) for key in (
         "flops", "synaptic_ops_counted", "sops_estimate", "macs", "neuron_updates_active",
@@ -135,8 +156,8 @@ def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = N
     totals["latency_us"] = time["latency_ns_mean"] / 1e3
     totals["chip_samples_per_second"] = time["samples_per_second"]
     return {
-        "network": net.name, "target": chip.name, "data": data, "samples": int(len(labels)), "T": net.T,
-        "accuracy": float((trace.predictions == labels).mean()),
+        "network": net.name, "target": chip.name, "data": inputs.origin, "samples": int(inputs.count),
+        "T": net.T, "accuracy": None if inputs.labels is None else correct / inputs.count,
         "units": "per sample; counts in events, energy in pJ (totals also in uJ), latency in us",
         "models": dict(MODELS, chip_table=chip.energy_pj["source"], cmos_table=cmos.energy_pj["source"],
                        time=time["model"]),
@@ -209,7 +230,8 @@ def format_table(report: dict, markdown: bool = False) -> str:
     rows.append(_cells(dict(totals, layer="total", firing_rate=None)))
     header = [title for _, title, _ in COLUMNS]
     title = (f"snnc energy: {report['network']} on {report['target']}, {report['samples']} samples of "
-             f"{report['data']}, T={report['T']}, accuracy {report['accuracy']:.4f}")
+             f"{report['data']}, T={report['T']}, accuracy "
+             + ("- (no labels)" if report["accuracy"] is None else f"{report['accuracy']:.4f}"))
     summary = [f"energy per sample: {totals['energy_chip_uj']:.4f} uJ on {report['target']} "
                f"(counted events x target table), {totals['energy_45nm_estimate_uj']:.4f} uJ "
                f"(papers' 45 nm estimate)",

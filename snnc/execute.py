@@ -1,11 +1,14 @@
 """Executing a Network: the float rule and the fixed-point rule, each written once.
 
 The graph is run layer by layer over all T steps (synaptic ops on [T*B, ...] at once, then the
-neuron recurrence over t), vectorized over the batch. Synaptic ops use float64 arithmetic: for a
-fixed-point network every operand is an integer and every partial sum stays far below 2^53, so the
-float64 results are exact integers whatever the summation order (see docs/ir.md). The fixed-point
-neuron rule is snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle
-simulator runs too.
+neuron recurrence over t), vectorized over the batch, a chunk of samples at a time
+(samples_per_chunk sizes it from the network); a value is freed once the last node reading it has
+run. Synaptic ops of a float network use float64. For a fixed-point network every operand is an
+integer: a synaptic op runs in float32 where every partial sum it can form is an integer below 2^24
+(float32_ops), in float64 otherwise (every partial sum far below 2^53), so the results are exact
+integers whatever the summation order (see docs/ir.md). The fixed-point neuron rule is
+snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle simulator runs
+too.
 """
 from __future__ import annotations
 
@@ -23,22 +26,86 @@ from numba.extending import register_jitable
 from snnc import encoding, fixedpoint
 from snnc.ir import Network, Node
 
-DEFAULT_CHUNK = 256
+MAX_CHUNK = 256               # samples per chunk for the smallest networks
 WORKING_SET_BYTES = 1 << 30   # what one chunk of samples may hold while it runs (docs/benchmarks.md)
+FLOAT64 = 8
+EXACT_FLOAT32 = 2 ** 24       # float32 holds every integer of magnitude up to 2^24 exactly
+
+
+def integer_valued(net: Network, name: str) -> bool:
+    """Whether a fixed network's tensor holds integers: inputs, neuron outputs and their sums,
+    sum pools and flattens of them; an average pool (kernel > 1) makes fractions."""
+    node = net.node(name)
+    if node.op == "input" or node.neuron is not None:
+        return True
+    if node.op == "avgpool" and node.attrs["kernel"] > 1:
+        return False
+    return all(integer_valued(net, source) for source in node.inputs)
+
+
+def float32_ops(net: Network) -> set[str]:
+    """The synaptic ops (conv2d, linear) of a fixed network that are exact in float32: they read
+    integers, and every partial sum, at most sum |w| x the largest input for an output, stays
+    below 2^24. They run in float32 (several times faster), the others in float64."""
+    if not net.fixed:
+        return set()
+    from snnc.passes.quantize import largest_outputs
+
+    largest = largest_outputs(net)
+    exact = set()
+    for node in net.nodes:
+        if node.op in ("conv2d", "linear") and node.bn is None and integer_valued(net, node.inputs[0]):
+            weight = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1)
+            if weight.sum(axis=1).max(initial=0.0) * largest[node.inputs[0]] < EXACT_FLOAT32:
+                exact.add(node.name)
+    return exact
+
+
+def last_uses(net: Network) -> dict[str, int]:
+    """For every node, the index (in net.nodes) of the last node that reads it; a node nobody reads
+    (the readout) is its own last use. The executor frees a value after its last use."""
+    last = {node.name: index for index, node in enumerate(net.nodes)}
+    for index, node in enumerate(net.nodes):
+        for name in node.inputs:
+            last[name] = index
+    return last
+
+
+def _unfolded(node: Node, inputs: list[Node]) -> int:
+    """Values of torch's im2col buffer per step and sample for a float64 convolution (its CPU
+    kernel unfolds the whole batch unless the kernel is 1x1 with stride 1 and no padding)."""
+    if node.op != "conv2d":
+        return 0
+    out_channels, in_channels, kh, kw = node.weight.shape
+    if (kh, kw) == (1, 1) and tuple(node.attrs["stride"]) == (1, 1) and tuple(node.attrs["padding"]) == (0, 0):
+        return 0
+    return int(in_channels * kh * kw * node.shape[1] * node.shape[2])
 
 
 def bytes_per_sample(net: Network) -> int:
-    """What running one sample holds at most: every node's output over T steps in float64 (the
-    executor keeps them until the last layer) plus its spikes as uint8, doubled for the
-    synaptic op's temporaries."""
-    values = sum(int(np.prod(node.shape)) for node in net.nodes)
-    widest = max(int(np.prod(node.shape)) for node in net.nodes)
-    return net.T * (9 * values + 2 * 8 * widest)
+    """The most that running one sample holds at once, as `run` allocates (measured against it in
+    docs/benchmarks.md): every spiking layer's spikes (uint8, the trace), and at the node where the
+    sum peaks, the float64 values still to be read (spikes are read from the trace), the node's
+    float64 inputs, torch's im2col buffer, its output and the neuron's outputs."""
+    size = {node.name: int(np.prod(node.shape)) for node in net.nodes}
+    spiking = {node.name for node in net.spiking_nodes()}
+    last = last_uses(net)
+    trace = sum(size[name] for name in spiking)
+    live, peak = 0, 0   # float64 values held (non-spiking nodes still to be read)
+    for index, node in enumerate(net.nodes):
+        inputs = [net.node(name) for name in node.inputs]
+        read = sum(size[i.name] for i in inputs if i.name in spiking)
+        working = FLOAT64 * (read + _unfolded(node, inputs) + 2 * size[node.name])
+        peak = max(peak, FLOAT64 * live + working)
+        if node.name not in spiking and last[node.name] > index:
+            live += size[node.name]
+        live -= sum(size[i.name] for i in inputs if i.name not in spiking and last[i.name] == index)
+    return net.T * (trace + peak)
 
 
 def samples_per_chunk(net: Network, budget: int = WORKING_SET_BYTES) -> int:
-    """How many samples one chunk holds so that running it stays within `budget` bytes."""
-    return max(1, min(DEFAULT_CHUNK, budget // bytes_per_sample(net)))
+    """How many samples one chunk holds so that running it stays within `budget` bytes (at least 1)."""
+    return max(1, min(MAX_CHUNK, budget // bytes_per_sample(net)))
 
 
 @dataclass
@@ -69,17 +136,18 @@ def encode(net: Network, images: np.ndarray) -> np.ndarray:
 
 
 def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torch.Tensor:
-    """The node's op on merged [N, ...] float64 tensors (N = T*B)."""
+    """The node's op on merged [N, ...] tensors (N = T*B), in their dtype (float64, or float32
+    where float32_ops allows)."""
+    dtype = inputs[0].dtype
     if node.op == "conv2d":
-        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
-        bias = torch.from_numpy(np.asarray(node.bias, dtype=np.float64)) if with_bias and node.bias is not None else None
+        weight = _param(node.weight, dtype)
+        bias = _param(node.bias, dtype) if with_bias and node.bias is not None else None
         return F.conv2d(inputs[0], weight, bias, stride=tuple(node.attrs["stride"]),
                         padding=tuple(node.attrs["padding"]))
     if node.op == "linear":
-        weight = torch.from_numpy(np.asarray(node.weight, dtype=np.float64))
-        out = inputs[0] @ weight.T
+        out = inputs[0] @ _param(node.weight, dtype).T
         if with_bias and node.bias is not None:
-            out = out + torch.from_numpy(np.asarray(node.bias, dtype=np.float64))
+            out = out + _param(node.bias, dtype)
         return out
     if node.op in ("avgpool", "sumpool"):
         kernel, stride = node.attrs["kernel"], node.attrs["stride"]
@@ -87,12 +155,15 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
     if node.op == "flatten":
         return inputs[0].reshape(inputs[0].shape[0], -1)
     if node.op == "add":
-        return torch.stack(inputs).sum(0)
+        total = inputs[0] + inputs[1]
+        for other in inputs[2:]:
+            total += other
+        return total
     raise ValueError(f"node '{node.name}': op '{node.op}' cannot be executed")
 
 
 def _param(array, dtype) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(array)).to(dtype)
+    return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
 
 
 def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
@@ -255,52 +326,73 @@ class FixedNeuron:
                          overflow={"current": int(current_events), "voltage": int(voltage_events)})
 
 
-def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...]):
+def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...], exact: set[str]):
+    """One chunk through every node in order. A value is dropped after the last node that reads
+    it; spikes are kept once, as the trace's uint8, and read from there. `exact`: float32_ops."""
     T, B = inputs.shape[:2]
+    last = last_uses(net)
     values: dict[str, torch.Tensor] = {}
     spikes, voltages, overflow = {}, {}, {}
     readout_steps = None
-    for node in net.nodes:
+
+    def merged(name, dtype):
+        value = values[name] if name in values else torch.from_numpy(spikes[name])
+        return value.reshape((T * B,) + value.shape[2:]).to(dtype)
+
+    for index, node in enumerate(net.nodes):
         if node.op == "input":
             values[node.name] = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float64))
             continue
-        merged = [values[name].reshape((T * B,) + values[name].shape[2:]) for name in node.inputs]
-        z = synaptic_op(node, merged, with_bias=not net.fixed)
+        dtype = torch.float32 if node.name in exact else torch.float64
+        z = synaptic_op(node, [merged(name, dtype) for name in node.inputs], with_bias=not net.fixed)
         z = z.reshape((T, B) + z.shape[1:])
+        for name in node.inputs:
+            if last[name] == index:
+                values.pop(name, None)
         if node.bn is not None:
             shape = (-1,) + (1,) * (z.dim() - 3)
-            z = z * _param(node.bn.scale, torch.float64).reshape(shape) + _param(node.bn.shift, torch.float64).reshape(shape)
+            z.mul_(_param(node.bn.scale, torch.float64).reshape(shape)).add_(
+                _param(node.bn.shift, torch.float64).reshape(shape))
         if node.neuron is None:
             values[node.name] = z
             continue
         record = node.name in record_voltages
         if net.fixed:
-            result = FixedNeuron(node, net.arithmetic).run(z.round(), T, record_voltage=record)
+            result = FixedNeuron(node, net.arithmetic).run(z.round_(), T, record_voltage=record)
             out, volt, overflow[node.name] = result.outputs, result.voltages, result.overflow
         else:
             out, volt = float_neuron(node, z, record)
+        del z
         if volt is not None:
             voltages[node.name] = volt.numpy()
         if node.spiking:
             spikes[node.name] = out.to(torch.uint8).numpy()
-            values[node.name] = out.to(torch.float64)
         else:
             readout_steps = out.numpy()
-            values[node.name] = out.to(torch.float64)
+            if last[node.name] > index:
+                values[node.name] = out.to(torch.float64)
     return spikes, readout_steps, voltages, overflow
 
 
 def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
-        chunk: int = DEFAULT_CHUNK) -> Trace:
-    """Execute `net` on encoded inputs [T, B, ...] and return every layer's spikes and the readout."""
+        chunk: Optional[int] = None) -> Trace:
+    """Execute `net` on encoded inputs [T, B, ...] and return every layer's spikes and the readout,
+    `chunk` samples at a time (default: samples_per_chunk(net)). The trace holds every layer's
+    spikes for all B samples: a caller with many samples passes them in chunks (InputSet.chunks)
+    and keeps what it needs of each trace."""
     inputs = np.asarray(inputs)
-    parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages)
-             for start in range(0, inputs.shape[1], chunk)]
-    spikes = {name: np.concatenate([p[0][name] for p in parts], axis=1) for name in parts[0][0]}
-    readout_steps = np.concatenate([p[1] for p in parts], axis=1)
-    voltages = {name: np.concatenate([p[2][name] for p in parts], axis=1) for name in parts[0][2]}
-    overflow = {name: {kind: sum(p[3][name][kind] for p in parts) for kind in ("current", "voltage")}
-                for name in parts[0][3]}
+    chunk = samples_per_chunk(net) if chunk is None else max(1, int(chunk))
+    exact = float32_ops(net)
+    if inputs.shape[1] <= chunk:
+        spikes, readout_steps, voltages, overflow = _run_chunk(net, inputs, record_voltages, exact)
+    else:
+        parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages, exact)
+                 for start in range(0, inputs.shape[1], chunk)]
+        spikes = {name: np.concatenate([p[0][name] for p in parts], axis=1) for name in parts[0][0]}
+        readout_steps = np.concatenate([p[1] for p in parts], axis=1)
+        voltages = {name: np.concatenate([p[2][name] for p in parts], axis=1) for name in parts[0][2]}
+        overflow = {name: {kind: sum(p[3][name][kind] for p in parts) for kind in ("current", "voltage")}
+                    for name in parts[0][3]}
     return Trace(spikes=spikes, readout_steps=readout_steps, readout=readout(net, readout_steps),
                  voltages=voltages, overflow=overflow)
 

@@ -15,26 +15,26 @@ from typing import Callable, Optional
 import numpy as np
 
 from snnc import execute
-from snnc.backends import get_backend
-from snnc.data import InputSet, InputSpec, dataset_images
+from snnc.backends import export_inputs, get_backend
+from snnc.data import InputSet, InputSpec
 from snnc.errors import InputError, OutputError, UsageError
 from snnc.execute import Trace
 from snnc.export_dir import ExportDir, check_file_output, write_file
 from snnc.ir import Network
 
 REFERENCE = "reference"
-CHUNK = 100
 
 
 def fidelity(folded: Optional[Network], fixed: Network, inputs: InputSet,
              progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Float (folded, float64) against quantized over `inputs`, chunk by chunk: the accuracy of
     each (None without labels) and the per-layer spike agreement. A source that is already fixed
-    point (folded None) has only the integer network's accuracy."""
+    point (folded None) has only the integer network's accuracy. Chunks are sized so that the
+    fixed trace held while the float network runs fits the working set too."""
     predictions = {"float": [], "fixed": []}
     agree = {node.name: 0 for node in fixed.spiking_nodes()}
     overflow: dict[str, dict[str, int]] = {}
-    size = execute.samples_per_chunk(fixed)
+    size = execute.samples_per_chunk(fixed, execute.WORKING_SET_BYTES // 2)
     for start, units, _ in inputs.chunks(size):
         fixed_trace = execute.run(fixed, inputs.network_input(fixed, units), chunk=size)
         predictions["fixed"].append(fixed_trace.predictions)
@@ -132,13 +132,13 @@ def _describe(first: dict, backend: str, expected: Trace, actual: Trace, local_s
     return first
 
 
-def load_inputs(net: Network, manifest: dict, data: Optional[str], samples: Optional[int],
-                input_file: Optional[str]) -> tuple[np.ndarray, Optional[np.ndarray], str]:
-    """Encoded inputs [T, B, ...] with labels (None for a replayed input file) and their origin."""
+def load_inputs(export: ExportDir, data: Optional[str], samples: Optional[int],
+                input_file: Optional[str]) -> InputSet:
+    """What verify runs: the export's inputs (snnc.backends.export_inputs), or a replayed input
+    file saved by a failed verify (per-step units [T, B, ...], no labels)."""
     if input_file is None:
-        data = data or manifest.get("data", "mnist5k")
-        images, labels = dataset_images(net.input_node.shape, data, samples)
-        return execute.encode(net, images), labels, data
+        return export_inputs(export, data, samples)
+    net = export.network
     try:
         archive = np.load(input_file, allow_pickle=False)
         if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -153,7 +153,12 @@ def load_inputs(net: Network, manifest: dict, data: Optional[str], samples: Opti
     if inputs.ndim != len(expected) + 1 or (inputs.shape[0],) + inputs.shape[2:] != expected:
         raise InputError(f"{input_file}: inputs shaped {list(inputs.shape)}, the network needs "
                          f"[{net.T}, batch, {', '.join(map(str, net.input_node.shape))}]")
-    return inputs.astype(np.int64), None, str(input_file)
+    if inputs.shape[1] < 1:
+        raise InputError(f"{input_file}: holds no sample")
+    inputs = inputs.astype(np.int64)
+    count = inputs.shape[1] if samples is None else min(samples, inputs.shape[1])
+    return InputSet(str(input_file), "steps", InputSpec.of(net), count, None,
+                    lambda start, stop: inputs[:, start:stop])
 
 
 def _is_verify_input(path: Path) -> bool:
@@ -182,8 +187,9 @@ def _save_input(path: Path, inputs: np.ndarray) -> dict:
 def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Optional[int] = None,
            input_file: Optional[str] = None, save_input: str = "snnc-verify-input.npz",
            progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
-    """Run the exported artifacts of `backends` on the same inputs and compare each with the
-    integer reference (network.json); a JSON-able report."""
+    """Run the exported artifacts of `backends` on the same inputs, chunk by chunk (sized from the
+    network), and compare each with the integer reference (network.json); a JSON-able report.
+    The first chunk with a divergence is the last one run."""
     names = [REFERENCE] + [b for b in dict.fromkeys(backends) if b != REFERENCE]
     if len(names) < 2:
         raise UsageError("--backends must name at least one backend to compare with the reference")
@@ -191,12 +197,9 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
     save_path = _check_save_input(save_input)
     export = ExportDir.open(outdir)
     net, manifest = export.network, export.manifest
-    inputs, labels, origin = load_inputs(net, manifest, data, samples, input_file)
-    total = inputs.shape[1]
-    if total < 1:
-        raise InputError("verify needs at least one sample")
+    inputs = load_inputs(export, data, samples, input_file)
     mismatches = {name: None for name in names[1:]}
-    first = None
+    first, checked = None, 0
     overflow: dict[str, dict[str, dict[str, int]]] = {}  # backend -> layer -> kind -> events
 
     def count_overflow(name, trace):
@@ -205,8 +208,8 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
             for kind, count in events.items():
                 merged[kind] += count
 
-    for start in range(0, total, CHUNK):
-        chunk = inputs[:, start:start + CHUNK]
+    for start, units, _ in inputs.chunks(execute.samples_per_chunk(net)):
+        chunk = inputs.network_input(net, units)
         expected = modules[REFERENCE].run_export(export, chunk)
         count_overflow(REFERENCE, expected)
         for name in names[1:]:
@@ -220,23 +223,23 @@ def verify(outdir, backends: list[str], data: Optional[str] = None, samples: Opt
                 local = difference["sample"]
                 first = _describe(difference, name, expected, actual, local)
                 first["sample"] = start + local
-        progress(min(start + CHUNK, total), total)
+            del actual
+        checked = start + chunk.shape[1]
+        progress(checked, inputs.count)
         if first is not None:
             break
     equivalent = first is None
-    report = {"equivalent": equivalent, "backends": names, "samples": int(total), "inputs": origin,
+    report = {"equivalent": equivalent, "backends": names, "samples": int(inputs.count), "inputs": inputs.origin,
               "target": manifest["target"], "mismatches": mismatches, "overflow_events": overflow}
     if not equivalent:
-        sample_inputs = inputs[:, first["sample"]:first["sample"] + 1]
+        sample_inputs = inputs.network_input(net, inputs.units(first["sample"], first["sample"] + 1))
         first["membrane_history"] = _membrane_history(
             export, {n: modules[n] for n in (REFERENCE, first["backend"])}, sample_inputs,
             first["layer"], first["neuron"])
         first.update(_save_input(save_path, sample_inputs))
         report["first_divergence"] = first
-        report["samples_checked"] = int(min(total, (first["sample"] // CHUNK + 1) * CHUNK))
+        report["samples_checked"] = int(checked)
     folded = export.float_network
-    if labels is not None and folded is not None:
-        replay = InputSet(origin, "steps", InputSpec.of(net), total, labels,
-                          lambda start, stop: inputs[:, start:stop])
-        report["fidelity"] = fidelity(folded, net, replay)
+    if inputs.labels is not None and folded is not None:
+        report["fidelity"] = fidelity(folded, net, inputs)
     return report

@@ -14,6 +14,7 @@ import netfactory
 from snnc import execute, ir
 from snnc.backends import cycle, get_backend, reference
 from snnc.compiler import compile_checkpoint, compile_network
+from snnc.data import InputSpec, frames_set
 from snnc.export_dir import ExportDir, write_manifest
 from snnc.errors import InputError
 from snnc.ir import Network, Neuron, Node
@@ -260,10 +261,15 @@ def test_simulate_export_reports_accuracy_counts_and_time(tmp_path):
     write_manifest(tmp_path, {"target": "loihi2", "network": net.name}, written)
     images = netfactory.random_images(spec, 10, seed=6)
     labels = np.arange(10) % 10
-    report = cycle.simulate_export(ExportDir.open(tmp_path), images[:6], labels=labels)
+    inputs = frames_set("test", InputSpec.of(net), 6, labels[:6], lambda start, stop: images[start:stop])
+    report = cycle.simulate_export(ExportDir.open(tmp_path), inputs)
     ref = reference.run(net, execute.encode(net, images[:6]))
     assert report["samples"] == 6 and report["predictions"] == ref.predictions.tolist()
     assert report["accuracy"] == pytest.approx(float((ref.predictions == labels[:6]).mean()))
+    unlabelled = cycle.simulate_outdir(tmp_path, "random:5:3")
+    assert unlabelled["accuracy"] is None and unlabelled["samples"] == 5 and unlabelled["data"] == "random:5:3"
+    with pytest.raises(InputError, match="pass --data"):   # the manifest names no data
+        cycle.simulate_outdir(tmp_path)
     assert report["chip_samples_per_second"] == pytest.approx(1e6 / report["latency_us_per_sample"])
     assert set(report["energy_counts_per_sample"]) == {"input", "conv1", "conv2", "fc1", "readout"}
     json.dumps(report)

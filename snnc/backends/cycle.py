@@ -17,24 +17,26 @@ Traces come back in logical time (T steps), as every backend's do.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import numba
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 
 from snnc import execute
+from snnc.data import InputSet
 from snnc.errors import InputError
 from snnc.ir import Network, Node
-from snnc.passes.quantize import largest_outputs
 from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, segments,
                                  tile_reach)
 
 NAME = "cycle"
-DEFAULT_CHUNK = 64
-EXACT_FLOAT32 = 2 ** 24
+SENDER_BLOCK = 64   # senders whose routing tables are formed at once (a [block, cores, 5] array)
 COUNT_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spikes", "messages",
               "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south")
 ENERGY_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike_within_tile",
@@ -48,18 +50,6 @@ def _pre_flatten_name(net: Network, name: str) -> str:
     while node.op == "flatten":
         node = net.node(node.inputs[0])
     return node.name
-
-
-def _integral_path(net: Network, name: str) -> bool:
-    """Whether the reference's value of tensor `name` is an integer (a probe of execute's pools)."""
-    node = net.node(name)
-    if node.op == "input" or node.neuron is not None:
-        return True
-    if node.op in ("sumpool", "avgpool"):
-        k = node.attrs["kernel"]
-        probe = execute.synaptic_op(node, [torch.ones((1, 1, k, k), dtype=torch.float64)], with_bias=False)
-        return float(probe.flatten()[0]) == k * k and _integral_path(net, node.inputs[0])
-    return all(_integral_path(net, inp) for inp in node.inputs)
 
 
 def _sum_pool(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
@@ -121,12 +111,12 @@ class _Route:
     cols: torch.Tensor | None             # [col segments, W_src]
     pooled: str | None                    # a tensor whose values are the cells (one sender per block)
     channels_per_sender: int              # cells of `channels_per_sender` channels share a sender
-    senders: torch.Tensor                 # [local senders] global index of each sending core (host = last)
     # per class (channel group, spatial cell), [classes, ...]: everything one message costs
     class_totals: torch.Tensor            # [classes, 4]: messages, within tile, ew hops, ns hops
-    class_latency: torch.Tensor           # [classes, local senders]: serial routing time of the sender
-    class_messages: torch.Tensor          # [classes, local senders]: messages the sender sends
-    class_reach: torch.Tensor | None      # [classes, dest positions]: synapses (None: dest always active)
+    class_sender: torch.Tensor            # [classes]: global index of the sending core (host = last)
+    class_latency: torch.Tensor           # [classes]: serial routing time of one message of the class
+    class_messages: torch.Tensor          # [classes]: messages (one per destination core reached)
+    class_reach: object                   # scipy CSR [classes, dest positions]: synapses (None: dest always active)
     class_tiles: torch.Tensor             # [classes, dest tiles]: synapses per destination channel
 
 
@@ -171,9 +161,10 @@ class _Plan:
         tiles = positions // np.array(self.tile)
         self.core_neurons = torch.tensor([c["neurons"] for c in mapping.cores], dtype=torch.float64)
         self.max_depth = max(layer.depth for layer in layers.values())
-        in_max = largest_outputs(net)
+        exact = execute.float32_ops(net)   # the reference's own choice, so that sums agree exactly
         self.fast_pools = {node.name for node in net.nodes if node.op == "sumpool"
-                           and node.attrs["kernel"] == node.attrs["stride"] and _integral_path(net, node.inputs[0])}
+                           and node.attrs["kernel"] == node.attrs["stride"]
+                           and execute.integer_valued(net, node.inputs[0])}
         self.layers: dict[str, _Layer] = {}
         for name, info in layers.items():
             if name == self.input_name:
@@ -181,13 +172,11 @@ class _Plan:
             node, part, entry = net.node(name), parts[name], mapping.layer(name)
             synapses = []
             for group in info.groups:
-                exact = _integral_path(net, group.tensor)
                 for syn_name in group.synapses:
                     syn = net.node(syn_name)
-                    weight = np.asarray(syn.weight, dtype=np.float64)
-                    bound = np.abs(weight).reshape(weight.shape[0], -1).sum(1).max() * in_max[group.tensor]
-                    dtype = torch.float32 if exact and bound < EXACT_FLOAT32 else torch.float64
-                    synapses.append(_Synapse(syn, torch.from_numpy(weight).to(dtype), dtype))
+                    dtype = torch.float32 if syn_name in exact else torch.float64
+                    weight = torch.from_numpy(np.asarray(syn.weight, dtype=np.float64)).to(dtype)
+                    synapses.append(_Synapse(syn, weight, dtype))
             tiles_list = part.tiles(info.H, info.W)
             ranges = part.channel_ranges(info.C)
             tile_core = torch.arange(entry["first_core"], entry["first_core"] + entry["cores"])
@@ -213,6 +202,11 @@ class _Plan:
             for group in info.groups:
                 for src, block in group.sources:
                     self.routes_out[src].append(self._route(dest, info, group, src, block, layers, parts, tiles))
+        # per layer (in order), the tensors read directly from then on: a chunk drops the others
+        reads = [{syn.node.inputs[0] for syn in layer.synapses} | {route.pooled or route.source
+                                                                   for route in self.routes_out[name]}
+                 for name, layer in self.layers.items()]
+        self.keep_after = [set().union(*reads[index + 1:]) | {self.input_name} for index in range(len(reads))]
         n_tiles = len({tuple(t) for t in tiles[:-1].tolist()})
         mesh_tiles = (-(-mapping.mesh[0] // self.tile[0])) * (-(-mapping.mesh[1] // self.tile[1]))
         low, high = self.time["barrier_min"], self.time["barrier_max"]
@@ -262,29 +256,32 @@ class _Plan:
             senders = src_layer.tile_core.numpy()[tile_of[None, :, :], group_of[:, None, None]]
             channels_per_sender = src_part.group
         # per (sender, X position): messages, within-tile, hops and serial latency
+        # (an X position reaches few cores: the sum over them is a sparse product, SENDER_BLOCK senders at once)
         t = self.time
-        dest_cores = np.arange(self.n_cores)
         unique_senders = np.unique(senders)
+        reached = scipy.sparse.csr_matrix(reached)
         table = np.zeros((len(unique_senders), hx * wx, 5))
-        for i, s in enumerate(unique_senders):
-            ew = np.abs(tiles[s, 1] - tiles[dest_cores, 1])
-            ns = np.abs(tiles[s, 0] - tiles[dest_cores, 0])
+        for first in range(0, len(unique_senders), SENDER_BLOCK):
+            block = unique_senders[first:first + SENDER_BLOCK]
+            ew = np.abs(tiles[block, 1][:, None] - tiles[None, :self.n_cores, 1]).astype(np.float64)
+            ns = np.abs(tiles[block, 0][:, None] - tiles[None, :self.n_cores, 0]).astype(np.float64)
             same = (ew == 0) & (ns == 0)
             latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
-            table[i] = reached @ np.stack([np.ones(self.n_cores), same, ew, ns, latency], axis=1)
+            per_core = np.stack([np.ones_like(ew), same, ew, ns, latency], axis=2)     # [block, cores, 5]
+            sums = reached @ per_core.transpose(1, 0, 2).reshape(self.n_cores, -1)       # [positions, block * 5]
+            table[first:first + len(block)] = sums.reshape(hx * wx, len(block), 5).transpose(1, 0, 2)
         # one class per (channel group, spatial cell): the same sender and the same X position
         which = np.searchsorted(unique_senders, senders[::channels_per_sender]).reshape(-1)   # [classes]
         position = np.broadcast_to(cell_pos, (len(which) // len(cell_pos), len(cell_pos))).reshape(-1)
         per_class = table[which, position]                                       # [classes, 5]
-        sender_of = np.zeros((len(which), len(unique_senders)))
-        sender_of[np.arange(len(which)), which] = 1
         return _Route(dest=dest.name, source=src, source_shape=(source.C, source.H, source.W),
-                      shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled, channels_per_sender=channels_per_sender, senders=torch.from_numpy(unique_senders),
+                      shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled,
+                      channels_per_sender=channels_per_sender,
                       class_totals=torch.from_numpy(per_class[:, :4].copy()),
-                      class_latency=torch.from_numpy(sender_of * per_class[:, 4:5]),
-                      class_messages=torch.from_numpy(sender_of * per_class[:, 0:1]),
-                      class_reach=None if dest.always_active else torch.from_numpy(
-                          group.reach[position].toarray().astype(np.float64)),
+                      class_sender=torch.from_numpy(unique_senders[which]),
+                      class_latency=torch.from_numpy(per_class[:, 4].copy()),
+                      class_messages=torch.from_numpy(per_class[:, 0].copy()),
+                      class_reach=None if dest.always_active else group.reach[position].astype(np.float64).tocsr(),
                       class_tiles=torch.from_numpy(position_tiles[position]))
 
 
@@ -476,11 +473,12 @@ class _Run:
         counts["hop_east_west"] += totals[2]
         counts["hop_north_south"] += totals[3]
         window = slice(depth, depth + self.T)
-        self.sender_latency[window].index_add_(2, route.senders, per_class @ route.class_latency)
-        self.messages_sent.index_add_(0, route.senders, total_per_class @ route.class_messages)
+        self.sender_latency[window].index_add_(2, route.class_sender, per_class * route.class_latency)
+        self.messages_sent.index_add_(0, route.class_sender, total_per_class * route.class_messages)
         dest = self.plan.layers[route.dest]
         if not dest.always_active:                                      # received at the same logical step
-            self.received[route.dest] += (per_class @ route.class_reach).to(torch.float32)
+            reached = route.class_reach.T @ per_class.reshape(self.T * self.B, -1).numpy().T
+            self.received[route.dest] += torch.from_numpy(reached.T.reshape(self.T, self.B, -1)).to(torch.float32)
         synops = (per_class @ route.class_tiles)[..., None] * dest.group_sizes   # [T, B, tiles, groups]
         self.core_synops[window].index_add_(2, dest.tile_core.reshape(-1), synops.reshape(self.T, self.B, -1))
 
@@ -490,10 +488,13 @@ class _Run:
         self.layer_counts[plan.input_name]["spikes"] = float(torch.count_nonzero(pixels)) * self.T / steps
         for route in plan.routes_out[plan.input_name]:   # graded input events: pixels with a non-zero payload
             self.route(route, 0)
-        for name, layer in plan.layers.items():
+        for index, (name, layer) in enumerate(plan.layers.items()):
             self.run_layer(name, layer)
             for route in plan.routes_out[name]:
                 self.route(route, layer.depth)
+            for done in set(self.values) - plan.keep_after[index]:   # a dropped value is remade if read
+                del self.values[done]
+            self.received.pop(name, None)
         return self
 
     def chip_steps(self) -> dict:
@@ -512,44 +513,105 @@ class _Run:
                           "neuron_update_inactive": inactive.sum((0, 1)), "messages_sent": self.messages_sent}}
 
 
-def _merge(parts: list, plan: _Plan, T: int):
-    spikes = {name: np.concatenate([p.spikes[name].numpy() for p in parts], axis=1) for name in parts[0].spikes}
-    readout_steps = np.concatenate([p.readout_steps.numpy() for p in parts], axis=1)
-    voltages = {name: np.concatenate([p.voltages[name].numpy() for p in parts], axis=1) for name in parts[0].voltages}
-    overflow = {name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
-                for name in parts[0].overflow}
-    trace = execute.Trace(spikes=spikes, readout_steps=readout_steps,
-                          readout=execute.readout(plan.net, readout_steps), voltages=voltages, overflow=overflow)
-    layers = {name: {key: sum(p.layer_counts[name][key] for p in parts) for key in COUNT_KEYS}
-              for name in parts[0].layer_counts}
-    chip = [p.chip_steps() for p in parts]
-    cores = {key: sum(c["cores"][key] for c in chip).numpy() for key in chip[0]["cores"]}
+def _chunk_result(run: _Run) -> tuple[execute.Trace, Counts]:
+    """What one chunk's run leaves: its trace and its counts (the run's working tensors go)."""
+    plan = run.plan
+    readout_steps = run.readout_steps.numpy()
+    trace = execute.Trace(spikes={name: value.numpy() for name, value in run.spikes.items()},
+                          readout_steps=readout_steps, readout=execute.readout(plan.net, readout_steps),
+                          voltages={name: value.numpy() for name, value in run.voltages.items()},
+                          overflow=run.overflow)
+    chip = run.chip_steps()
+    cores = {key: value.numpy() for key, value in chip["cores"].items()}
+    layers = {name: dict(counts) for name, counts in run.layer_counts.items()}
     for name, layer in plan.layers.items():     # a layer's receiving counts: the sum over its cores
         for key in ("synaptic_op", "neuron_update_active", "neuron_update_inactive"):
             layers[name][key] = float(cores[key][layer.first:layer.first + layer.cores].sum())
     cores["input_port_messages"] = cores["messages_sent"][plan.n_cores:].copy()
     cores["messages_sent"] = cores["messages_sent"][:plan.n_cores]
-    step_ns = np.concatenate([c["step_ns"] for c in chip], axis=1)
-    phase = {key: sum(c["phase"][key] for c in chip) for key in chip[0]["phase"]}
-    counts = Counts(samples=int(readout_steps.shape[1]), steps=T + plan.max_depth, layers=layers, cores=cores,
-                    step_ns=step_ns, phase_ns=phase, barrier_ns=plan.barrier_ns, tiles_used=plan.tiles_used)
+    counts = Counts(samples=run.B, steps=run.T + plan.max_depth, layers=layers, cores=cores,
+                    step_ns=chip["step_ns"], phase_ns=chip["phase"], barrier_ns=plan.barrier_ns,
+                    tiles_used=plan.tiles_used)
     return trace, counts
 
 
-def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_voltages=(),
-             chunk: int = DEFAULT_CHUNK) -> tuple[execute.Trace, Counts]:
-    """Run encoded integer inputs [T, B, ...] on the mapped chip: (logical-time Trace, Counts)."""
+def combine_counts(parts: list[Counts]) -> Counts:
+    """The counts of consecutive chunks as one (totals added, per-sample times side by side)."""
+    first = parts[0]
+    return Counts(samples=sum(p.samples for p in parts), steps=first.steps,
+                  layers={name: {key: sum(p.layers[name][key] for p in parts) for key in COUNT_KEYS}
+                          for name in first.layers},
+                  cores={key: sum(p.cores[key] for p in parts) for key in first.cores},
+                  step_ns=np.concatenate([p.step_ns for p in parts], axis=1),
+                  phase_ns={key: sum(p.phase_ns[key] for p in parts) for key in first.phase_ns},
+                  barrier_ns=first.barrier_ns, tiles_used=first.tiles_used)
+
+
+def concatenate_traces(net: Network, parts: list[execute.Trace]) -> execute.Trace:
+    """The traces of consecutive chunks as one."""
+    if len(parts) == 1:
+        return parts[0]
+    readout_steps = np.concatenate([p.readout_steps for p in parts], axis=1)
+    return execute.Trace(
+        spikes={name: np.concatenate([p.spikes[name] for p in parts], axis=1) for name in parts[0].spikes},
+        readout_steps=readout_steps, readout=execute.readout(net, readout_steps),
+        voltages={name: np.concatenate([p.voltages[name] for p in parts], axis=1) for name in parts[0].voltages},
+        overflow={name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
+                  for name in parts[0].overflow})
+
+
+def _plan(net: Network, mapping: Mapping, target) -> _Plan:
     if not net.fixed:
         raise ValueError("the cycle simulator runs fixed-point networks; quantize first")
-    inputs = np.asarray(inputs)
     try:
-        plan = _Plan(net, mapping, target)
+        return _Plan(net, mapping, target)
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise InputError(f"the mapping of '{mapping.network}' does not describe network '{net.name}' "
                          f"on {target.name} ({type(error).__name__}: {error})")
-    parts = [_Run(plan, inputs[:, start:start + chunk], record_voltages).run()
-             for start in range(0, inputs.shape[1], chunk)]
-    return _merge(parts, plan, inputs.shape[0])
+
+
+def bytes_per_sample(plan: _Plan) -> int:
+    """What simulating one sample holds at most: what the reference holds for it (the simulator
+    keeps the same tensors, in float32 where exact) plus the per-core, per-chip-step tables
+    (synaptic ops, active neurons, routing time) and the neurons' received-input flags."""
+    steps = plan.net.T + plan.max_depth
+    per_core = 8 * steps * (3 * plan.n_cores + 1)
+    received = 4 * plan.net.T * sum(layer.H * layer.W for layer in plan.layers.values())
+    return execute.bytes_per_sample(plan.net) + per_core + received
+
+
+def samples_per_chunk(plan: _Plan, budget: int = execute.WORKING_SET_BYTES) -> int:
+    """Samples per simulated chunk so that one chunk stays within `budget` bytes (at least 1)."""
+    return max(1, min(execute.MAX_CHUNK, budget // bytes_per_sample(plan)))
+
+
+def _run_chunks(plan: _Plan, inputs: np.ndarray, record_voltages, chunk: Optional[int]):
+    chunk = samples_per_chunk(plan) if chunk is None else max(1, int(chunk))
+    for start in range(0, inputs.shape[1], chunk):
+        yield _chunk_result(_Run(plan, inputs[:, start:start + chunk], record_voltages).run())
+
+
+def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_voltages=(),
+             chunk: Optional[int] = None) -> tuple[execute.Trace, Counts]:
+    """Run encoded integer inputs [T, B, ...] on the mapped chip: (logical-time Trace, Counts), in
+    chunks of `chunk` samples (default: samples_per_chunk). The trace holds every layer's spikes
+    for all B samples: for many samples, use simulate_chunks."""
+    plan = _plan(net, mapping, target)
+    traces, counts = zip(*_run_chunks(plan, np.asarray(inputs), record_voltages, chunk))
+    return concatenate_traces(net, list(traces)), combine_counts(list(counts))
+
+
+def simulate_chunks(net: Network, mapping: Mapping, target, inputs: InputSet,
+                    chunk: Optional[int] = None) -> Iterator[tuple[np.ndarray, Optional[np.ndarray], execute.Trace, Counts]]:
+    """Stream an InputSet through the mapped chip: (the chunk's network input [T, b, ...], its
+    labels or None, Trace, Counts) for each chunk of `chunk` samples (default: samples_per_chunk);
+    the caller keeps what it needs."""
+    plan = _plan(net, mapping, target)
+    chunk = samples_per_chunk(plan) if chunk is None else max(1, int(chunk))
+    for _, units, labels in inputs.chunks(chunk):
+        x = inputs.network_input(net, units)
+        trace, counts = _chunk_result(_Run(plan, x, ()).run())
+        yield x, labels, trace, counts
 
 
 def _target_of(net: Network):
@@ -565,29 +627,59 @@ def run(net: Network, inputs, record_voltages=()) -> execute.Trace:
     return trace
 
 
+@functools.lru_cache(maxsize=1)
+def _export_plan(export) -> _Plan:
+    """The plan of an export, kept for the calls that follow (verify runs one per chunk)."""
+    return _plan(export.network, load_mapping(export), export.target)
+
+
 def run_export(export, inputs, record_voltages=()) -> execute.Trace:
     """Backend interface on an export: its network on its mapping.json and its own target copy."""
-    trace, _ = simulate(export.network, load_mapping(export), export.target, inputs, record_voltages)
-    return trace
+    plan = _export_plan(export)
+    traces = [trace for trace, _ in _run_chunks(plan, np.asarray(inputs), record_voltages, None)]
+    return concatenate_traces(plan.net, traces)
 
 
-def simulate_export(export, images, labels=None) -> dict:
-    """`snnc simulate OUTDIR`: the exported network on its exported mapping and target, as a
-    JSON-able report."""
+def simulate_export(export, inputs: InputSet, labels=None) -> dict:
+    """`snnc simulate`: the exported network on its exported mapping and target over `inputs`
+    (streamed in chunks), as a JSON-able report; accuracy None without labels."""
     net, target, mapping = export.network, export.target, load_mapping(export)
-    images = np.asarray(images)
-    trace, counts = simulate(net, mapping, target, execute.encode(net, images))
-    report = {"network": net.name, "target": target.name, "samples": int(len(images)),
+    if not isinstance(inputs, InputSet):   # transitional: cli.py's (images, labels) call until it calls simulate_outdir
+        from snnc.data import InputSpec, frames_set
+
+        images = np.asarray(inputs)
+        inputs = frames_set("images", InputSpec.of(net), len(images),
+                            None if labels is None else np.asarray(labels)[:len(images)],
+                            lambda start, stop: images[start:stop])
+    predictions, parts, overflow, correct = [], [], {}, 0
+    for _, labels, trace, counts in simulate_chunks(net, mapping, target, inputs):
+        predictions.append(trace.predictions)
+        parts.append(counts)
+        if labels is not None:
+            correct += int((trace.predictions == labels).sum())
+        for layer, events in trace.overflow.items():
+            merged = overflow.setdefault(layer, {"current": 0, "voltage": 0})
+            for kind, count in events.items():
+                merged[kind] += count
+    counts = combine_counts(parts)
+    report = {"network": net.name, "target": target.name, "data": inputs.origin, "samples": int(inputs.count),
               "cores_used": mapping.totals["cores_used"], "tiles_used": mapping.totals["tiles_used"],
-              "predictions": [int(p) for p in trace.predictions],
+              "predictions": [int(p) for p in np.concatenate(predictions)],
+              "accuracy": None if inputs.labels is None else correct / inputs.count,
               "counts": counts.to_dict(), "energy_counts_per_sample": energy_counts(counts),
-              "overflow_events": trace.overflow,
-              "time_source": target.time_ns.get("source", "")}
-    if labels is not None:
-        labels = np.asarray(labels)[:len(images)]
-        report["accuracy"] = float((trace.predictions == labels).mean())
+              "overflow_events": overflow, "time_source": target.time_ns.get("source", "")}
     time = report["counts"]["time"]
     report["latency_us_per_sample"] = time["latency_ns_mean"] / 1e3
     report["chip_samples_per_second"] = time["samples_per_second"]
     json.dumps(report)  # JSON-able by construction; fail here rather than in the caller
     return report
+
+
+def simulate_outdir(outdir, data: Optional[str] = None, samples: Optional[int] = None) -> dict:
+    """`snnc simulate OUTDIR [--data D] [--samples N]`: simulate_export on the export's inputs
+    (snnc.backends.export_inputs: --data, else the data the export names)."""
+    from snnc.backends import export_inputs
+    from snnc.export_dir import ExportDir
+
+    export = ExportDir.open(outdir)
+    return simulate_export(export, export_inputs(export, data, samples))

@@ -480,14 +480,15 @@ class LavaGraph:
         from snnc.execute import Trace
 
         shapes = {p["name"]: tuple(p["ir_shape"]) for p in self.spec["processes"] if p["type"] == "neuron"}
-        spikes = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "record_path")), shapes[name])
-                                             .swapaxes(0, 1)).astype(np.uint8)
-                  for name in self.spec["spiking"]}
+
+        def logical(name, key, dtype):   # read from the memory-mapped record: one copy in memory
+            record = np.load(self._file(name, key), mmap_mode="r")
+            return np.ascontiguousarray(from_lava(record, shapes[name]).swapaxes(0, 1), dtype=dtype)
+
+        spikes = {name: logical(name, "record_path", np.uint8) for name in self.spec["spiking"]}
         readout = self.spec["readout_process"]
         steps = np.load(self._file(readout, "record_path")).swapaxes(0, 1).astype(np.int64)
-        voltages = {name: np.ascontiguousarray(from_lava(np.load(self._file(name, "voltage_path")), shapes[name])
-                                               .swapaxes(0, 1)).astype(np.int64)
-                    for name in self.record_voltages}
+        voltages = {name: logical(name, "voltage_path", np.int64) for name in self.record_voltages}
         overflow = {}
         for name in shapes:
             counts = np.load(self._file(name, "overflow_path")).sum(axis=0)

@@ -7,8 +7,9 @@
   folded network in float32, approximate).
 - `run(net, inputs)`: the backend interface (builds the model in memory, runs onnxruntime's CPU
   provider, returns a Trace in logical time).
-- `run_file(path, inputs)`: run a written model.onnx; `run_export(export, inputs)`: the backend
-  interface on an export's files (readout from model.onnx, spikes from the model that has them).
+- `run_file(path, inputs, chunk)`: run a written model.onnx; `run_export(export, inputs)`: the
+  backend interface on an export's files (readout from model.onnx, spikes from the model that has
+  them). Both call onnxruntime on chunks of snnc.execute.samples_per_chunk(net) samples.
 - `initial_state(net, batch)`, `run_steps(path_or_model, inputs)`: streaming with model_step.onnx.
 
 The graph construction lives in snnc/onnx_graph.py; docs/onnx.md describes the files.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snnc import fixedpoint, onnx_graph
+from snnc import execute, fixedpoint, onnx_graph
 from snnc.errors import CheckFailed, InputError
 from snnc.execute import Trace
 from snnc.export_dir import artifact_writer
@@ -30,7 +31,6 @@ MODEL = "model.onnx"
 STEP_MODEL = "model_step.onnx"
 SPIKES_MODEL = "model_spikes.onnx"
 FLOAT_MODEL = "model_float.onnx"
-CHUNK = 256  # samples per onnxruntime call (bounds memory like snnc.execute.run)
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -99,13 +99,16 @@ def _check_inputs(inputs, expected: list) -> np.ndarray:
     return inputs.astype(np.int64, copy=False)
 
 
-def run_session(sess, inputs, chunk: int = CHUNK) -> Trace:
-    """Run a model.onnx-style session on encoded inputs [T, B, ...] (in batch chunks)."""
+def run_session(sess, inputs, chunk: int | None = None) -> Trace:
+    """Run a model.onnx-style session on encoded inputs [T, B, ...], `chunk` samples per call (the
+    graph holds a chunk's every layer at once; callers that know the network pass
+    snnc.execute.samples_per_chunk(net); None: all in one call)."""
     spec = sess.get_inputs()[0]
     inputs = _check_inputs(inputs, list(spec.shape))
     names = [output.name for output in sess.get_outputs()]
     if onnx_graph.READOUT not in names:
         raise InputError("the ONNX model has no 'readout' output: not an snnc model.onnx")
+    chunk = inputs.shape[1] if chunk is None else max(1, int(chunk))
     parts = [sess.run(names, {spec.name: np.ascontiguousarray(inputs[:, start:start + chunk])})
              for start in range(0, inputs.shape[1], chunk)]
     results = {name: np.concatenate([part[i] for part in parts], axis=1 if name != onnx_graph.READOUT else 0)
@@ -120,22 +123,25 @@ def run(net: Network, inputs, record_voltages=()) -> Trace:
     Voltages are not exposed by the graph ({}), nor are overflow counts ({})."""
     if not net.fixed:
         raise InputError("the ONNX backend runs fixed-point networks; quantize first")
-    return run_session(session(onnx_graph.fixed_model(net, spikes=True)), inputs)
+    return run_session(session(onnx_graph.fixed_model(net, spikes=True)), inputs,
+                       execute.samples_per_chunk(net))
 
 
-def run_file(path, inputs) -> Trace:
-    """Run a written model.onnx on encoded inputs [T, B, ...]; spikes only if it was exported with them."""
-    return run_session(session(path), inputs)
+def run_file(path, inputs, chunk: int | None = None) -> Trace:
+    """Run a written model.onnx on encoded inputs [T, B, ...], `chunk` samples per call; spikes
+    only if it was exported with them."""
+    return run_session(session(path), inputs, chunk)
 
 
 def run_export(export, inputs, record_voltages=()) -> Trace:
     """The export's model.onnx as written (its readout), with every layer's spikes from the
     exported model that outputs them (model.onnx itself with --onnx-spikes, else model_spikes.onnx).
     Voltages are not exposed ({})."""
-    trace = run_file(export.path(MODEL), inputs)
+    chunk = execute.samples_per_chunk(export.network)
+    trace = run_file(export.path(MODEL), inputs, chunk)
     if trace.spikes:
         return trace
-    spiking = run_file(export.path(SPIKES_MODEL), inputs)
+    spiking = run_file(export.path(SPIKES_MODEL), inputs, chunk)
     return Trace(spikes=spiking.spikes, readout_steps=spiking.readout_steps, readout=trace.readout)
 
 
