@@ -8,10 +8,18 @@ import sys
 
 import click
 
+from snnc.data import DATASETS, NONE, RANDOM
 from snnc.errors import SnncError
 
 
 INTERRUPTED = 130
+# What --data accepts, for every command that reads inputs (docs/data.md).
+DATA_HELP = (f"Inputs: a built-in data set ({', '.join(DATASETS)}), an .npz/.h5 file or "
+             f"{RANDOM}[:N[:SEED]] (export also: {NONE}).")
+
+
+def data_help(detail: str) -> str:
+    return f"{DATA_HELP} {detail}"
 
 
 def interrupt_on_sigterm():
@@ -55,7 +63,8 @@ def main():
 
 @main.command()
 @click.argument("recipe")
-@click.option("--data", default="mnist5k", show_default=True, help="Data set: mnist5k or digits.")
+@click.option("--data", default="mnist5k", show_default=True,
+              help=data_help("A built-in's train split or a whole file; needs labels."))
 @click.option("--loss", type=click.Choice(["sdt", "tet", "tet-s", "lts"]), required=True,
               help="Objective: sdt, tet, tet-s (TET with label smoothing) or lts (last time step).")
 @click.option("--epochs", type=click.IntRange(min=1), required=True)
@@ -74,68 +83,74 @@ def main():
 @reports_errors
 def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_lambda, threads,
           force):
-    """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint."""
+    """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint.
+
+    A built-in data set trains on its train split and reports its test split after each epoch; a
+    file is used whole for training (measure it afterwards with `snnc eval --data`)."""
     import contextlib
 
-    from snnc.data import load_dataset
+    from snnc.data import BUILTINS, open_inputs
     from snnc.models import load_recipe
-    from snnc.train import check_checkpoint_output, save_checkpoint
+    from snnc.train import check_checkpoint_output, input_spec, labelled, save_checkpoint
     from snnc.train import train as train_model
 
     check_checkpoint_output(output, force)
     spec = load_recipe(recipe)
-    dataset = load_dataset(data)
+    train_set = labelled(open_inputs(data, input_spec(spec), split="train"), "train")
+    test_set = open_inputs(data, input_spec(spec), split="test") if data in BUILTINS else None
     show_bar = sys.stderr.isatty()
-    batches = epochs * -(-len(dataset.train_labels) // batch_size)
+    batches = epochs * -(-train_set.count // batch_size)
 
     def report_epoch(epoch, mean_loss, accuracy):
         if show_bar:
             click.echo(err=True)
-        click.echo(f"epoch {epoch}/{epochs}: loss {mean_loss:.4f}, test accuracy {accuracy:.4f}",
-                   err=True)
+        tested = "" if accuracy is None else f", test accuracy {accuracy:.4f}"
+        click.echo(f"epoch {epoch}/{epochs}: loss {mean_loss:.4f}{tested}", err=True)
 
     bar = (click.progressbar(length=batches, label="training", file=sys.stderr) if show_bar
            else contextlib.nullcontext())
     with bar:
         model, accuracy = train_model(
-            spec, dataset, loss, epochs, seed=seed, lr=lr, batch_size=batch_size, shift=shift,
+            spec, train_set, test_set, loss, epochs, seed=seed, lr=lr, batch_size=batch_size, shift=shift,
             tet_lambda=tet_lambda, threads=threads,
             on_batch=(lambda: bar.update(1)) if show_bar else None, on_epoch=report_epoch)
-    save_checkpoint(output, model, {"data": data, "loss": loss, "epochs": epochs, "seed": seed,
+    save_checkpoint(output, model, {"data": train_set.origin, "loss": loss, "epochs": epochs, "seed": seed,
                                     "lr": lr, "batch_size": batch_size, "shift": shift,
                                     "tet_lambda": tet_lambda, "test_accuracy": accuracy}, force=force)
-    click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {len(dataset.test_labels)} "
-               f"{data} test samples")
+    if test_set is None:
+        click.echo(f"wrote {output}: trained on {train_set.count} samples of {train_set.origin} "
+                   f"(no test split: measure with snnc eval --data)")
+    else:
+        click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {test_set.count} {data} test samples")
 
 
 @main.command("eval")
 @click.argument("checkpoint")
-@click.option("--data", default=None, help="Data set (default: the one the checkpoint was trained on).")
+@click.option("--data", default=None,
+              help=data_help("Default: the data the checkpoint was trained on. A built-in's test split or a "
+                             "whole file; needs labels."))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def eval_command(checkpoint, data, as_json):
-    """Measure the float accuracy of CHECKPOINT on a data set's test split."""
-    from snnc.data import load_dataset
+    """Measure the float accuracy of CHECKPOINT on data with labels."""
+    from snnc.data import open_inputs
     from snnc.errors import InputError
-    from snnc.train import evaluate, load_checkpoint
+    from snnc.train import evaluate, input_spec, labelled, load_checkpoint
 
     model, contents = load_checkpoint(checkpoint)
     data = data or contents["training"].get("data")
     if data is None:
         raise InputError(f"checkpoint {checkpoint} does not name its data set; pass --data")
-    dataset = load_dataset(data)
     recipe = model.recipe
-    if tuple(recipe["input_shape"]) != dataset.input_shape:
-        raise InputError(f"checkpoint {checkpoint} expects input_shape {recipe['input_shape']}, "
-                         f"data set {data} has {list(dataset.input_shape)}")
-    accuracy = evaluate(model, dataset.test_images, dataset.test_labels)
-    result = {"checkpoint": checkpoint, "data": data, "accuracy": accuracy,
-              "samples": len(dataset.test_labels), "T": recipe["T"], "readout": recipe["readout"]}
+    inputs = labelled(open_inputs(data, input_spec(recipe), split="test"), "eval")
+    accuracy = evaluate(model, inputs)
+    result = {"checkpoint": checkpoint, "data": inputs.origin, "accuracy": accuracy,
+              "samples": inputs.count, "T": recipe["T"], "readout": recipe["readout"]}
     if as_json:
         print_json(result)
     else:
-        click.echo(f"{checkpoint}: accuracy {accuracy:.4f} on {result['samples']} {data} test "
-                   f"samples (T={result['T']}, readout {result['readout']})")
+        click.echo(f"{checkpoint}: accuracy {accuracy:.4f} on {result['samples']} samples of {inputs.origin} "
+                   f"(T={result['T']}, readout {result['readout']})")
 
 
 @main.group(invoke_without_command=True)
@@ -171,6 +186,36 @@ def _progress(as_json):
     return lambda message: click.echo(f"... {message}", err=True)
 
 
+def _input_shape(ctx, param, value):
+    """--input-shape C,H,W as a tuple of three positive integers."""
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not C,H,W (three positive integers)")
+    return shape
+
+
+def _accuracy(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _fidelity_line(summary) -> str:
+    """What the export measured, for people: accuracies where the data has labels."""
+    if not summary["fidelity_measured"]:
+        return "no fidelity measured (--data none)"
+    parts = [f"{kind} accuracy {summary[key]:.4f}" for kind, key in
+             (("float", "float_accuracy"), ("quantized", "quantized_accuracy")) if summary[key] is not None]
+    if summary["prediction_agreement"] is not None:
+        parts.append(f"float and quantized predictions agree on {summary['prediction_agreement']:.4f}")
+    if summary["quantized_accuracy"] is None:
+        parts.insert(0, "no labels, no accuracy")
+    return f"{', '.join(parts)} ({summary['samples']} samples of {summary['data']})"
+
+
 @main.command()
 @click.argument("source")
 @click.option("-o", "--output", required=True, help="Export directory to create.")
@@ -180,30 +225,32 @@ def _progress(as_json):
               help="Fold tdBN into per-channel thresholds (neuron) or into the weights.")
 @click.option("--onnx-spikes", is_flag=True, help="model.onnx also outputs every layer's spikes.")
 @click.option("--float-onnx", is_flag=True, help="Also write model_float.onnx (folded, unquantized).")
-@click.option("--data", default=None, help="Data set for fidelity (default: the checkpoint's, else mnist5k).")
+@click.option("--data", default=None,
+              help=data_help("Fidelity is measured on it. Default: the data a checkpoint was trained on, "
+                             "else the first built-in data set that fits the network's input."))
 @click.option("--T", "steps", type=click.IntRange(min=1), default=None,
               help="Time steps per sample (NIR graphs; netx files default to their own).")
 @click.option("--dt", type=float, default=None, help="NIR: time step for tau and r (default: inferred).")
 @click.option("--readout", type=click.Choice(["mean", "last"]), default=None, help="NIR: readout mode.")
 @click.option("--input-scale", type=float, default=None, help="NIR: input current per pixel unit (default 1/255).")
+@click.option("--input-shape", default=None, callback=_input_shape, metavar="C,H,W",
+              help="netx: the input of a file without an input layer that starts with a conv layer.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
 def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt, readout,
-           input_scale, as_json):
+           input_scale, input_shape, as_json):
     """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net) and write the
     export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
-               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale}
+               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape}
     summary = export_source(source, output, target=target, force=force, options=options,
                             progress=_progress(as_json))
     if as_json:
         print_json(summary)
         return
-    float_part = "" if summary["float_accuracy"] is None else f"float accuracy {summary['float_accuracy']:.4f}, "
-    click.echo(f"wrote {summary['outdir']} for {summary['target']}: {float_part}"
-               f"quantized accuracy {summary['quantized_accuracy']:.4f}")
+    click.echo(f"wrote {summary['outdir']} for {summary['target']}: {_fidelity_line(summary)}")
     for layer in summary["layers_that_may_overflow"]:
         click.echo(f"warning: layer '{layer}' may leave the target's state range (see bounds.json)", err=True)
 
@@ -240,8 +287,8 @@ def inspect(path, target):
 @click.argument("outdir")
 @click.option("--backend", default="reference", show_default=True,
               help="reference, onnx, onnx-step, lava or cycle.")
-@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--data", default=None, help=data_help("Default: the export's."))
+@click.option("--samples", type=int, default=None, help="Number of samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def run_command(outdir, backend, data, samples, as_json):
@@ -252,7 +299,8 @@ def run_command(outdir, backend, data, samples, as_json):
     if as_json:
         print_json(result)
     else:
-        click.echo(f"{backend}: accuracy {result['accuracy']:.4f} on {result['samples']} {result['data']} samples")
+        click.echo(f"{backend}: accuracy {_accuracy(result['accuracy'])} on {result['samples']} samples of "
+                   f"{result['data']}")
 
 
 def _progress_bar(as_json, label):
@@ -266,8 +314,8 @@ def _progress_bar(as_json, label):
 @click.argument("outdir")
 @click.option("--backends", default="reference,onnx,onnx-step,lava,cycle", show_default=True,
               help="Comma-separated backends whose exported files are compared with the integer reference.")
-@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--data", default=None, help=data_help("Default: the export's."))
+@click.option("--samples", type=int, default=None, help="Number of samples (default: all).")
 @click.option("--input", "input_file", default=None, help="Replay an input saved by a failed verify.")
 @click.option("--save-input", default="snnc-verify-input.npz", show_default=True,
               help="Where to save the input of the first divergence.")
@@ -315,7 +363,8 @@ def _print_verify(report):
         click.echo(f"  {backend}: {'identical' if total == 0 else f'{total} mismatches {counts}'}")
     if "fidelity" in report:
         f = report["fidelity"]
-        click.echo(f"fidelity: float accuracy {f['float_accuracy']:.4f}, quantized {f['quantized_accuracy']:.4f}, "
+        click.echo(f"fidelity: float accuracy {_accuracy(f['float_accuracy'])}, "
+                   f"quantized {_accuracy(f['quantized_accuracy'])}, "
                    f"per-layer spike agreement " +
                    ", ".join(f"{k} {v:.4f}" for k, v in f["spike_agreement"].items()))
     for backend, layers in report["overflow_events"].items():
@@ -333,8 +382,8 @@ def _print_verify(report):
 
 @main.command()
 @click.argument("outdir")
-@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--data", default=None, help=data_help("Default: the export's."))
+@click.option("--samples", type=int, default=None, help="Number of samples (default: all).")
 @click.option("--target", default=None, help="Price with this target's table (default: the export's).")
 @click.option("--format", "output_format", type=click.Choice(["table", "json", "markdown"]), default="table",
               show_default=True)
@@ -363,8 +412,8 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
 
 @main.command()
 @click.argument("outdir")
-@click.option("--data", default=None, help="Data set (default: the checkpoint's).")
-@click.option("--samples", type=int, default=None, help="Number of test samples (default: all).")
+@click.option("--data", default=None, help=data_help("Default: the export's."))
+@click.option("--samples", type=int, default=None, help="Number of samples (default: all).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
 def simulate(outdir, data, samples, as_json):

@@ -1,8 +1,10 @@
 """The compile pipeline, as a Python API (the CLI only calls these).
 
-source -> float IR (frontend) -> fold passes -> quantize for a target -> bound analysis ->
-artifacts. The export directory's format (manifest, staging, hashing, loading) is snnc.export_dir;
-each backend registers the files it adds there. Every file is deterministic.
+An export runs in this order, so that every problem is found before the work it would waste:
+read the source (frontend) -> open the data (shapes and values checked) -> fold, quantize, bound
+analysis -> artifact writers (the core mapping first: the design rules) -> fidelity -> manifest.
+The export directory's format (manifest, staging, hashing, loading) is snnc.export_dir; each
+backend registers the files it adds there. Every file is deterministic.
 """
 from __future__ import annotations
 
@@ -13,10 +15,22 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from snnc import __version__, export_dir, ir, passes
-from snnc.errors import InputError
+from snnc.errors import InputError, UsageError
 from snnc.frontends.checkpoint import PIXEL_ENCODING
 from snnc.targets import Target, load_target
 from snnc.verify import fidelity
+
+NO_DATA = "none"   # --data none: export everything, measure no fidelity
+
+
+@dataclass
+class Source:
+    """What a frontend read: the network as the source defines it (float, or fixed point for a
+    netx file) and the data a checkpoint was trained on (None when the source does not say)."""
+
+    name: str
+    network: ir.Network
+    data: Optional[str]
 
 
 @dataclass
@@ -24,6 +38,7 @@ class Compiled:
     """Every stage of one compilation, for export, inspection and tests.
 
     float_net and folded are None for a source that is already fixed point (a netx network).
+    data: the data the source was trained on (a checkpoint's), None when the source does not say.
     """
 
     source: str
@@ -32,7 +47,7 @@ class Compiled:
     fixed: ir.Network
     target: Target
     bounds: list[dict]
-    data: str
+    data: Optional[str] = None
 
 
 # The modules whose artifact writers (snnc.export_dir.artifact_writer) every export runs; imported
@@ -46,48 +61,55 @@ ARTIFACT_MODULES = (
 )
 
 
-def _dataset_shape(data: str) -> tuple[int, ...]:
-    from snnc.data import load_dataset
+def read_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Source:
+    """Read a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
 
-    return tuple(load_dataset(data).test_images.shape[1:])
-
-
-def compile_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Compiled:
-    """Compile a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
-
-    options: bn_into ('neuron'/'weights'); for NIR and netx sources also data (whose test inputs the
-    network takes, default mnist5k), T, dt, readout and input_scale (NIR).
+    options (NIR): T, dt, readout, input_scale; (netx) T, and input_shape for a file without an
+    input layer that starts with a conv layer. The network's input shape always comes from the
+    source itself.
     """
     options = dict(options or {})
     target = target if isinstance(target, Target) else load_target(target)
     path = Path(path)
     suffix = path.suffix.lower()
+    if options.get("input_shape") is not None and suffix != ".net":
+        raise UsageError("--input-shape applies only to a netx file (.net) without an input layer "
+                         "that starts with a conv layer; this source defines its own input")
     if suffix == ".net":
         from snnc.frontends.netx import load_netx
 
-        data = options.get("data") or "mnist5k"
-        fixed = load_netx(path, T=options.get("T"), target=target, input_shape=_dataset_shape(data))
-        return Compiled(source=path.name, float_net=None, folded=None, fixed=fixed, target=target,
-                        bounds=passes.bound_analysis(fixed), data=data)
+        return Source(path.name, load_netx(path, T=options.get("T"), target=target,
+                                           input_shape=options.get("input_shape")), None)
     if suffix == ".nir":
         from snnc.frontends.nir_frontend import load_nir
 
-        data = options.get("data") or "mnist5k"
         encoding = None
         if options.get("input_scale") is not None:
             encoding = dict(PIXEL_ENCODING, scale=float(options["input_scale"]))
-        float_net = load_nir(path, T=options.get("T"), dt=options.get("dt"), input_shape=_dataset_shape(data),
-                             encoding=encoding, readout=options.get("readout"))
-    else:
-        from snnc.frontends.checkpoint import load_network
+        return Source(path.name, load_nir(path, T=options.get("T"), dt=options.get("dt"), encoding=encoding,
+                                          readout=options.get("readout")), None)
+    from snnc.frontends.checkpoint import load_network
 
-        float_net, checkpoint = load_network(path)
-        data = options.get("data") or checkpoint.get("training", {}).get("data", "mnist5k")
-    return compile_network(float_net, target, source=path.name, data=data,
-                           bn_into=options.get("bn_into", "neuron"))
+    float_net, checkpoint = load_network(path)
+    return Source(path.name, float_net, checkpoint.get("training", {}).get("data"))
 
 
-def compile_network(float_net: ir.Network, target: Target, source: str = "", data: str = "mnist5k",
+def compile_read(source: Source, target: Target, bn_into: str = "neuron") -> Compiled:
+    """Fold, quantize and bound-check what read_source read (a fixed-point source: bounds only)."""
+    if source.network.fixed:
+        return Compiled(source=source.name, float_net=None, folded=None, fixed=source.network, target=target,
+                        bounds=passes.bound_analysis(source.network), data=source.data)
+    return compile_network(source.network, target, source=source.name, data=source.data, bn_into=bn_into)
+
+
+def compile_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Compiled:
+    """read_source, then compile_read. options: bn_into ('neuron'/'weights') and read_source's."""
+    options = dict(options or {})
+    target = target if isinstance(target, Target) else load_target(target)
+    return compile_read(read_source(path, target, options), target, options.get("bn_into", "neuron"))
+
+
+def compile_network(float_net: ir.Network, target: Target, source: str = "", data: Optional[str] = None,
                     bn_into: str = "neuron") -> Compiled:
     """Fold, quantize and bound-check a float network for `target`."""
     folded = passes.fold_all(float_net, bn_into=bn_into)
@@ -98,6 +120,40 @@ def compile_network(float_net: ir.Network, target: Target, source: str = "", dat
 
 def compile_checkpoint(path, target: str | Target = "loihi2", bn_into: str = "neuron") -> Compiled:
     return compile_source(path, target, {"bn_into": bn_into})
+
+
+def default_data(net: ir.Network, trained_on: Optional[str] = None) -> str:
+    """The data an export measures fidelity on when --data is not given: what the checkpoint was
+    trained on, else the first built-in data set whose samples fit the network's input (the layout
+    rule, snnc.data.fits_layout)."""
+    from snnc.data import BUILTINS, fits_layout, load_dataset
+
+    shape = tuple(net.input_node.shape)
+    if trained_on and (trained_on not in BUILTINS or fits_layout(load_dataset(trained_on).input_shape, shape)):
+        return trained_on
+    for name in BUILTINS:
+        if fits_layout(load_dataset(name).input_shape, shape):
+            return name
+    raise InputError(f"the network's input {list(shape)} fits no built-in data set: pass --data FILE, "
+                     f"--data random or --data {NO_DATA}")
+
+
+def open_data(net: ir.Network, data: Optional[str], trained_on: Optional[str] = None):
+    """The checked InputSet an export measures fidelity on (None for --data none)."""
+    from snnc.data import InputSpec, open_inputs
+
+    if data == NO_DATA:
+        return None
+    spec = InputSpec.of(net)
+    if data:
+        return open_inputs(data, spec)
+    chosen = default_data(net, trained_on)
+    try:
+        return open_inputs(chosen, spec)
+    except InputError as error:
+        if chosen != trained_on:
+            raise
+        raise InputError(f"{error} (the data the checkpoint was trained on; pass --data)") from None
 
 
 def _copy_target(target: Target, staging: Path) -> str:
@@ -115,42 +171,54 @@ def _copy_target(target: Target, staging: Path) -> str:
     return export_dir.TARGET_FILE
 
 
-def export(source, outdir, target: str = "loihi2", force: bool = False, options: dict | None = None,
+def export(source, outdir, target: str | Target = "loihi2", force: bool = False, options: dict | None = None,
            progress: Callable[[str], None] = lambda message: None) -> dict:
-    """Compile `source` into the export directory `outdir` (atomically); returns a summary."""
-    from snnc.data import InputSpec, open_inputs
+    """Compile `source` into the export directory `outdir` (atomically); returns a summary.
 
+    options: read_source's and bn_into, onnx_spikes, float_onnx, netx; data: what fidelity is
+    measured on (open_inputs' names, or 'none' for no fidelity; default: default_data).
+    """
     outdir = export_dir.check_directory_output(outdir, force)
     options = dict(options or {})
-    progress("compiling")
-    compiled = compile_source(source, target, options)
+    target = target if isinstance(target, Target) else load_target(target)
+    progress("reading the source")
+    read = read_source(source, target, options)
+    inputs = open_data(read.network, options.get("data"), read.data)
     source_digest = export_dir.sha256(source)
+    progress("compiling")
+    compiled = compile_read(read, target, options.get("bn_into", "neuron"))
     for module in ARTIFACT_MODULES:
         importlib.import_module(module)
     with export_dir.stage_directory(outdir, force=force) as staging:
-        written = [path.name for path in ir.save(compiled.fixed, staging)]
-        written.append(_copy_target(compiled.target, staging))
+        written = []
         for writer in export_dir.artifact_writers():
             progress(f"writing {writer.label}")
             written += writer.write(compiled, staging, options)
-        progress("measuring fidelity")
-        inputs = open_inputs(compiled.data, InputSpec.of(compiled.fixed))
-        report = fidelity(compiled.folded, compiled.fixed, inputs)
+        written += [path.name for path in ir.save(compiled.fixed, staging)]
+        written.append(_copy_target(compiled.target, staging))
         if compiled.folded is not None:
             (staging / export_dir.FLOAT_DIR).mkdir()
             written += [f"{export_dir.FLOAT_DIR}/{path.name}"
                         for path in ir.save(compiled.folded, staging / export_dir.FLOAT_DIR)]
+        if inputs is None:
+            report = {"measured": False, "reason": f"exported with --data {NO_DATA}"}
+        else:
+            progress(f"measuring fidelity on {inputs.count} samples of {inputs.origin}")
+            report = {"measured": True, **fidelity(compiled.folded, compiled.fixed, inputs)}
         export_dir.write_json(staging / "fidelity.json", report)
         export_dir.write_json(staging / "bounds.json", compiled.bounds)
         written += ["fidelity.json", "bounds.json"]
         export_dir.write_manifest(staging, {
             "snnc_version": __version__, "network": compiled.fixed.name, "target": compiled.target.name,
-            "source": compiled.source, "source_sha256": source_digest, "data": compiled.data,
+            "source": compiled.source, "source_sha256": source_digest,
+            "data": None if inputs is None else inputs.origin,
             "input": {"shape": ["T", "batch"] + list(compiled.fixed.input_node.shape),
                       "T": compiled.fixed.T, "dtype": "int64", **compiled.fixed.encoding},
             "readout": compiled.fixed.readout}, written)
     overflowing = [b["layer"] for b in compiled.bounds if b["current_overflow"] or b["voltage_overflow"]]
     return {"outdir": str(outdir), "target": compiled.target.name,
             "files": sorted(written) + [export_dir.MANIFEST],
-            "float_accuracy": report["float_accuracy"], "quantized_accuracy": report["quantized_accuracy"],
+            "data": report.get("data"), "samples": report.get("samples"), "fidelity_measured": report["measured"],
+            "float_accuracy": report.get("float_accuracy"), "quantized_accuracy": report.get("quantized_accuracy"),
+            "prediction_agreement": report.get("prediction_agreement"),
             "layers_that_may_overflow": overflowing}

@@ -95,7 +95,10 @@ class _File:
         self.path = path
         suffix = path.suffix.lower()
         if not path.exists():
-            raise InputError(f"{path}: no such data file")
+            from snnc.data import DATASETS
+
+            raise InputError(f"{path}: no such data file (built-in data sets: {', '.join(DATASETS)}; "
+                             f"or random[:N[:SEED]])")
         if not path.is_file():
             raise InputError(f"{path}: not a file")
         if path.stat().st_size == 0:

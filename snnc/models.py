@@ -219,12 +219,17 @@ class GraphNode(nn.Module):
 
 
 class SNN(nn.Module):
-    """A recipe's network: runs `nodes` in order; the last node is a linear with a Readout."""
+    """A recipe's network: runs `nodes` in order; the last node is a linear with a Readout.
 
-    def __init__(self, recipe, nodes):
+    shapes: each node's per-sample output shape, as the builder computed it (the compiler reads
+    them instead of running the network to find them out).
+    """
+
+    def __init__(self, recipe, nodes, shapes):
         super().__init__()
         self.recipe = recipe
         self.nodes = nn.ModuleList(nodes)
+        self.shapes = {node.name: tuple(shapes[node.name]) for node in nodes}
 
     def forward(self, x_seq, record=False):
         """x_seq [T, B, *input_shape] -> per-step readout values y [T, B, classes].
@@ -438,4 +443,4 @@ def build(recipe):
     except ValueError as error:
         raise InputError(f"recipe {recipe['name']}: arch {recipe['arch']} does not fit input_shape "
                          f"{recipe['input_shape']}: {error}") from None
-    return SNN(recipe, graph.nodes)
+    return SNN(recipe, graph.nodes, graph.shapes)

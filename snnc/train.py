@@ -8,14 +8,18 @@ import math
 import pickle
 import warnings
 from pathlib import Path
+from typing import Optional
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 import snnc
-from snnc.data import encode
+from snnc.data import InputSet, InputSpec
+from snnc.encoding import network_input
 from snnc.errors import InputError
 from snnc.export_dir import check_file_output, write_file
+from snnc.frontends.checkpoint import PIXEL_ENCODING
 from snnc.models import build, validate_recipe
 
 CHECKPOINT_FORMAT = "snnc-checkpoint"
@@ -46,66 +50,95 @@ def sequence_loss(name, y, labels, tet_lambda=0.0, tet_target=1.0):
     return per_step
 
 
-def random_shift(images, max_shift, generator):
-    """Translate each image [B, C, H, W] by up to max_shift pixels along each axis, zero-filled.
+def random_shift(x, max_shift, generator):
+    """Translate each sample of x [T, B, C, H, W] by up to max_shift pixels along each axis (the
+    same at every step), zero-filled.
 
     Augmentation: mnist5k has only 4000 training digits, which a conv SNN otherwise memorises.
     """
     if max_shift == 0:
-        return images
-    height, width = images.shape[-2:]
-    padded = F.pad(images, (max_shift,) * 4)
-    offsets = torch.randint(0, 2 * max_shift + 1, (len(images), 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + height, dx:dx + width]
-                        for i, (dy, dx) in enumerate(offsets)])
+        return x
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (x.shape[1], 2), generator=generator).tolist()
+    return torch.stack([padded[:, i, :, dy:dy + height, dx:dx + width]
+                        for i, (dy, dx) in enumerate(offsets)], dim=1)
+
+
+def input_spec(recipe) -> InputSpec:
+    """What a recipe's network takes: its input shape, T and classes, 8-bit pixels (the encoding
+    its checkpoint compiles with)."""
+    return InputSpec(tuple(recipe["input_shape"]), int(recipe["T"]), dict(PIXEL_ENCODING),
+                     int(recipe["num_classes"]))
+
+
+def labelled(inputs: InputSet, command: str) -> InputSet:
+    """`inputs`, refused in one line when they carry no labels (random inputs)."""
+    if inputs.labels is None:
+        raise InputError(f"{command} needs data with labels; {inputs.origin} has none")
+    return inputs
+
+
+def model_input(model, inputs: InputSet, units) -> torch.Tensor:
+    """Input units [T, B, *shape] as the float model takes them: units x encoding scale."""
+    values = network_input(False, inputs.spec.encoding, units)
+    return torch.from_numpy(values).to(next(model.parameters()).dtype)
+
+
+def _batch_units(inputs: InputSet, indices) -> np.ndarray:
+    """Units [T, b, *shape] of the samples `indices` (any order), read one sample at a time so that
+    memory holds one batch."""
+    return np.concatenate([inputs.units(i, i + 1) for i in indices], axis=1)
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, steps=None):
-    """Fraction of `images` (uint8 [N, C, H, W]) classified as `labels` by the recipe's readout."""
+def evaluate(model, inputs: InputSet):
+    """Fraction of `inputs` (with labels) classified as their labels by the recipe's readout,
+    EVAL_BATCH samples at a time."""
+    labelled(inputs, "evaluation")
     model.eval()
-    steps = steps or model.recipe["T"]
-    labels = torch.as_tensor(labels)
     correct = 0
-    for start in range(0, len(labels), EVAL_BATCH):
-        scores = model.readout(model(encode(images[start:start + EVAL_BATCH], steps)))
-        correct += (scores.argmax(dim=1) == labels[start:start + EVAL_BATCH]).sum().item()
-    return correct / len(labels)
+    for _, units, labels in inputs.chunks(EVAL_BATCH):
+        scores = model.readout(model(model_input(model, inputs, units)))
+        correct += (scores.argmax(dim=1) == torch.from_numpy(labels)).sum().item()
+    return correct / inputs.count
 
 
-def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0, tet_lambda=0.0,
-          threads=2, on_batch=None, on_epoch=None):
-    """Train a recipe's network with Adam and a cosine learning-rate schedule; deterministic by seed
-    and thread count (more threads than free cores slows torch down badly on a shared machine).
+def train(recipe, train_set: InputSet, test_set: Optional[InputSet], loss, epochs, seed=0, lr=1e-3,
+          batch_size=64, shift=0, tet_lambda=0.0, threads=2, on_batch=None, on_epoch=None):
+    """Train a recipe's network with Adam and a cosine learning-rate schedule on `train_set` (with
+    labels, opened for input_spec(recipe)); deterministic by seed and thread count (more threads
+    than free cores slows torch down badly on a shared machine).
 
-    shift: random translation of the training images, in pixels (0: none). tet_lambda: weight of
-    TET's MSE term (tet and tet-s only).
+    test_set: measured after each epoch (None: no test accuracy). shift: random translation of the
+    training inputs, in pixels (0: none). tet_lambda: weight of TET's MSE term (tet and tet-s only).
     on_batch() is called after each optimiser step (progress bars); on_epoch(epoch, mean_loss,
-    test_accuracy) after each epoch. Returns the model (eval mode) and its final test accuracy.
+    test_accuracy or None) after each epoch. Returns the model (eval mode) and its final test
+    accuracy (None without a test set).
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     recipe = validate_recipe(recipe)
-    if tuple(recipe["input_shape"]) != dataset.input_shape:
-        raise InputError(f"recipe {recipe['name']} expects input_shape {recipe['input_shape']}, "
-                         f"data set {dataset.name} has {list(dataset.input_shape)}")
+    labelled(train_set, "training")
+    if test_set is not None:
+        labelled(test_set, "testing")
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     model = build(recipe)
-    images = torch.as_tensor(dataset.train_images)
-    labels = torch.as_tensor(dataset.train_labels)
+    labels = torch.from_numpy(train_set.labels)
     batches_per_epoch = math.ceil(len(labels) / batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * batches_per_epoch)
     shuffler = torch.Generator().manual_seed(seed)
-    accuracy = float("nan")
+    accuracy = None
     for epoch in range(1, epochs + 1):
         model.train()
         order = torch.randperm(len(labels), generator=shuffler)
         total = 0.0
         for start in range(0, len(labels), batch_size):
             batch = order[start:start + batch_size]
-            y = model(encode(random_shift(images[batch], shift, shuffler), recipe["T"]))
+            x = model_input(model, train_set, _batch_units(train_set, batch.tolist()))
+            y = model(random_shift(x, shift, shuffler))
             objective = sequence_loss(loss, y, labels[batch], tet_lambda=tet_lambda)
             optimizer.zero_grad()
             objective.backward()
@@ -114,7 +147,7 @@ def train(recipe, dataset, loss, epochs, seed=0, lr=1e-3, batch_size=64, shift=0
             total += objective.item() * len(batch)
             if on_batch:
                 on_batch()
-        accuracy = evaluate(model, dataset.test_images, dataset.test_labels)
+        accuracy = None if test_set is None else evaluate(model, test_set)
         if on_epoch:
             on_epoch(epoch, total / len(labels), accuracy)
     model.eval()

@@ -1,14 +1,23 @@
 """Hostile and broken inputs: one line on stderr, a documented exit code, no traceback, no output."""
+import importlib
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import netfactory
 from clicheck import assert_clean_failure, invoke
+from snnc import compiler, export_dir, passes
 from snnc.train import save_checkpoint
 
-INPUT, TARGET, OUTPUT = 3, 4, 6  # docs/errors.md
+USAGE, INPUT, TARGET, DESIGN_RULE, OUTPUT = 2, 3, 4, 5, 6  # docs/errors.md
+LOIHI2 = Path(__file__).resolve().parent.parent / "targets" / "loihi2.yaml"
+# an 8x8 network (the digits' shape) and what the mnist5k digits are: data that does not fit it
+TINY = dict(netfactory.recipe("mnist_lif", input_shape=[1, 8, 8], arch_params={"channels": [4, 8], "hidden": 16}),
+            name="tiny-8x8")
+MISFIT = ("[1, 28, 28]", "[1, 8, 8]")
 
 
 @pytest.fixture(scope="module")
@@ -147,3 +156,123 @@ def test_overflowing_checkpoint_is_reported_and_counted(tmp_path):
 def test_zero_samples_is_refused(lif_export):
     assert_clean_failure(invoke("run", lif_export, "--samples", 0), INPUT, "at least 1")
     assert_clean_failure(invoke("verify", lif_export, "--samples", 0), INPUT, "at least 1")
+
+
+# --- data that does not fit the network, and the order in which an export fails --------------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
+    save_checkpoint(path, netfactory.random_model(TINY, seed=1),
+                    {"data": "digits", "loss": "lts", "epochs": 0, "seed": 1, "test_accuracy": 0.0})
+    return path
+
+
+def never(what):
+    """A stand-in for a stage that must not run."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError(f"{what} ran")
+
+    return fail
+
+
+def entries(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_export_with_data_that_does_not_fit_fails_before_compiling(tmp_path, tiny_checkpoint, monkeypatch):
+    monkeypatch.setattr(passes, "fold_all", never("folding"))
+    before = entries(tmp_path)
+    result = invoke("export", tiny_checkpoint, "-o", tmp_path / "out", "--data", "mnist5k")
+    assert_clean_failure(result, INPUT, *MISFIT)
+    assert entries(tmp_path) == before
+
+
+def test_train_and_eval_with_data_that_does_not_fit_fail_before_any_work(tmp_path, tiny_checkpoint, monkeypatch):
+    import snnc.train
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    before = entries(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(snnc.train, "build", never("building the model to train"))
+        assert_clean_failure(invoke("train", recipe, "--data", "mnist5k", "--loss", "lts", "--epochs", 1,
+                                    "-o", tmp_path / "x.pt"), INPUT, *MISFIT)
+    monkeypatch.setattr(snnc.train, "evaluate", never("evaluation"))
+    assert_clean_failure(invoke("eval", tiny_checkpoint, "--data", "mnist5k"), INPUT, *MISFIT)
+    assert entries(tmp_path) == before
+
+
+def test_train_and_eval_need_labels(tmp_path, tiny_checkpoint, monkeypatch):
+    import snnc.train
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    with monkeypatch.context() as patch:
+        patch.setattr(snnc.train, "build", never("building the model to train"))
+        assert_clean_failure(invoke("train", recipe, "--data", "random:8", "--loss", "lts", "--epochs", 1,
+                                    "-o", tmp_path / "x.pt"), INPUT, "train needs data with labels", "random:8:0")
+    monkeypatch.setattr(snnc.train, "evaluate", never("evaluation"))
+    assert_clean_failure(invoke("eval", tiny_checkpoint, "--data", "random"), INPUT, "eval needs data with labels")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_run_with_data_that_does_not_fit(tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    assert invoke("export", tiny_checkpoint, "-o", out, "--data", "random:2").exit_code == 0
+    assert_clean_failure(invoke("run", out, "--data", "mnist5k"), INPUT, *MISFIT)
+
+
+def _small_target(path):
+    """loihi2 with two cores of 64 neurons: the tiny network does not fit."""
+    target = yaml.safe_load(LOIHI2.read_text())
+    target["name"] = "two-small-cores"
+    target["limits"].update(cores=2, neurons_per_core=64)
+    path.write_text(yaml.safe_dump(target))
+    return path
+
+
+def test_a_network_that_does_not_fit_fails_at_the_mapping_before_any_other_writer_or_fidelity(
+        tmp_path, tiny_checkpoint, monkeypatch):
+    for module in compiler.ARTIFACT_MODULES:
+        importlib.import_module(module)
+    writers = export_dir.artifact_writers()
+    assert writers[0].label == "core mapping"
+    for writer in writers[1:]:
+        monkeypatch.setitem(export_dir._WRITERS, writer.label,
+                            export_dir.ArtifactWriter(writer.label, writer.order, never(writer.label)))
+    monkeypatch.setattr(compiler, "fidelity", never("fidelity"))
+    target = _small_target(tmp_path / "small.yaml")
+    before = entries(tmp_path)
+    result = invoke("export", tiny_checkpoint, "-o", tmp_path / "out", "--target", target)
+    assert_clean_failure(result, DESIGN_RULE, "cores, the target has 2")
+    assert entries(tmp_path) == before
+
+
+def test_export_with_data_none_measures_nothing(tmp_path, tiny_checkpoint, monkeypatch):
+    import json
+
+    monkeypatch.setattr(compiler, "fidelity", never("fidelity"))
+    out = tmp_path / "out"
+    result = invoke("export", tiny_checkpoint, "-o", out, "--data", "none", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["fidelity_measured"] is False and summary["quantized_accuracy"] is None
+    assert json.loads((out / "fidelity.json").read_text()) == {"measured": False,
+                                                              "reason": "exported with --data none"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"] is None
+    assert {"network.json", "float/network.json", "model.onnx", "mapping.json", "lava/graph.json",
+            "network.nir"} <= set(manifest["files"])
+
+
+def test_input_shape_is_refused_where_the_source_defines_its_input(tmp_path, tiny_checkpoint):
+    assert_clean_failure(invoke("export", tiny_checkpoint, "-o", tmp_path / "out", "--input-shape", "1,8,8"),
+                         USAGE, "--input-shape applies only to a netx file")
+    netx = netfactory.netx_file(tmp_path / "net.net")
+    assert_clean_failure(invoke("export", netx, "-o", tmp_path / "out", "--input-shape", "1,28,28"),
+                         USAGE, "--input-shape applies only", "its input layer is [784]")
+    result = invoke("export", netx, "-o", tmp_path / "out", "--input-shape", "28x28")
+    assert result.exit_code == USAGE and "C,H,W" in result.output
+    assert not (tmp_path / "out").exists()

@@ -27,7 +27,8 @@ def test_export_directory_contents(srif_export_and_summary):
     text = (outdir / "manifest.json").read_text()
     assert str(outdir.parent) not in text and "time" not in text.lower()
     fidelity = json.loads((outdir / "fidelity.json").read_text())
-    assert fidelity["samples"] == 1000
+    assert fidelity["measured"] and fidelity["samples"] == 1000
+    assert manifest["data"] == fidelity["data"] == "mnist5k"     # the data the checkpoint was trained on
     assert set(fidelity["spike_agreement"]) == {"conv1", "conv2", "fc1"}
     assert summary["float_accuracy"] == fidelity["float_accuracy"]
     net = ExportDir.open(outdir).network

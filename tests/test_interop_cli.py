@@ -1,19 +1,54 @@
-"""Bring your own network: `snnc export` on a NIR graph and on a lava-dl netx file, then `verify`."""
+"""Bring your own network: `snnc export` on a NIR graph and on a lava-dl netx file, then `verify`.
+
+The network's input is the source's own (the NIR Input node, the netx input layer or first dense
+layer); data of another layout reaches it by the layout rule (docs/data.md, 'Shapes')."""
 import json
 
+import nir
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 import netfactory
-from snnc import compiler
-from snnc.cli import main
+from clicheck import assert_clean_failure, invoke
+from snnc import compiler, execute
+from snnc.data import InputSpec, open_inputs
+from snnc.errors import InputError
 from snnc.export_dir import ExportDir
-from snnc.data import dataset_inputs
+
+INPUT = 3
+ALL_BACKENDS = "reference,onnx,onnx-step,cycle,lava"
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+def verify_on(out, data, samples, backends, tmp_path):
+    """`snnc verify` of the export on the first `samples` of `data`, opened for the export's own
+    input and replayed as the saved units (the --input file that verify writes for a divergence)."""
+    net = ExportDir.open(out).network
+    units = open_inputs(data, InputSpec.of(net), samples).units()
+    path = tmp_path / "units.npz"
+    np.savez(path, inputs=units)
+    result = invoke("verify", out, "--backends", backends, "--input", path, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["equivalent"] and report["samples"] == samples
+    assert report["backends"] == ["reference"] + [b for b in backends.split(",") if b != "reference"]
+    return units
+
+
+def manifest(out):
+    return json.loads((out / "manifest.json").read_text())
+
+
+def netx_without_input_layer(path):
+    """lava-dl's netx MNIST layout without its input layer: the first dense layer takes 784 inputs."""
+    import h5py
+
+    netfactory.netx_file(path)
+    with h5py.File(path, "a") as handle:
+        layers = handle["layer"]
+        del layers["0"]
+        layers.move("1", "0")
+        layers.move("2", "1")
+    return path
 
 
 @pytest.mark.slow   # verify runs Lava
@@ -23,13 +58,114 @@ def test_netx_network_exports_and_verifies(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["float_accuracy"] is None and "float/network.json" not in summary["files"]
+    assert summary["data"] == "mnist5k" and summary["samples"] == 1000
     net = ExportDir.open(out).network
     assert net.T == 8 and net.arithmetic["fire_rule"] == ">" and net.encoding["kind"] == "spikes"
-    report = invoke("verify", out, "--backends", "reference,onnx,cycle,lava", "--samples", 12, "--json")
-    assert report.exit_code == 0, report.output
-    assert json.loads(report.stdout)["equivalent"]
-    inputs, _ = dataset_inputs(net, "mnist5k", 12)
-    assert set(np.unique(inputs)) <= {0, 1} and inputs.sum() > 0
+    assert net.input_node.shape == (784,) and manifest(out)["input"]["shape"] == ["T", "batch", 784]
+    units = verify_on(out, "mnist5k", 12, ALL_BACKENDS, tmp_path)
+    assert set(np.unique(units)) <= {0, 1} and units.sum() > 0
+
+
+def test_netx_network_without_input_layer_takes_its_first_dense_layers_width(tmp_path):
+    """The observed failure: 1x28x28 digits fed to a first dense layer of 784 inputs."""
+    out = tmp_path / "netx"
+    result = invoke("export", netx_without_input_layer(tmp_path / "net.net"), "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["data"] == "mnist5k"
+    assert ExportDir.open(out).network.input_node.shape == (784,)
+    verify_on(out, "mnist5k", 6, "reference,onnx,cycle", tmp_path)
+
+
+def _dense_nir(path):
+    """A 784-input NIR graph (what snnTorch writes for an MLP): affine 16 -> IF -> affine 10 -> LI;
+    the IF's r = 1/dt (dt 1e-3) makes its input gain 1."""
+    rng = np.random.default_rng(0)
+    graph = nir.NIRGraph.from_list(
+        nir.Input(input_type={"input": np.array([784])}),
+        nir.Affine(weight=rng.normal(0, 0.3, (16, 784)), bias=np.zeros(16)),
+        nir.IF(r=np.full(16, 1e3), v_threshold=np.ones(16)),
+        nir.Affine(weight=rng.normal(0, 2, (10, 16)), bias=np.zeros(10)),
+        nir.LI(tau=np.full(10, 2e-3), r=np.ones(10), v_leak=np.zeros(10)),
+        nir.Output(output_type={"output": np.array([10])}))
+    nir.write(str(path), graph)
+    return path
+
+
+@pytest.mark.slow   # verify runs Lava
+def test_nir_graph_with_a_flat_input_runs_on_every_backend(tmp_path):
+    out = tmp_path / "nir"
+    result = invoke("export", _dense_nir(tmp_path / "dense.nir"), "-o", out, "--T", 4, "--dt", 1e-3, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["quantized_accuracy"] is not None   # the 1000 mnist5k test digits
+    net = ExportDir.open(out).network
+    assert net.input_node.shape == (784,)
+    units = verify_on(out, "mnist5k", 8, ALL_BACKENDS, tmp_path)
+    assert 0 < execute.run(net, units).spikes["affine"].mean() < 1      # the hidden layer is not silent
+
+
+def _nmnist_nir(path):
+    """An N-MNIST-shaped NIR graph: Input 2x34x34 -> conv 4 (stride 2) -> IF -> flatten -> affine 10 -> LI."""
+    rng = np.random.default_rng(1)
+    graph = nir.NIRGraph.from_list(
+        nir.Input(input_type={"input": np.array([2, 34, 34])}),
+        nir.Conv2d(input_shape=(34, 34), weight=rng.normal(0, 0.5, (4, 2, 3, 3)), stride=2, padding=1,
+                   dilation=1, groups=1, bias=np.zeros(4)),
+        nir.IF(r=np.ones((4, 17, 17)), v_threshold=np.ones((4, 17, 17))),
+        nir.Flatten(start_dim=0, end_dim=-1, input_type={"input": np.array([4, 17, 17])}),
+        nir.Affine(weight=rng.normal(0, 0.5, (10, 4 * 17 * 17)), bias=np.zeros(10)),
+        nir.LI(tau=np.full(10, 2e-3), r=np.ones(10), v_leak=np.zeros(10)),
+        nir.Output(output_type={"output": np.array([10])}))
+    nir.write(str(path), graph)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nmnist(tmp_path_factory):
+    return _nmnist_nir(tmp_path_factory.mktemp("nmnist") / "nmnist.nir")
+
+
+def test_nir_input_that_fits_no_built_in_data_is_exported_on_random_inputs(tmp_path, nmnist):
+    out = tmp_path / "random"
+    result = invoke("export", nmnist, "-o", out, "--T", 4, "--dt", 1e-3, "--input-scale", 1, "--data", "random:6",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["float_accuracy"] is None and summary["quantized_accuracy"] is None   # no labels
+    assert 0 <= summary["prediction_agreement"] <= 1 and summary["samples"] == 6
+    fidelity = json.loads((out / "fidelity.json").read_text())
+    assert fidelity["measured"] and fidelity["data"] == "random:6:0"
+    assert manifest(out)["data"] == "random:6:0"
+    assert manifest(out)["input"]["shape"] == ["T", "batch", 2, 34, 34]
+    verify_on(out, "random:4:1", 4, "reference,onnx,cycle", tmp_path)
+
+
+def test_nir_input_that_fits_no_built_in_data_exports_without_data(tmp_path, nmnist):
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_clean_failure(invoke("export", nmnist, "-o", tmp_path / "out", "--T", 4, "--dt", 1e-3), INPUT,
+                         "the network's input [2, 34, 34] fits no built-in data set",
+                         "--data FILE, --data random or --data none")
+    assert_clean_failure(invoke("export", nmnist, "-o", tmp_path / "out", "--T", 4, "--dt", 1e-3,
+                                "--data", "mnist5k"), INPUT, "[1, 28, 28]", "[2, 34, 34]")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    out = tmp_path / "none"
+    result = invoke("export", nmnist, "-o", out, "--T", 4, "--dt", 1e-3, "--data", "none")
+    assert result.exit_code == 0, result.output
+    assert "no fidelity measured" in result.output
+    assert json.loads((out / "fidelity.json").read_text())["measured"] is False
+    assert manifest(out)["data"] is None
+    assert {"network.json", "model.onnx", "mapping.json", "lava/graph.json", "network.nir"} <= set(manifest(out)["files"])
+
+
+def test_the_source_says_the_input_and_the_default_data_follows_it(tmp_path, nmnist):
+    """default_data: a checkpoint's training data, else the first built-in the input fits."""
+    def default_for(path, **options):
+        source = compiler.read_source(path, "loihi2", options)
+        return compiler.default_data(source.network, source.data)
+
+    assert default_for(_dense_nir(tmp_path / "dense.nir"), T=4, dt=1e-3) == "mnist5k"        # 784 by the layout rule
+    assert default_for(netx_without_input_layer(tmp_path / "net.net")) == "mnist5k"
+    with pytest.raises(InputError, match=r"\[2, 34, 34\] fits no built-in data set"):
+        default_for(nmnist, T=4, dt=1e-3)
 
 
 @pytest.mark.slow   # reads the export of a shipped checkpoint and exports again
@@ -50,8 +186,6 @@ def test_nir_graph_from_an_export_round_trips(lif_export, tmp_path):
 
 
 def test_unsupported_source_nodes_are_named(tmp_path):
-    import nir
-
     graph = nir.NIRGraph.from_list(nir.Linear(weight=np.ones((3, 4))), nir.Delay(delay=np.ones(3)))
     path = tmp_path / "delay.nir"
     nir.write(path, graph)

@@ -33,6 +33,7 @@ def test_recipe_builds_and_runs_untrained(path):
     assert y.shape == (steps, batch, recipe["num_classes"])
     assert list(outputs) == [node.name for node in model.nodes]
     assert all(out.shape[:2] == (steps, batch) for out in outputs.values())
+    assert {name: tuple(out.shape[2:]) for name, out in outputs.items()} == model.shapes  # what the compiler reads
     assert torch.equal(outputs[model.nodes[-1].name], y)
     assert model.readout(y).shape == (batch, recipe["num_classes"])
 

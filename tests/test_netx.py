@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from snnc import execute, ir
-from snnc.errors import DesignRuleError, InputError
+from snnc.errors import DesignRuleError, InputError, UsageError
 from snnc.exporters.netx_export import export_netx
 from snnc.frontends.netx import lava_dense_weights, load_netx
 
@@ -51,14 +51,17 @@ TINY_W1 = np.array([[100, -50, 20], [40, 80, -120]])
 TINY_W2 = np.array([[60, 60], [-30, 90]])
 
 
-def _tiny_file(path, **overrides):
-    """input 3 -> dense 2 (iDecay 1024, vDecay 128, vThMant 80) -> dense 2 (IF, vThMant 100)."""
+def _tiny_file(path, input_layer=True, **overrides):
+    """input 3 -> dense 2 (iDecay 1024, vDecay 128, vThMant 80) -> dense 2 (IF, vThMant 100);
+    without `input_layer` the first dense layer says the input (inFeatures 3)."""
     with h5py.File(path, "w") as f:
         layers = f.create_group("layer")
-        _layer(layers, 0, "input", [3])
-        _dense(layers, 1, overrides.get("w1", TINY_W1), neuron=overrides.get("n1", (1024, 128, 80)),
+        first = int(input_layer)
+        if input_layer:
+            _layer(layers, 0, "input", [3])
+        _dense(layers, first, overrides.get("w1", TINY_W1), neuron=overrides.get("n1", (1024, 128, 80)),
                bias=overrides.get("bias1"), delay=overrides.get("delay1"))
-        _dense(layers, 2, TINY_W2, neuron=(4096, 0, 100))
+        _dense(layers, first + 1, TINY_W2, neuron=(4096, 0, 100))
         simulation = f.create_group("simulation")
         simulation.create_dataset("Ts", data=1)
         simulation.create_dataset("tSample", data=6)
@@ -133,25 +136,36 @@ def _correlate(weight, stride, padding):
     return apply
 
 
-def test_conv_flatten_dense_network_matches_lava_lif_semantics(tmp_path):
-    rng = np.random.default_rng(4)
-    conv_w = rng.integers(-60, 61, (3, 2, 3, 3)) * 2       # slayer exports even 8-bit integers
-    bias_c = np.array([5, -3, 0])
-    dense_w = rng.integers(-100, 101, (4, 3 * 3 * 3)) * 2
-    path = tmp_path / "conv.net"
+CONV_RNG = np.random.default_rng(4)
+CONV_W = CONV_RNG.integers(-60, 61, (3, 2, 3, 3)) * 2       # slayer exports even 8-bit integers
+CONV_BIAS = np.array([5, -3, 0])
+CONV_DENSE_W = CONV_RNG.integers(-100, 101, (4, 3 * 3 * 3)) * 2
+
+
+def _conv_file(path, input_layer=True):
+    """input 2x5x5 -> conv 3 channels 3x3 stride 2 -> flatten -> dense 4; without `input_layer`
+    the file starts with the conv layer (its input is then not in the file)."""
     with h5py.File(path, "w") as f:
         layers = f.create_group("layer")
-        _layer(layers, 0, "input", [2, 5, 5])
-        conv = _layer(layers, 1, "conv", [3, 3, 3])
+        first = int(input_layer)
+        if input_layer:
+            _layer(layers, 0, "input", [2, 5, 5])
+        conv = _layer(layers, first, "conv", [3, 3, 3])
         for key, value in (("inChannels", 2), ("outChannels", 3), ("kernelSize", [3, 3]), ("stride", [2, 2]),
                            ("padding", [1, 1]), ("dilation", [1, 1]), ("groups", 1)):
             conv.create_dataset(key, data=np.array(value))
-        conv.create_dataset("weight", data=conv_w.astype(np.float32))
-        conv.create_dataset("bias", data=bias_c.astype(np.float32))
+        conv.create_dataset("weight", data=CONV_W.astype(np.float32))
+        conv.create_dataset("bias", data=CONV_BIAS.astype(np.float32))
         _cuba(conv, 512, 256, 150)
-        _layer(layers, 2, "flatten", [27, 1, 1])
-        _dense(layers, 3, dense_w, neuron=(2048, 64, 200))
-    net = load_netx(path, T=10)
+        _layer(layers, first + 1, "flatten", [27, 1, 1])
+        _dense(layers, first + 2, CONV_DENSE_W, neuron=(2048, 64, 200))
+    return path
+
+
+def test_conv_flatten_dense_network_matches_lava_lif_semantics(tmp_path):
+    rng = np.random.default_rng(5)
+    conv_w, bias_c, dense_w = CONV_W, CONV_BIAS, CONV_DENSE_W
+    net = load_netx(_conv_file(tmp_path / "conv.net"), T=10)
     assert [n.op for n in net.nodes] == ["input", "conv2d", "flatten", "linear", "linear"]
     spikes = (rng.uniform(size=(10, 6, 2, 5, 5)) < 0.5).astype(np.int64)
     trace = execute.run(net, spikes)
@@ -394,11 +408,24 @@ def test_artifact_writer_skips_or_refuses(tmp_path):
         write_artifact(SimpleNamespace(fixed=soft), tmp_path, {"netx": True})
 
 
-def test_flat_input_presented_as_images(tmp_path):
-    net = load_netx(_tiny_file(tmp_path / "tiny.net"), input_shape=(1, 3, 1))
-    assert [n.op for n in net.nodes[:2]] == ["input", "flatten"] and net.input_node.shape == (1, 3, 1)
-    images = TINY_INPUT.reshape(6, 1, 1, 3, 1)
-    np.testing.assert_array_equal(execute.run(net, images).readout,
-                                  execute.run(load_netx(tmp_path / "tiny.net"), TINY_INPUT).readout)
-    with pytest.raises(InputError, match="does not match the input layer"):
-        load_netx(tmp_path / "tiny.net", input_shape=(1, 2, 2))
+def test_the_file_says_its_input_and_input_shape_is_only_for_a_conv_first_file(tmp_path):
+    """The input layer's shape, else the first dense layer's inFeatures; --input-shape only where
+    neither exists (a file starting with a conv layer), refused in one line elsewhere."""
+    with_input = load_netx(_tiny_file(tmp_path / "tiny.net"))
+    dense_first = load_netx(_tiny_file(tmp_path / "dense_first.net", input_layer=False))
+    assert with_input.input_node.shape == dense_first.input_node.shape == (3,)
+    np.testing.assert_array_equal(execute.run(dense_first, TINY_INPUT).readout,
+                                  execute.run(with_input, TINY_INPUT).readout)
+    for path in ("tiny.net", "dense_first.net"):
+        with pytest.raises(UsageError, match="--input-shape applies only to a netx file without an input layer"):
+            load_netx(tmp_path / path, input_shape=(1, 3, 1))
+    conv_first = _conv_file(tmp_path / "conv_first.net", input_layer=False)
+    with pytest.raises(InputError, match="no input layer and no dense layer first: pass --input-shape C,H,W"):
+        load_netx(conv_first, T=10)
+    given = load_netx(conv_first, T=10, input_shape=(2, 5, 5))
+    stored = load_netx(_conv_file(tmp_path / "conv.net"), T=10)
+    assert given.input_node.shape == stored.input_node.shape == (2, 5, 5)
+    spikes = (np.random.default_rng(6).uniform(size=(10, 3, 2, 5, 5)) < 0.5).astype(np.int64)
+    np.testing.assert_array_equal(execute.run(given, spikes).readout, execute.run(stored, spikes).readout)
+    with pytest.raises(InputError, match="conv layer after an input of shape"):
+        load_netx(conv_first, T=10, input_shape=(50,))

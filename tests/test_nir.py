@@ -12,7 +12,7 @@ from snntorch import utils as snn_utils
 from snntorch.export_nir import export_to_nir
 
 from snnc import execute, ir
-from snnc.data import load_dataset
+from snnc.data import InputSpec, load_dataset, open_inputs
 from snnc.errors import InputError
 from snnc.exporters.nir_export import export_nir
 from snnc.frontends.nir_frontend import load_nir
@@ -68,10 +68,12 @@ def test_snntorch_dense_network_matches_spike_for_spike(tmp_path, digits):
         model[0].weight.mul_(3.0)
         model[2].weight.mul_(4.0)
     path = _export(model, torch.zeros(1, 784), tmp_path / "dense.nir")
-    net = load_nir(path, T=T, input_shape=(1, 28, 28))
+    net = load_nir(path, T=T)
     assert net.metadata["nir"]["dt"] == pytest.approx(1e-4)   # snnTorch's step, inferred as tau/r
     assert [n.name for n in net.spiking_nodes()] == ["0", "2"]
-    trace = execute.run(net, execute.encode(net, digits))     # input current = pixel / 255
+    assert net.input_node.shape == (784,)                      # the NIR Input's own shape
+    inputs = open_inputs("mnist5k", InputSpec.of(net), DIGITS)  # 1x28x28 digits by the layout rule
+    trace = execute.run(net, inputs.network_input(net, inputs.units()))   # input current = pixel / 255
     x = torch.from_numpy(digits.reshape(DIGITS, 784).astype(np.float64) * net.encoding["scale"])
     reference = _run_snntorch(model, x, T, (1, 3))
     for index, name in ((1, "0"), (3, "2")):

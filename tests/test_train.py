@@ -194,7 +194,7 @@ def test_command_line_input_errors_are_one_line(tmp_path, args, message):
 
 def test_eval_rejects_unknown_dataset(checkpoint):
     result = CliRunner().invoke(main, ["eval", str(checkpoint), "--data", "cifar10"])
-    assert result.exit_code == 3 and "unknown data set 'cifar10'" in result.output
+    assert result.exit_code == 3 and "cifar10: no such data file" in result.output
 
 
 # ---------------------------------------------------------------- shipped checkpoints

@@ -54,10 +54,7 @@ def _identity_synapse(name: str, source: Node) -> Node:
 def network_from_model(model, name: str) -> Network:
     """Translate an snnc.models.SNN (eval mode) into a float Network."""
     recipe = model.recipe
-    dtype = next(model.parameters()).dtype
-    with torch.no_grad():
-        _, outputs = model(torch.zeros((1, 1) + tuple(recipe["input_shape"]), dtype=dtype), record=True)
-    shapes = {key: tuple(value.shape[2:]) for key, value in outputs.items()}
+    shapes = model.shapes
     nodes = [Node(name="input", op="input", inputs=[], shape=tuple(recipe["input_shape"]))]
     by_name = {"input": nodes[0]}
     for module in model.nodes:

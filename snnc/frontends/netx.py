@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from snnc import fixedpoint
-from snnc.errors import DesignRuleError, InputError
+from snnc.errors import DesignRuleError, InputError, UsageError
 from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weight_count, conv_output_shape,
                      encoding_problem)
 
@@ -350,15 +350,21 @@ class _Reader:
                       neuron=neuron))
 
 
+def _refuse_input_shape(path: Path, input_shape, why: str) -> None:
+    if input_shape is not None:
+        raise UsageError(f"{path}: --input-shape applies only to a netx file without an input layer that "
+                         f"starts with a conv layer; {why}")
+
+
 def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optional[dict] = None,
               input_shape: Optional[tuple[int, ...]] = None) -> Network:
     """A fixed-point snnc Network from a lava-dl netx HDF5 file (bit-exact netx/Lava LIF semantics).
 
     T: steps per sample (default: the file's simulation/tSample, else required). target: whose
     register widths to use (must be Lava's CUBA widths). encoding: what the input receives (default
-    SPIKE_ENCODING, binary spikes). input_shape: the input's shape when the file has no input layer
-    and starts with a conv layer, or an image shape (1, 28, 28) in which to present a flat input
-    layer of the same size (a flatten node follows).
+    SPIKE_ENCODING, binary spikes). The input's shape is the file's: its input layer, else the
+    first dense layer's inFeatures; input_shape (C, H, W) is only for a file without an input layer
+    that starts with a conv layer, and refused for any other.
     """
     import h5py
 
@@ -412,24 +418,20 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                     raise InputError(f"{where}: an input layer with neurons (lava-dl Input block, driven "
                                      f"through its bias) is not supported")
                 shape = _shape(group)
-                if input_shape is not None and tuple(input_shape) != shape:
-                    if int(np.prod(input_shape)) != int(np.prod(shape)) or len(shape) == 3:
-                        raise InputError(f"{where}: input_shape {list(input_shape)} does not match the "
-                                         f"input layer {list(shape)}")
-                    reader.add(Node(name=_name(group, "input"), op="input", inputs=[], shape=tuple(input_shape)))
-                    continue   # the dense layer that follows flattens it
+                _refuse_input_shape(path, input_shape, f"its input layer is {list(shape)}")
                 reader.add(Node(name=_name(group, "input"), op="input", inputs=[], shape=shape))
                 continue
             if not reader.nodes:
-                first = _text(group["type"]).lower()
-                if first == "dense":
+                if kind == "dense":
                     width = _integer(group, "inFeatures") if "inFeatures" in group \
                         else _numbers(group, "weight").shape[-1]
-                    reader.add(Node(name="input", op="input", inputs=[], shape=check_shape([width], where)))
+                    shape = check_shape([width], where)
+                    _refuse_input_shape(path, input_shape, f"its first dense layer takes {list(shape)}")
                 elif input_shape is not None:
-                    reader.add(Node(name="input", op="input", inputs=[], shape=tuple(input_shape)))
+                    shape = check_shape(list(input_shape), f"{path}: --input-shape")
                 else:
-                    raise InputError(f"{path}: no input layer: pass input_shape (C, H, W)")
+                    raise InputError(f"{path}: no input layer and no dense layer first: pass --input-shape C,H,W")
+                reader.add(Node(name="input", op="input", inputs=[], shape=shape))
             if kind == "dense":
                 reader.dense(group, index, last)
             elif kind == "conv":

@@ -339,17 +339,9 @@ class _Builder:
 
     # --- node kinds ---
 
-    def input(self, key, node, input_shape):
+    def input(self, key, node):
         where = f"NIR node '{key}' (Input)"
         shape = check_shape([int(x) for x in _array(node.input_type["input"], where).ravel()], where)
-        if input_shape is not None and tuple(input_shape) != shape:
-            if len(shape) != 1 or int(np.prod(input_shape)) != shape[0]:
-                raise InputError(f"input_shape {list(input_shape)} does not match the NIR input "
-                                 f"{list(shape)}")
-            self.add(Node(name=key, op="input", inputs=[], shape=tuple(int(x) for x in input_shape)))
-            flat = self.add(Node(name=self.unique(f"{key}_flatten"), op="flatten", inputs=[key], shape=shape))
-            self.ref[key] = flat.name
-            return
         self.add(Node(name=key, op="input", inputs=[], shape=shape))
         self.ref[key] = key
 
@@ -588,14 +580,14 @@ def _graph_meta(graph, use_metadata: bool) -> Optional[dict]:
     return meta
 
 
-def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *,
-             input_shape: Optional[tuple[int, ...]] = None, encoding: Optional[dict] = None,
+def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, encoding: Optional[dict] = None,
              readout: Optional[str] = None, use_metadata: bool = True, name: Optional[str] = None) -> Network:
     """A float snnc Network from a NIR graph (a path to a .nir file, or a nir.NIRGraph).
 
     T: time steps per sample (default: the T stored by snnc's exporter). dt: the Forward-Euler step
     (default: graph metadata 'dt', else inferred as tau/r, else 1 for graphs without leaky neurons).
-    input_shape: present a 1-D NIR input as this shape (e.g. (1, 28, 28)) through a flatten node.
+    The network's input is the Input node's shape (data of another layout reaches it through the
+    layout rule of snnc.data, e.g. 1x28x28 images a 784 input).
     encoding: how data reaches the input (default DEFAULT_ENCODING: pixel/255 every step).
     readout: 'mean' or 'last' (default: docs/interop.md, "Output layer").
     """
@@ -623,7 +615,7 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *,
         node = graph.nodes[key]
         kind = _type(node)
         if kind == "Input":
-            builder.input(key, node, input_shape)
+            builder.input(key, node)
         elif kind == "Output":
             continue
         elif kind in SYNAPSE_TYPES:
