@@ -418,19 +418,14 @@ def energy(outdir, data, samples, target, output_format, budget_uj, baseline, ma
 @reports_errors
 def simulate(outdir, data, samples, as_json):
     """Run an export on the cycle-level multicore simulator: accuracy, counts, latency, throughput."""
-    from snnc.backends.cycle import simulate_export
-    from snnc.data import dataset_images
-    from snnc.export_dir import ExportDir
+    from snnc.backends.cycle import simulate_outdir
 
-    export = ExportDir.open(outdir)
-    images, labels = dataset_images(export.network.input_node.shape,
-                                 data or export.manifest.get("data", "mnist5k"), samples)
-    report = simulate_export(export, images, labels=labels)
+    report = simulate_outdir(outdir, data, samples)
     if as_json:
         print_json(report)
         return
     click.echo(f"{report['network']} on {report['target']}: {report['cores_used']} cores, "
-               f"{report['samples']} samples, accuracy {report['accuracy']:.4f}")
+               f"{report['samples']} samples" + ("" if report["accuracy"] is None else f", accuracy {report['accuracy']:.4f}"))
     click.echo(f"latency {report['latency_us_per_sample']:.2f} us per sample, "
                f"{report['chip_samples_per_second']:,.0f} samples/s on the chip (modelled)")
     for layer, counts in report["counts"]["per_sample"].items():

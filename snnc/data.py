@@ -267,23 +267,3 @@ def open_inputs(data: str, spec: InputSpec, samples: Optional[int] = None, split
 
     return open_file(Path(data), spec, samples)
 
-
-# --- transitional: the old image-only API, removed once every caller uses open_inputs -------------
-
-def dataset_images(input_shape, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    dataset = load_dataset(data)
-    count = len(dataset.test_labels) if samples is None else samples
-    if count < 1:
-        raise InputError("--samples must be at least 1")
-    images, labels = dataset.test_images[:count], dataset.test_labels[:count]
-    if tuple(images.shape[1:]) != tuple(input_shape):
-        raise InputError(f"data set {data} has inputs {list(images.shape[1:])}, the network expects "
-                         f"{list(input_shape)}")
-    return images, labels
-
-
-def dataset_inputs(net, data: str, samples: int | None) -> tuple[np.ndarray, np.ndarray]:
-    from snnc.execute import encode as encode_for
-
-    images, labels = dataset_images(net.input_node.shape, data, samples)
-    return encode_for(net, images), labels

@@ -13,7 +13,7 @@ from snnc.backends import get_backend
 from snnc.cli import main
 from snnc.train import load_checkpoint
 from snnc.export_dir import ExportDir
-from snnc.data import dataset_inputs
+from snnc.data import InputSpec, open_inputs
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = 40
@@ -39,7 +39,7 @@ def _fanout_count(events: torch.Tensor, weight_shape, stride=1, padding=0) -> fl
 def test_counted_sops_equal_an_independent_count(lif_export, report):
     """Exact: the integer reference's spikes pushed through all-ones convolutions in PyTorch."""
     net = ExportDir.open(lif_export).network
-    inputs, _ = dataset_inputs(net, "mnist5k", SAMPLES)
+    inputs = open_inputs("mnist5k", InputSpec.of(net), SAMPLES).units()
     spikes = get_backend("reference").run(net, inputs).spikes
     merge = lambda x: torch.from_numpy(np.asarray(x, dtype=np.float64)).flatten(0, 1)  # noqa: E731
     pooled1 = F.avg_pool2d(merge(spikes["conv1"]), 2)
@@ -85,7 +85,7 @@ def test_papers_estimate(report, lif_export):
     channels1, channels2, hidden = (net.node(n).weight.shape[0] for n in ("conv1", "conv2", "fc1"))
     assert rows["conv1"]["macs"] == 3 * 3 * 28 * 28 * 1 * channels1 and rows["conv1"]["sops_estimate"] == 0
     assert rows["fc1"]["flops"] == channels2 * 7 * 7 * hidden
-    inputs, _ = dataset_inputs(net, "mnist5k", SAMPLES)
+    inputs = open_inputs("mnist5k", InputSpec.of(net), SAMPLES).units()
     rate = get_backend("reference").run(net, inputs).spikes["conv2"].mean()
     assert rows["fc1"]["sops_estimate"] == pytest.approx(rate * 4 * channels2 * 7 * 7 * hidden)
     assert rows["fc1"]["energy_45nm_estimate_pj"] == pytest.approx(0.9 * rows["fc1"]["sops_estimate"])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from snnc import compiler, execute
-from snnc.data import load_dataset
+from snnc.data import InputSpec, load_dataset, open_inputs
 from snnc.targets import load_target
 from snnc.train import load_checkpoint
 from snnc.verify import fidelity
@@ -47,10 +47,9 @@ def test_folded_network_spikes_exactly_like_pytorch(compiled, digits):
     assert np.allclose(trace.readout, model.readout(y).numpy(), rtol=1e-9, atol=1e-9)
 
 
-def test_quantized_accuracy_within_half_a_point(compiled, digits):
+def test_quantized_accuracy_within_half_a_point(compiled):
     name, result = compiled
-    images, labels = digits
-    report = fidelity(result.folded, result.fixed, images, labels)
+    report = fidelity(result.folded, result.fixed, open_inputs("mnist5k", InputSpec.of(result.fixed)))
     assert report["float_accuracy"] >= 0.97, name
     assert abs(report["quantized_accuracy"] - report["float_accuracy"]) <= 0.005, report
     assert min(report["spike_agreement"].values()) > 0.95, report["spike_agreement"]

@@ -10,7 +10,7 @@ from snnc import compiler, verify
 from snnc.backends import get_backend
 from snnc.cli import main
 from snnc.export_dir import ExportDir
-from snnc.data import dataset_inputs
+from snnc.data import InputSpec, open_inputs
 
 pytestmark = pytest.mark.slow   # every test reads the export of a shipped checkpoint; Lava runs
 
@@ -47,7 +47,7 @@ def _planted_onnx(layer, neuron, bit):
 def test_planted_one_bit_difference_is_found(lif_export, tmp_path, monkeypatch):
     net = ExportDir.open(lif_export).network
     reference = get_backend("reference")
-    inputs, _ = dataset_inputs(net, "mnist5k", 30)
+    inputs = open_inputs("mnist5k", InputSpec.of(net), 30).units()
     baseline = reference.run(net, inputs)
     layer = "conv2"
     fired = baseline.spikes[layer].reshape(net.T, 30, -1)
@@ -81,7 +81,7 @@ def test_planted_one_bit_difference_is_found(lif_export, tmp_path, monkeypatch):
 
 def test_human_readable_report_names_the_divergence(lif_export, tmp_path, monkeypatch):
     net = ExportDir.open(lif_export).network
-    inputs, _ = dataset_inputs(net, "mnist5k", 5)
+    inputs = open_inputs("mnist5k", InputSpec.of(net), 5).units()
     fired = get_backend("reference").run(net, inputs).spikes["fc1"].reshape(net.T, 5, -1)
     neuron = int(np.nonzero(fired.any(axis=(0, 1)))[0][0])
     real_get_backend = verify.get_backend

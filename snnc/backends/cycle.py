@@ -640,17 +640,10 @@ def run_export(export, inputs, record_voltages=()) -> execute.Trace:
     return concatenate_traces(plan.net, traces)
 
 
-def simulate_export(export, inputs: InputSet, labels=None) -> dict:
+def simulate_export(export, inputs: InputSet) -> dict:
     """`snnc simulate`: the exported network on its exported mapping and target over `inputs`
     (streamed in chunks), as a JSON-able report; accuracy None without labels."""
     net, target, mapping = export.network, export.target, load_mapping(export)
-    if not isinstance(inputs, InputSet):   # transitional: cli.py's (images, labels) call until it calls simulate_outdir
-        from snnc.data import InputSpec, frames_set
-
-        images = np.asarray(inputs)
-        inputs = frames_set("images", InputSpec.of(net), len(images),
-                            None if labels is None else np.asarray(labels)[:len(images)],
-                            lambda start, stop: images[start:stop])
     predictions, parts, overflow, correct = [], [], {}, 0
     for _, labels, trace, counts in simulate_chunks(net, mapping, target, inputs):
         predictions.append(trace.predictions)
