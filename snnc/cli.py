@@ -22,11 +22,15 @@ def data_help(detail: str) -> str:
     return f"{DATA_HELP} {detail}"
 
 
+_SIGNALLED = []   # set once SIGTERM arrived, even where the KeyboardInterrupt it raised was swallowed
+
+
 def interrupt_on_sigterm():
     """Turn SIGTERM into KeyboardInterrupt so that cleanup (the export's staging directory) runs."""
     import signal
 
     def interrupt(signum, frame):
+        _SIGNALLED.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
@@ -34,19 +38,24 @@ def interrupt_on_sigterm():
 
 def reports_errors(command):
     """Turn SnncError into one line on stderr and its exit code, never a traceback; SIGTERM and
-    Ctrl-C end the command with exit 130 after its cleanup ran."""
+    Ctrl-C end the command with exit 130 after its cleanup ran. A KeyboardInterrupt raised where
+    Python ignores exceptions (a finalizer of a library's object) still ends in exit 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        _SIGNALLED.clear()
         try:
             interrupt_on_sigterm()
-            return command(*args, **kwargs)
+            result = command(*args, **kwargs)
         except SnncError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
+            _SIGNALLED.append(None)
+        if _SIGNALLED:
             click.echo("error: interrupted", err=True)
             sys.exit(INTERRUPTED)
+        return result
 
     return wrapper
 

@@ -92,6 +92,16 @@ def _os_failure(path, error: OSError) -> OutputError:
     return OutputError(f"cannot write {path}: {reason}")
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file built in memory into a staging directory; a failure (a full disk) is one
+    OutputError and leaves no partial file."""
+    try:
+        Path(path).write_bytes(data)
+    except OSError as error:
+        Path(path).unlink(missing_ok=True)
+        raise _os_failure(path, error) from None
+
+
 def check_output_path(path) -> Path:
     """The output path as given, refused when it names no new entry of its own: the empty path,
     '.', '..', the root, the current directory or one above it, or a name too long to stage."""

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from snnc import __version__
-from snnc.errors import DesignRuleError, InputError, OutputError
-from snnc.export_dir import artifact_writer
+from snnc.errors import DesignRuleError, InputError
+from snnc.export_dir import artifact_writer, write_bytes
 from snnc.frontends.netx import (BIAS_EXP, DECAY_UNITY, LAVA_LIF_RULES, THRESHOLD_SHIFT,
                                  lava_dense_weights)
 from snnc.ir import Network, Node
@@ -246,11 +246,7 @@ def export_netx(net: Network, path) -> list[str]:
         meta.attrs["input_message_bits"] = int(net.encoding.get("bits", 8)) if graded else 0
         if readout_kind == "count":
             meta.attrs["count_readout"] = readout.name
-    try:
-        path.write_bytes(buffer.getvalue())
-    except OSError as error:
-        path.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {error.strerror or error}")
+    write_bytes(path, buffer.getvalue())
     return summary
 
 

@@ -24,8 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from snnc.errors import InputError, OutputError
-from snnc.export_dir import artifact_writer
+from snnc.errors import InputError
+from snnc.export_dir import artifact_writer, write_bytes
 from snnc.frontends.nir_frontend import GRAPH_METADATA_KEY, METADATA_KEY
 from snnc.ir import Network, Node
 
@@ -207,11 +207,7 @@ def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
         path = Path(path)
         buffer = io.BytesIO()  # in memory first: the HDF5 library crashes on a full disk
         nir.write(buffer, graph)
-        try:
-            path.write_bytes(buffer.getvalue())
-        except OSError as error:
-            path.unlink(missing_ok=True)
-            raise OutputError(f"cannot write {path}: {error.strerror or error}")
+        write_bytes(path, buffer.getvalue())
     return graph
 
 
