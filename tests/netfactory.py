@@ -76,3 +76,14 @@ def netx_file(path):
         simulation.create_dataset("Ts", data=1)
         simulation.create_dataset("tSample", data=8)
     return path
+
+
+def integer_neuron(n: int, kind: str, threshold: int):
+    """A fixed-point IF population of n neurons (hard reset, no leak, current kept one step), or
+    the readout integrator when kind is not 'spiking'."""
+    from snnc.ir import Neuron
+
+    spiking = kind == "spiking"
+    return Neuron(kind=kind, threshold=np.full((n,), threshold, np.int64) if spiking else None,
+                  reset="hard" if spiking else "none", reset_amount=None, bias=np.zeros((n,), np.int64),
+                  initial_state=np.zeros((n,), np.int64), v_decay=0, u_decay=4095)

@@ -17,7 +17,7 @@ from snnc.compiler import compile_checkpoint, compile_network
 from snnc.data import InputSpec, frames_set
 from snnc.export_dir import ExportDir, write_manifest
 from snnc.errors import InputError
-from snnc.ir import Network, Neuron, Node
+from snnc.ir import Network, Node
 from snnc.passes import mapping as mp
 from snnc.passes.mapping import write_artifacts as mapping_writer
 from snnc.targets import load_target
@@ -85,10 +85,8 @@ def test_shipped_checkpoints_are_spike_exact_on_mnist(name):
 def _tiny(target):
     """input (2 pixels) -> fc (2 spiking neurons, one per core) -> readout (1 neuron)."""
     def neuron(n, kind):
-        spiking = kind == "spiking"
-        return Neuron(kind=kind, threshold=np.full((n,), 1000, np.int64) if spiking else None,
-                      reset="hard" if spiking else "none", reset_amount=None, bias=np.zeros((n,), np.int64),
-                      initial_state=np.zeros((n,), np.int64), v_decay=0, u_decay=4095)
+        return netfactory.integer_neuron(n, kind, 1000)
+
     return Network(name="tiny", T=3, readout="mean", nodes=[
         Node("input", "input", [], (2,)),
         Node("fc", "linear", ["input"], (2,), weight=np.array([[10, 0], [0, 10]]), neuron=neuron(2, "spiking")),

@@ -13,7 +13,7 @@ from snnc.compiler import compile_network
 from snnc.data import InputSpec, open_inputs
 from snnc.errors import InputError
 from snnc.export_dir import FLOAT_DIR, ExportDir, write_manifest
-from snnc.ir import Network, Neuron, Node
+from snnc.ir import Network, Node
 from snnc.passes.mapping import write_artifacts as mapping_writer
 from snnc.targets import load_target
 
@@ -185,10 +185,8 @@ def test_an_export_without_data_asks_for_data(export_dir, tmp_path):
 def _hand_network():
     """input 1x4x4 -> conv 2x3x3 (padding 1, spiking) -> flatten -> readout 3 (integrator), T = 2."""
     def neuron(n, kind):
-        spiking = kind == "spiking"
-        return Neuron(kind=kind, threshold=np.full((n,), 100, np.int64) if spiking else None,
-                      reset="hard" if spiking else "none", reset_amount=None, bias=np.zeros((n,), np.int64),
-                      initial_state=np.zeros((n,), np.int64), v_decay=0, u_decay=4095)
+        return netfactory.integer_neuron(n, kind, 100)
+
     return Network(name="hand", T=2, readout="mean", nodes=[
         Node("input", "input", [], (1, 4, 4)),
         Node("conv", "conv2d", ["input"], (2, 4, 4), weight=np.ones((2, 1, 3, 3), np.int64),
