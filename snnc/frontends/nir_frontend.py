@@ -213,7 +213,7 @@ def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
     profile = semantics.profile
     zeros = np.zeros(shape)
     params = {name: _broadcast(getattr(node, name), shape, key, name) for name in NEURON_FIELDS[kind]}
-    rule = nir_semantics.discretize(profile, kind, params, dt)
+    rule = nir_semantics.discretize(profile, kind, params, dt, key)
     decay, syn_decay = np.asarray(rule.v_decay), np.asarray(rule.u_decay)
     if not (np.all(np.isfinite(decay)) and np.all(decay >= 0) and np.all(decay <= 1)):
         raise InputError(f"NIR node '{key}' ({kind}): the membrane decay {np.unique(decay)[:3]} per step is "
@@ -240,7 +240,7 @@ def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
                         initial_state=0.0 - v_reset, v_decay=v_decay, u_decay=u_decay)
     else:
         neuron = Neuron(kind="spiking", threshold=nir_semantics.fire_threshold(profile, threshold),
-                        reset="soft", reset_amount=nir_semantics.subtract_amount(semantics, key, threshold, v_decay),
+                        reset="soft", reset_amount=nir_semantics.subtract_amount(semantics, key, kind, threshold, v_decay),
                         bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay)
     return neuron, gain
 
@@ -348,6 +348,7 @@ class _Builder:
         self.ref: dict[str, str] = {}        # NIR key -> snnc node computing its output
         self.current: set[str] = set()       # snnc nodes whose output is a synaptic current
         self.delays: dict[str, np.ndarray] = {}   # Delay key -> steps, per element of its input
+        self.lag: dict[str, int] = {}              # snnc node -> steps its spikes take to the next layer
         self.preds: dict[str, list[str]] = {k: [] for k in nodes}
         self.succs: dict[str, list[str]] = {k: [] for k in nodes}
         for src, dst in edges:
@@ -402,8 +403,10 @@ class _Builder:
             return self.source(preds[0])
         sources = [self.source(p) for p in preds]
         self._same_shape(key, sources)
-        return self.add(Node(name=self.unique(f"{key}_sum"), op="add", inputs=[s.name for s in sources],
-                             shape=sources[0].shape))
+        total = self.add(Node(name=self.unique(f"{key}_sum"), op="add", inputs=[s.name for s in sources],
+                              shape=sources[0].shape))
+        self.lag[total.name] = self.common_lag(key, sources)
+        return total
 
     @staticmethod
     def _same_shape(key, sources):
@@ -446,6 +449,8 @@ class _Builder:
         weight = _array(node.weight, f"NIR node '{key}': weight")
         meta = node.metadata if isinstance(node.metadata, dict) else {}
         if kind in ("Affine", "Linear"):
+            if self.semantics.profile.weights_transposed and weight.ndim == 2:
+                weight = weight.T       # written (in, out)
             if weight.ndim != 2:
                 raise InputError(f"NIR node '{key}' ({kind}): weight must be 2-D, got {list(weight.shape)}")
             if len(source.shape) != 1 or source.shape[0] != weight.shape[1]:
@@ -484,20 +489,30 @@ class _Builder:
             out = Node(name=key, op="conv2d", inputs=[source.name], shape=shape,
                        attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
                        weight=weight, bias=bias)
-        self._take_delay(key, out, source)
+        self.axonal_delay(key, out, source)
         self.add(out)
         self.ref[key] = out.name
         self.current.add(out.name)
 
-    def _take_delay(self, key: str, synapse: Node, source: Node) -> None:
-        """A Delay node before this synapse becomes its axonal delay, one per input element."""
-        delayed = [pred for pred in self.preds[key] if pred in self.delays]
-        if not delayed:
-            return
-        if len(self.preds[key]) != 1:
-            raise InputError(f"NIR node '{key}': a Delay among several summed inputs is not supported")
-        synapse.delay = self.delays[delayed[0]].reshape(source.shape)
-        self.notes.append(f"Delay '{delayed[0]}' is the axonal delay of '{key}'")
+    def axonal_delay(self, key: str, synapse: Node, source: Node) -> None:
+        """The synapse's axonal delay per input element: a Delay node before it, plus the steps by
+        which the producer's spikes reach the next layer (Profile.output_delay)."""
+        steps = np.full(source.shape, self.lag.get(source.name, 0), dtype=np.int64)
+        delayed = [pred for pred in self.preds.get(key, []) if pred in self.delays]
+        if delayed:
+            if len(self.preds[key]) != 1:
+                raise InputError(f"NIR node '{key}': a Delay among several summed inputs is not supported")
+            steps = steps + self.delays[delayed[0]].reshape(source.shape)
+            self.notes.append(f"Delay '{delayed[0]}' is the axonal delay of '{key}'")
+        if np.any(steps):
+            synapse.delay = steps
+
+    def common_lag(self, key: str, sources: list[Node]) -> int:
+        """The output delay shared by spike tensors that are summed (they must agree)."""
+        lags = {self.lag.get(source.name, 0) for source in sources}
+        if len(lags) != 1:
+            raise InputError(f"NIR node '{key}' sums spikes that reach it with different delays {sorted(lags)}")
+        return lags.pop()
 
     def delay(self, key, node):
         """A Delay node: whole steps of delay per element, applied by the synapse it feeds."""
@@ -547,6 +562,7 @@ class _Builder:
         out = self.add(Node(name=key, op="avgpool" if kind == "AvgPool2d" else "sumpool", inputs=[source.name],
                             shape=shape, attrs={"kernel": k, "stride": s}))
         self.ref[key] = out.name
+        self.lag[out.name] = self.lag.get(source.name, 0)
 
     def _pool_into_conv(self, key: str, kind: str, pred: str, k: int, s: int) -> None:
         """Pooling a convolution's current (conv -> pool -> neuron) is one convolution: kernel
@@ -590,6 +606,7 @@ class _Builder:
             return
         out = self.add(Node(name=key, op="flatten", inputs=[source.name], shape=(int(np.prod(source.shape)),)))
         self.ref[key] = out.name
+        self.lag[out.name] = self.lag.get(source.name, 0)
 
     def scale(self, key, node):
         values = _array(node.scale, f"NIR node '{key}': scale")
@@ -658,7 +675,7 @@ class _Builder:
         elif not as_add and sources[0].name not in self.current:
             # neurons directly on spikes or the input: an identity synapse in between
             target = self._identity_synapse(key, sources[0])
-            self._take_delay(key, target, sources[0])
+            self.axonal_delay(key, target, sources[0])
             self.notes.append(f"identity synapse inserted before the neurons of '{key}'")
         else:
             inputs = []
@@ -672,7 +689,9 @@ class _Builder:
                     raise InputError(f"NIR node '{key}' ({kind}): a Delay among several summed inputs is "
                                      f"not supported")
                 else:
-                    inputs.append(self._identity_synapse(self.unique(f"{key}_identity{index}"), source))
+                    identity = self._identity_synapse(self.unique(f"{key}_identity{index}"), source)
+                    self.axonal_delay(key, identity, source)
+                    inputs.append(identity)
             self._same_shape(key, inputs)
             target = self.add(Node(name=key, op="add", inputs=[s.name for s in inputs], shape=inputs[0].shape))
         neuron, gain = _neuron_from_nir(key, node, tuple(target.shape), self.dt, self.semantics)
@@ -689,6 +708,8 @@ class _Builder:
         target.neuron = neuron
         self.ref[key] = target.name
         self.current.discard(target.name)
+        if neuron.kind == "spiking" and self.semantics.profile.output_delay:
+            self.lag[target.name] = self.semantics.profile.output_delay
 
     def _recurrent_synapse(self, key: str, target: Node) -> None:
         """The population's recurrent Affine/Linear: its weights read the previous step's spikes;
@@ -804,7 +825,9 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, enc
     if len(inputs) != 1 or len(outputs) != 1:
         raise InputError(f"NIR graph must have one Input and one Output node, it has {len(inputs)} and "
                          f"{len(outputs)}")
-    order = _topological_order(list(nodes), builder.preds, builder.succs, meta.get("order") if meta else None)
+    feedback = set(builder.recurrent.values())    # read by their populations (_recurrent_synapse)
+    order = _topological_order([k for k in nodes if k not in feedback], builder.preds, builder.succs,
+                               meta.get("order") if meta else None)
     if order[0] != inputs[0]:
         raise InputError(f"NIR node '{order[0]}' has no input edge (only the Input node may)")
     steps = {"Input": builder.input, "SumPool2d": builder.pool, "AvgPool2d": builder.pool,
@@ -812,8 +835,6 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, enc
              **{kind: builder.synapse for kind in SYNAPSE_TYPES}, **{kind: builder.neuron for kind in NEURON_TYPES}}
     for key in order:
         node = nodes[key]
-        if key in builder.recurrent.values():
-            continue       # read by its population (_recurrent_synapse)
         if _type(node) != "Output":
             steps[_type(node)](key, node)
     readout_rule = _attach_readout(builder, outputs[0], readout, meta)
@@ -879,8 +900,10 @@ def _attach_readout(builder: _Builder, output_key: str, readout: Optional[str], 
         return "last", "integrator appended to the output synapse: readout = sum over steps of its current"
     channels = last.shape[0]
     check_weight_count(channels * channels, "NIR graph: identity readout")
-    builder.add(Node(name=builder.unique("readout"), op="linear", inputs=[last.name], shape=last.shape,
-                     weight=np.eye(channels),
-                     neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
-                                   bias=np.zeros(last.shape), initial_state=np.zeros(last.shape), v_decay=0.0)))
+    identity = builder.add(Node(name=builder.unique("readout"), op="linear", inputs=[last.name], shape=last.shape,
+                                weight=np.eye(channels),
+                                neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
+                                              bias=np.zeros(last.shape), initial_state=np.zeros(last.shape),
+                                              v_decay=0.0)))
+    builder.axonal_delay(identity.name, identity, last)
     return "last", "identity readout appended to the output spikes: readout = spike count per output neuron"

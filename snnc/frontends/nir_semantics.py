@@ -27,29 +27,44 @@ class Profile:
     """One producer's discretization of NIR's neuron nodes.
 
     fire_rule: '>' or '>='. dt: the step its exporter writes time constants with (None: the graph's
-    metadata or NIR's inference). leak: 'euler' (decay dt/tau) or 'exponential' (1 - exp(-dt/tau)).
+    metadata or NIR's inference; 'r': recovered per node from r, which Rockpool writes as
+    tau e^(-dt/tau) / dt). leak: 'euler' (decay dt/tau) or 'exponential' (1 - exp(-dt/tau)).
     tau_scale: how a written tau is read: 'tau', or 'dt' where the exporter wrote dt/tau_inv (Norse),
-    so that the true decay per step is dt^2/tau_written. if_gain: 'r dt' (NIR) or 'r' (the IF
-    integrates its input unscaled). cuba_input: 'nir' (input scaled by w_in dt/tau_syn, NIR's
-    equation) or 'w_in' (added to the current as it is). reset: the default reset ('zero' means to
-    v_reset); subtract_at: 'spike' (the threshold is subtracted when the neuron fires) or 'next' (at
-    the next step, after the decay: snnTorch). recorded_reset: the graph's v_reset says which reset
-    the neuron had (no assumption to warn about).
+    so that the true decay per step is dt^2/tau_written. gain: the current's gain into the membrane,
+    'r' (NIR: r times the decay) or 'one' (the producer adds its current unscaled and uses r for
+    something else). if_gain: 'r dt' (NIR) or 'r' (the IF integrates its input unscaled).
+    cuba_input: 'nir' (input scaled by w_in dt/tau_syn, NIR's equation), 'w_in' (added to the
+    current as it is) or 'decayed' (added, then decayed with the current in the same step:
+    Rockpool). reset: the default reset ('zero' means to v_reset); subtract_at: 'spike' (the
+    threshold is subtracted when the neuron fires) or 'next' (at the next step, after the decay:
+    snnTorch, Spyx); cuba_subtracts_twice: Spyx's CuBaLIF subtracts the threshold before and after
+    its decay. recorded_reset: the graph's v_reset says which reset the neuron had (no assumption to
+    warn about). output_delay: steps by which every spiking population's spikes reach the layers it
+    feeds (Spyx computes its spikes from the previous state; slayer's delay_shift).
+    weights_transposed: Linear/Affine weights stored (in, out). threshold_written: False where the
+    exporter writes 1 whatever the threshold (an assumption to warn about). refused: (node type,
+    reset, what the producer does) combinations snnc's neuron cannot express.
     """
 
     name: str
     producer: str
     fire_rule: str
-    dt: Optional[float]
+    dt: Optional[float] | str
     dt_assumed: bool
     leak: str
     reset: str
     spikes: str = "single"
     subtract_at: str = "spike"
     tau_scale: str = "tau"
+    gain: str = "r"
     if_gain: str = "r dt"
     cuba_input: str = "nir"
+    cuba_subtracts_twice: bool = False
     recorded_reset: bool = False
+    output_delay: int = 0
+    weights_transposed: bool = False
+    threshold_written: bool = True
+    refused: tuple[tuple[str, str, str], ...] = ()
     notes: tuple[str, ...] = ()
 
 
@@ -57,6 +72,8 @@ PROFILES = {profile.name: profile for profile in (
     Profile("nir", "NIR's literal reading", ">", None, False, "euler", "zero", recorded_reset=True,
             notes=("Forward Euler at dt; v > v_threshold; reset to v_reset; one spike per step",)),
     Profile("snntorch", "snnTorch 1.0", ">", 1e-4, False, "euler", "subtract", subtract_at="next",
+            refused=(("CubaLIF", "zero", "its Synaptic with reset_mechanism='zero' holds the membrane at 0 "
+                      "for the whole step after a spike, dropping that step's input"),),
             notes=("its exporters write every time constant with dt = 1e-4 (beta = 1 - dt/tau)",
                    "reset_mechanism 'subtract' (its default) subtracts the threshold one step late",
                    "both resets are written as v_reset = 0")),
@@ -73,13 +90,23 @@ PROFILES = {profile.name: profile for profile in (
             notes=("its exporter writes tau = tau_steps * dt and IF r = 1/dt with dt = 1e-4",
                    "fires on v >= threshold; hard reset written as v_reset, soft reset "
                    "(v_reset=None) exported by earlier versions with the same node")),
-    Profile("rockpool", "Rockpool 2", ">=", 1e-3, True, "exponential", "subtract",
-            notes=("time constants in seconds with dt = 1e-3 by default, exponential decays",
-                   "fires on v >= threshold and subtracts the threshold")),
-    Profile("spyx", "Spyx", ">", 1.0, False, "euler", "subtract",
-            notes=("one step is one time unit; subtracts the threshold",)),
-    Profile("lava-dl", "lava-dl", ">", 1.0, False, "euler", "zero", recorded_reset=True,
-            notes=("one step is one time unit; CUBA neurons reset to zero",)),
+    Profile("rockpool", "Rockpool 3.1", ">=", "r", False, "exponential", "subtract", spikes="multi",
+            gain="one", cuba_input="decayed",
+            notes=("time constants in seconds; r = tau e^(-dt/tau) / dt gives dt back (Lambert W)",
+                   "exponential decays; the input joins the current and decays with it in the same step",
+                   "fires floor(v / threshold) spikes when v >= threshold (several per step) and subtracts "
+                   "them; its bias and recurrent weights are not written")),
+    Profile("spyx", "Spyx 0.1", ">", 1.0, False, "euler", "subtract", subtract_at="next", gain="one",
+            cuba_input="w_in", cuba_subtracts_twice=True, output_delay=1, weights_transposed=True,
+            threshold_written=False,
+            notes=("beta = 1 - dt/tau with dt = 1; the membrane adds its input unscaled (r holds beta)",
+                   "a spike is decided from the state before the step: one step of output delay per layer; "
+                   "the threshold is subtracted at the next step, twice in CuBaLIF (before and after the decay)",
+                   "weights are written as stored, (in, out); the threshold is written as 1 whatever it was")),
+    Profile("lava-dl", "lava-dl", ">", 1.0, False, "euler", "zero", recorded_reset=True, output_delay=1,
+            notes=("lava-dl 0.6.0 writes no NIR; this is the reading NIR's Lava importer assumes: Euler at "
+                   "dt = 1, v > threshold, reset to zero",
+                   "slayer blocks shift their output by one step (delay_shift, its default)")),
 )}
 
 
@@ -149,6 +176,10 @@ def resolve(semantics: Optional[str], assume: Optional[dict], graph_metadata, ha
                                f"'{result.reset}' (its default); pass --nir-assume reset={other} otherwise")
     if "spikes" not in assume and profile.spikes != "single":
         result.assumed["spikes"] = result.spikes
+    if not profile.threshold_written:
+        result.assumed["threshold"] = "as written"
+        result.warnings.append(f"{profile.producer} writes every threshold as 1: the written thresholds are "
+                               f"used; scale the weights (or rewrite the graph) if the network had another")
     if has_leak and profile.dt_assumed:
         result.assumed["dt"] = profile.dt
         result.warnings.append(f"{profile.producer} does not write its time step: assumed its exporter's "
@@ -167,6 +198,24 @@ class Discrete:
     input_scale: object = 1.0
 
 
+def _node_dt(profile: Profile, params: dict, dt: float, key: str):
+    """The step of one node: `dt`, or (Rockpool) recovered from r = tau e^(-x) / x, x = dt/tau,
+    as x = W0(1/r)."""
+    import numpy as np
+
+    if profile.dt != "r":
+        return dt
+    from scipy.special import lambertw
+
+    tau = params.get("tau", params.get("tau_mem"))
+    x = np.real(lambertw(1.0 / params["r"]))
+    steps = x * tau
+    if not np.all(np.isfinite(steps)) or np.any(steps <= 0) or not np.allclose(steps, steps.ravel()[0], rtol=1e-9):
+        raise InputError(f"NIR node '{key}': the time step recovered from r (Rockpool's r = tau e^(-dt/tau)/dt) "
+                         f"is not one positive number; pass --dt")
+    return float(steps.ravel()[0])
+
+
 def _decay(profile: Profile, tau, dt: float):
     import numpy as np
 
@@ -178,19 +227,21 @@ def _decay(profile: Profile, tau, dt: float):
         return step / tau
 
 
-def discretize(profile: Profile, kind: str, params: dict, dt: float) -> Discrete:
+def discretize(profile: Profile, kind: str, params: dict, dt: float, key: str = "") -> Discrete:
     """The discrete form of a NIR neuron node (kind: LIF, LI, CubaLIF, CubaLI, IF, I, Threshold)
     under `profile`; params holds the node's arrays (tau, r, tau_mem, tau_syn, w_in), broadcast."""
     import numpy as np
 
-    if kind in ("LIF", "LI"):
-        decay = _decay(profile, params["tau"], dt)
-        return Discrete(decay, params["r"] * decay)
-    if kind in ("CubaLIF", "CubaLI"):
-        decay = _decay(profile, params["tau_mem"], dt)
+    if kind in ("LIF", "LI", "CubaLIF", "CubaLI"):
+        dt = _node_dt(profile, params, dt, key)
+        decay = _decay(profile, params["tau"] if kind in ("LIF", "LI") else params["tau_mem"], dt)
+        gain = params["r"] * decay if profile.gain == "r" else np.ones_like(decay)
+        if kind in ("LIF", "LI"):
+            return Discrete(decay, gain)
         syn_decay = _decay(profile, params["tau_syn"], dt)
-        scale = params["w_in"] * syn_decay if profile.cuba_input == "nir" else params["w_in"]
-        return Discrete(decay, params["r"] * decay, syn_decay, scale)
+        scale = {"nir": params["w_in"] * syn_decay, "w_in": params["w_in"],
+                 "decayed": params["w_in"] * (1.0 - syn_decay)}[profile.cuba_input]
+        return Discrete(decay, gain, syn_decay, scale)
     if kind in ("IF", "I"):
         gain = params["r"] * dt if profile.if_gain == "r dt" else params["r"]
         return Discrete(np.zeros_like(params["r"]), gain)
@@ -208,13 +259,17 @@ def fire_threshold(profile: Profile, threshold):
     return np.nextafter(threshold, np.inf) if profile.fire_rule == ">" else threshold
 
 
-def subtract_amount(semantics: Semantics, key: str, threshold, v_decay: float):
+def subtract_amount(semantics: Semantics, key: str, kind: str, threshold, v_decay: float):
     """What a soft reset subtracts from snnc's membrane after a spike. At the spike it is the
-    threshold; where the producer subtracts it at the next step after the decay (snnTorch), it is
-    threshold / (1 - v_decay), which the next step's decay brings back to the threshold."""
-    if semantics.profile.subtract_at == "spike":
+    threshold; where the producer subtracts it at the next step after the decay (snnTorch, Spyx),
+    it is threshold / (1 - v_decay), which the next step's decay brings back to the threshold;
+    Spyx's CuBaLIF subtracts (1 + beta) thresholds in all."""
+    profile = semantics.profile
+    if profile.subtract_at == "spike":
         return threshold
     keep = 1.0 - v_decay
+    if profile.cuba_subtracts_twice and kind == "CubaLIF":
+        threshold = threshold * (1.0 + keep)
     if keep <= 0.0:
         raise InputError(f"NIR node '{key}': {semantics.profile.producer} subtracts the threshold at the step "
                          f"after a spike, which a neuron without memory (beta = 0) cannot express in snnc")
@@ -222,7 +277,12 @@ def subtract_amount(semantics: Semantics, key: str, threshold, v_decay: float):
 
 
 def check_spikes(semantics: Semantics, key: str, kind: str) -> None:
-    """Refuse a spike function snnc cannot run (several spikes per step)."""
+    """Refuse a spike function or reset that snnc cannot run (several spikes per step, a
+    profile's refused combinations)."""
+    for refused_kind, reset, why in semantics.profile.refused:
+        if kind == refused_kind and semantics.reset == reset:
+            raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer}: {why}, which snnc does "
+                             f"not run; --nir-assume reset={reset} cannot be imported")
     if semantics.spikes == "multi":
         origin = "its default" if "spikes" in semantics.assumed else "as assumed"
         raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer} fires several spikes per step "
