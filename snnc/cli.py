@@ -208,6 +208,17 @@ def _input_shape(ctx, param, value):
     return shape
 
 
+def _assumptions(ctx, param, values):
+    """--nir-assume KEY=VALUE options as a dict."""
+    assumed = {}
+    for value in values:
+        key, sep, choice = value.partition("=")
+        if not sep or not key or not choice:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE")
+        assumed[key.strip()] = choice.strip()
+    return assumed
+
+
 def _accuracy(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -244,21 +255,29 @@ def _fidelity_line(summary) -> str:
 @click.option("--input-scale", type=float, default=None, help="NIR: input current per pixel unit (default 1/255).")
 @click.option("--input-shape", default=None, callback=_input_shape, metavar="C,H,W",
               help="netx: the input of a file without an input layer that starts with a conv layer.")
+@click.option("--nir-semantics", default=None, metavar="NAME",
+              help="NIR: the producer whose semantics the graph has (nir, snntorch, norse, sinabs, spikingjelly, "
+                   "rockpool, spyx, lava-dl; default: the graph's metadata, else NIR's literal reading).")
+@click.option("--nir-assume", multiple=True, callback=_assumptions, metavar="KEY=VALUE",
+              help="NIR: a choice the graph does not record (reset=zero|subtract, spikes=single|multi); repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
 def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt, readout,
-           input_scale, input_shape, as_json):
+           input_scale, input_shape, nir_semantics, nir_assume, as_json):
     """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net) and write the
     export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
-               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape}
+               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
+               "nir_semantics": nir_semantics, "nir_assume": nir_assume}
     summary = export_source(source, output, target=target, force=force, options=options,
                             progress=_progress(as_json))
     if as_json:
         print_json(summary)
         return
+    for warning in summary["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"wrote {summary['outdir']} for {summary['target']}: {_fidelity_line(summary)}")
     for layer in summary["layers_that_may_overflow"]:
         click.echo(f"warning: layer '{layer}' may leave the target's state range (see bounds.json)", err=True)

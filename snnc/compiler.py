@@ -64,7 +64,8 @@ ARTIFACT_MODULES = (
 def read_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Source:
     """Read a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
 
-    options (NIR): T, dt, readout, input_scale; (netx) T, and input_shape for a file without an
+    options (NIR): T, dt, readout, input_scale, nir_semantics (a producer profile) and nir_assume
+    (the choices its graph does not record); (netx) T, and input_shape for a file without an
     input layer that starts with a conv layer. The network's input shape always comes from the
     source itself.
     """
@@ -72,6 +73,8 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
     target = target if isinstance(target, Target) else load_target(target)
     path = Path(path)
     suffix = path.suffix.lower()
+    if suffix != ".nir" and (options.get("nir_semantics") or options.get("nir_assume")):
+        raise UsageError("--nir-semantics and --nir-assume apply only to a NIR graph (.nir)")
     if options.get("input_shape") is not None and suffix != ".net":
         raise UsageError("--input-shape applies only to a netx file (.net) without an input layer "
                          "that starts with a conv layer; this source defines its own input")
@@ -87,11 +90,18 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
         if options.get("input_scale") is not None:
             encoding = dict(PIXEL_ENCODING, scale=float(options["input_scale"]))
         return Source(path.name, load_nir(path, T=options.get("T"), dt=options.get("dt"), encoding=encoding,
-                                          readout=options.get("readout")), None)
+                                          readout=options.get("readout"), semantics=options.get("nir_semantics"),
+                                          assume=options.get("nir_assume")), None)
     from snnc.frontends.checkpoint import load_network
 
     float_net, checkpoint = load_network(path)
     return Source(path.name, float_net, checkpoint.get("training", {}).get("data"))
+
+
+def source_semantics(network: ir.Network) -> dict | None:
+    """How an imported graph was read (a NIR graph: its producer's profile and what was assumed)."""
+    nir_info = network.metadata.get("nir")
+    return nir_info.get("semantics") if isinstance(nir_info, dict) else None
 
 
 def compile_read(source: Source, target: Target, bn_into: str = "neuron") -> Compiled:
@@ -185,6 +195,7 @@ def export(source, outdir, target: str | Target = "loihi2", force: bool = False,
     read = read_source(source, target, options)
     inputs = open_data(read.network, options.get("data"), read.data)
     source_digest = export_dir.sha256(source)
+    semantics = source_semantics(read.network)
     progress("compiling")
     compiled = compile_read(read, target, options.get("bn_into", "neuron"))
     for module in ARTIFACT_MODULES:
@@ -214,11 +225,12 @@ def export(source, outdir, target: str | Target = "loihi2", force: bool = False,
             "data": None if inputs is None else inputs.origin,
             "input": {"shape": ["T", "batch"] + list(compiled.fixed.input_node.shape),
                       "T": compiled.fixed.T, "dtype": "int64", **compiled.fixed.encoding},
-            "readout": compiled.fixed.readout}, written)
+            "readout": compiled.fixed.readout, "source_semantics": semantics}, written)
     overflowing = [b["layer"] for b in compiled.bounds if b["current_overflow"] or b["voltage_overflow"]]
     return {"outdir": str(outdir), "target": compiled.target.name,
             "files": sorted(written) + [export_dir.MANIFEST],
             "data": report.get("data"), "samples": report.get("samples"), "fidelity_measured": report["measured"],
             "float_accuracy": report.get("float_accuracy"), "quantized_accuracy": report.get("quantized_accuracy"),
             "prediction_agreement": report.get("prediction_agreement"),
-            "layers_that_may_overflow": overflowing}
+            "layers_that_may_overflow": overflowing,
+            "warnings": [] if semantics is None else semantics["warnings"]}

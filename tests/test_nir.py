@@ -245,10 +245,10 @@ def _small_graph(**changes):
                                         v_threshold=np.ones(2)),
                          "fc2": nir.Linear(weight=np.ones((2, 2)))},
                   edges=[("fc2", "lif")]), "recurrent"),
-    (_small_graph(nodes={"fc2": nir.Delay(delay=np.ones(2))}), r"'fc2' \(Delay\) is not supported"),
+    (_small_graph(nodes={"fc2": nir.Delay(delay=np.ones(2))}), r"'fc2' \(Delay\) feeds Output"),
     (_small_graph(nodes={"fc2": nir.Scale(scale=np.array([2.0, 3.0]))}), r"'fc2' \(Scale\)"),
     (_small_graph(nodes={"lif": nir.LIF(tau=np.full(2, 2e-3), r=np.full(2, 1.0), v_leak=np.zeros(2),
-                                        v_threshold=np.ones(2))}), "pass dt explicitly"),
+                                        v_threshold=np.ones(2))}), "pass --nir-semantics .* or dt"),
 ])
 def test_unsupported_graphs_are_named(graph, message):
     with pytest.raises(InputError, match=message):

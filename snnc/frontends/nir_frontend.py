@@ -1,8 +1,11 @@
-"""Frontend: a NIR graph (snnTorch, Norse, SpikingJelly, Sinabs, lava-dl, or snnc's own export)
-becomes a float snnc Network.
+"""Frontend: a NIR graph (snnTorch, Norse, Sinabs, SpikingJelly, Rockpool, Spyx, lava-dl, or snnc's
+own export) becomes a float snnc Network.
 
-NIR describes neurons as continuous-time ODEs; snnc runs discrete steps. Each neuron is discretized
-with Forward Euler at the step `dt` (docs/interop.md has every formula):
+NIR describes neurons as continuous-time ODEs; snnc runs discrete steps, and every producer
+discretizes (and sometimes writes) them its own way: the producer's profile
+(snnc.frontends.nir_semantics, docs/interop.md has every formula) gives each neuron node's decay,
+input gain, threshold comparison and reset. NIR's literal reading, the default, is Forward Euler
+at the step `dt`:
 
     LIF      tau dv/dt = (v_leak - v) + r I     ->  v_decay = dt/tau, input gain = r dt/tau,
                                                      bias = (dt/tau) (v_leak - v_reset)
@@ -12,12 +15,15 @@ with Forward Euler at the step `dt` (docs/interop.md has every formula):
     LI, I, CubaLI                                ->  the same, as the (non-spiking) readout
     Threshold                                    ->  a neuron with no memory (v_decay = 1)
 
-NIR fires on v > v_threshold, snnc on H >= threshold: the threshold becomes the next float64 above
-v_threshold, which is the same decision for every float64 membrane value. A non-zero v_reset is
-expressed by measuring the membrane from v_reset (threshold - v_reset, initial state -v_reset).
-The membrane starts at 0 (NIR does not say; snnTorch, Sinabs and SpikingJelly start there).
+A hard reset to a non-zero v_reset is expressed by measuring the membrane from v_reset
+(threshold - v_reset, initial state -v_reset). The membrane starts at 0 (NIR does not say; the
+producers start there).
 
-Nodes that sum several incoming edges follow NIR's convention: the inputs are added.
+Structure: nodes that sum several incoming edges add their inputs (NIR's convention); a synapse
+reading a neuron's spikes and feeding the same neuron is that population's recurrent synapse
+(snnTorch's RLeaky subgraphs, the braille networks' explicit edges); a Delay node before a synapse
+becomes that synapse's axonal delay; a pool between a convolution and its neurons is composed
+into the convolution (pooling currents is linear). Nested subgraphs are flattened.
 snnc's own export (snnc.exporters.nir_export) keeps what NIR cannot say in node metadata under
 "snnc" (soft reset, initial state, exact decays); with `use_metadata` those values are used.
 """
@@ -30,6 +36,8 @@ from typing import Optional
 import numpy as np
 
 from snnc.errors import InputError
+from snnc.frontends import nir_semantics
+from snnc.frontends.nir_semantics import Semantics
 from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weight_count, conv_output_shape,
                      encoding_problem, pool_output_shape)
 
@@ -38,13 +46,20 @@ from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weig
 DEFAULT_ENCODING = {"kind": "direct", "scale": 1.0 / 255.0, "max": 255, "bits": 8,
                     "description": "pixel values 0-255 presented at every step; real input = pixel/255"}
 
-NEURON_TYPES = ("LIF", "IF", "CubaLIF", "LI", "I", "CubaLI", "Threshold")
+# The arrays each neuron type's discrete form reads (nir_semantics.discretize).
+NEURON_FIELDS = {"LIF": ("tau", "r", "v_leak"), "LI": ("tau", "r", "v_leak"),
+                 "CubaLIF": ("tau_mem", "tau_syn", "r", "v_leak", "w_in"),
+                 "CubaLI": ("tau_mem", "tau_syn", "r", "v_leak", "w_in"),
+                 "IF": ("r",), "I": ("r",), "Threshold": ("threshold",)}
+NEURON_TYPES = tuple(NEURON_FIELDS)
+LEAKY_TYPES = ("LIF", "LI", "CubaLIF", "CubaLI")
 INTEGRATOR_TYPES = ("LI", "I", "CubaLI")
 SYNAPSE_TYPES = ("Affine", "Linear", "Conv2d")
 METADATA_KEY = "snnc"              # per-node metadata written by snnc's exporter
 GRAPH_METADATA_KEY = "snnc_network"  # graph metadata: JSON with name, T, readout, encoding, order
 DT_INFER_TOLERANCE = 1e-6
 TEXT_FIELDS = ("type", "padding", "metadata", "edges", "version")  # the rest of a node holds numbers
+DELAY_STEP_TOLERANCE = 1e-9        # a Delay must be a whole number of steps to this relative accuracy
 
 
 def _type(node) -> str:
@@ -61,7 +76,8 @@ def _read_graph(source):
         raise InputError(f"{path}: no such NIR file")
     _check_node_fields(path)
     try:
-        return nir.read(str(path)), path.stem
+        # snnc checks every node itself: NIR's type checker refuses graphs that its producers wrote
+        return nir.read(str(path), type_check=False), path.stem
     # the nir library reports a malformed file with whatever its node constructors raise
     except (OSError, KeyError, ValueError, TypeError, AssertionError, AttributeError, IndexError,
             OverflowError, ZeroDivisionError) as error:
@@ -131,16 +147,18 @@ def _broadcast(values, shape: tuple[int, ...], key: str, what: str) -> np.ndarra
         pass
     if values.size == int(np.prod(shape)):
         return values.reshape(shape).copy()
+    if len(shape) == 3 and values.size == shape[0]:   # one value per channel
+        return np.broadcast_to(values.reshape(shape[0], 1, 1), shape).copy()
     raise InputError(f"NIR node '{key}': {what} of shape {list(values.shape)} does not fit the "
                      f"layer shape {list(shape)}")
 
 
 # --- dt -----------------------------------------------------------------------------------------
 
-def _time_constant_pairs(graph) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _time_constant_pairs(nodes: dict) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(key, tau, r) of every leaky node: the membrane time constant and its resistance."""
     pairs = []
-    for key, node in graph.nodes.items():
+    for key, node in nodes.items():
         kind = _type(node)
         if kind in ("LIF", "LI"):
             pairs.append((key, _array(node.tau), _array(node.r)))
@@ -149,19 +167,26 @@ def _time_constant_pairs(graph) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return pairs
 
 
-def resolve_dt(graph, dt: Optional[float]) -> tuple[float, str]:
-    """The discretization step, and where it came from (documented in docs/interop.md)."""
+def _positive_dt(value, where: str) -> float:
+    value = np.asarray(value)
+    if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all() or not value > 0:
+        raise InputError(f"{where} must be one positive number, got {str(value)[:40]!r}")
+    return float(value.ravel()[0])
+
+
+def resolve_dt(nodes: dict, metadata, dt: Optional[float], profile_dt: Optional[float] = None) -> tuple[float, str]:
+    """The discretization step, and where it came from (documented in docs/interop.md): given,
+    the graph's metadata, the producer's (profile_dt), else inferred for NIR's literal reading."""
     if dt is not None:
         if not dt > 0:
             raise InputError(f"dt must be positive, got {dt}")
         return float(dt), "given"
-    graph_dt = graph.metadata.get("dt") if isinstance(graph.metadata, dict) else None
+    graph_dt = metadata.get("dt") if isinstance(metadata, dict) else None
     if graph_dt is not None:
-        value = np.asarray(graph_dt)
-        if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value).all() or not value > 0:
-            raise InputError(f"NIR graph metadata 'dt' must be one positive number, got {str(graph_dt)[:40]!r}")
-        return float(value.ravel()[0]), "graph metadata 'dt'"
-    pairs = _time_constant_pairs(graph)
+        return _positive_dt(graph_dt, "NIR graph metadata 'dt'"), "graph metadata 'dt'"
+    if profile_dt is not None:
+        return profile_dt, "the producer's exporter"
+    pairs = _time_constant_pairs(nodes)
     if not pairs:
         return 1.0, "no leaky neurons: one step is one time unit"
     # snnTorch (and any exporter with unit input gain) writes r = tau/dt, so tau/r is dt.
@@ -170,72 +195,54 @@ def resolve_dt(graph, dt: Optional[float]) -> tuple[float, str]:
     if not np.all(np.isfinite(candidates)) or reference <= 0 \
             or np.any(np.abs(candidates - reference) > DT_INFER_TOLERANCE * reference):
         raise InputError("cannot infer the time step dt from the NIR graph (tau/r differs between "
-                         "neurons): pass dt explicitly (snnTorch exports use 1e-4, Norse 1e-3)")
+                         "neurons): pass --nir-semantics for the producer that wrote it, or dt")
     for key, _, r in pairs:
         if np.any(r <= 1.0):
             raise InputError(f"cannot infer dt: NIR node '{key}' has r <= 1, so tau/r would leave "
-                             f"its membrane no memory; pass dt explicitly")
+                             f"its membrane no memory; pass --nir-semantics for the producer that wrote it, or dt")
     return reference, "inferred as tau/r (unit input gain, snnTorch's convention r = tau/dt)"
 
 
 # --- neurons ------------------------------------------------------------------------------------
 
-def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float) -> tuple[Neuron, np.ndarray]:
-    """The snnc neuron for a NIR neuron node, and the per-neuron gain on its synaptic input
-    (folded into the synapse by the caller when it is not one number)."""
+def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
+                     semantics: Semantics) -> tuple[Neuron, np.ndarray]:
+    """The snnc neuron for a NIR neuron node under the producer's semantics, and the per-neuron
+    gain on its synaptic input (folded into the synapse by the caller when it is not one number)."""
     kind = _type(node)
+    profile = semantics.profile
     zeros = np.zeros(shape)
-    spiking = kind not in INTEGRATOR_TYPES
-    u_decay = 1.0
-    input_scale = np.ones(shape)
-    v_reset = zeros.copy()
-    if kind in ("LIF", "LI"):
-        tau = _broadcast(node.tau, shape, key, "tau")
-        decay = dt / tau
-        gain = _broadcast(node.r, shape, key, "r") * decay
-        leak = _broadcast(node.v_leak, shape, key, "v_leak")
-    elif kind in ("CubaLIF", "CubaLI"):
-        tau = _broadcast(node.tau_mem, shape, key, "tau_mem")
-        decay = dt / tau
-        gain = _broadcast(node.r, shape, key, "r") * decay
-        leak = _broadcast(node.v_leak, shape, key, "v_leak")
-        syn_decay = dt / _broadcast(node.tau_syn, shape, key, "tau_syn")
-        u_decay = _uniform(syn_decay, key, "synaptic time constant")
-        input_scale = _broadcast(node.w_in, shape, key, "w_in") * syn_decay
-    elif kind in ("IF", "I"):
-        decay = zeros.copy()
-        gain = _broadcast(node.r, shape, key, "r") * dt
-        leak = zeros.copy()
-    elif kind == "Threshold":
-        decay = np.ones(shape)
-        gain = np.ones(shape)
-        leak = zeros.copy()
-    else:  # pragma: no cover - callers pass neuron types only
-        raise InputError(f"NIR node '{key}': {kind} is not a neuron")
+    params = {name: _broadcast(getattr(node, name), shape, key, name) for name in NEURON_FIELDS[kind]}
+    rule = nir_semantics.discretize(profile, kind, params, dt)
+    decay, syn_decay = np.asarray(rule.v_decay), np.asarray(rule.u_decay)
     if not (np.all(np.isfinite(decay)) and np.all(decay >= 0) and np.all(decay <= 1)):
-        raise InputError(f"NIR node '{key}' ({kind}): dt/tau = {np.unique(decay)[:3]} is outside [0, 1] "
-                         f"at dt = {dt}: the time constant is shorter than one step")
-    if not 0.0 <= u_decay <= 1.0:
-        raise InputError(f"NIR node '{key}' ({kind}): dt/tau_syn = {u_decay} is outside [0, 1] at dt = {dt}")
+        raise InputError(f"NIR node '{key}' ({kind}): the membrane decay {np.unique(decay)[:3]} per step is "
+                         f"outside [0, 1] at dt = {dt}: the time constant is shorter than one step")
+    if not (np.all(np.isfinite(syn_decay)) and np.all(syn_decay >= 0) and np.all(syn_decay <= 1)):
+        raise InputError(f"NIR node '{key}' ({kind}): the current decay {np.unique(syn_decay)[:3]} per step "
+                         f"is outside [0, 1] at dt = {dt}")
     v_decay = _uniform(decay, key, "membrane time constant")
-    if spiking:
-        threshold = (_broadcast(node.threshold, shape, key, "threshold") if kind == "Threshold"
-                     else _broadcast(node.v_threshold, shape, key, "v_threshold"))
-        if kind != "Threshold":
-            v_reset = _broadcast(node.v_reset, shape, key, "v_reset")
-        neuron = Neuron(
-            kind="spiking",
-            # NIR: spike when v > v_threshold; snnc: H >= threshold. For float64 H these agree
-            # exactly when threshold is the next float64 above v_threshold.
-            threshold=np.nextafter(threshold - v_reset, np.inf),
-            reset="hard", reset_amount=None,
-            bias=v_decay * (leak - v_reset),
-            initial_state=0.0 - v_reset,
-            v_decay=v_decay, u_decay=u_decay)
+    u_decay = _uniform(syn_decay, key, "synaptic time constant")
+    leak = params.get("v_leak", zeros)
+    gain = rule.gain * rule.input_scale
+    if kind in INTEGRATOR_TYPES:
+        return Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
+                      bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay), gain
+    nir_semantics.check_spikes(semantics, key, kind)
+    if kind == "Threshold":
+        threshold, v_reset = params["threshold"], zeros.copy()
     else:
-        neuron = Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
+        threshold = _broadcast(node.v_threshold, shape, key, "v_threshold")
+        v_reset = _broadcast(getattr(node, "v_reset", 0.0), shape, key, "v_reset")
+    if semantics.reset == "zero" or kind == "Threshold":
+        neuron = Neuron(kind="spiking", threshold=nir_semantics.fire_threshold(profile, threshold - v_reset),
+                        reset="hard", reset_amount=None, bias=v_decay * (leak - v_reset),
+                        initial_state=0.0 - v_reset, v_decay=v_decay, u_decay=u_decay)
+    else:
+        neuron = Neuron(kind="spiking", threshold=nir_semantics.fire_threshold(profile, threshold),
+                        reset="soft", reset_amount=nir_semantics.subtract_amount(semantics, key, threshold, v_decay),
                         bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay)
-    return neuron, gain * input_scale
+    return neuron, gain
 
 
 def _apply_snnc_metadata(key: str, node, neuron: Neuron, shape) -> Neuron:
@@ -270,24 +277,88 @@ def _apply_snnc_metadata(key: str, node, neuron: Neuron, shape) -> Neuron:
 
 # --- graph walk ---------------------------------------------------------------------------------
 
+def _flatten(graph) -> tuple[dict, list[tuple[str, str]]]:
+    """One flat graph: a nested subgraph's nodes become 'sub.key', edges to or from the subgraph
+    itself lead to its Input and Output nodes, which are then bypassed."""
+    nodes: dict = {}
+    edges: list[tuple[str, str]] = []
+    bypassed: list[str] = []
+
+    def visit(g, prefix: str) -> tuple[list[str], list[str]]:
+        ends = {}
+        for key, node in g.nodes.items():
+            if _type(node) == "NIRGraph":
+                ends[key] = visit(node, f"{prefix}{key}.")
+            else:
+                nodes[prefix + key] = node
+
+        def endpoint(key, side: int) -> str:
+            if not isinstance(key, str):
+                raise InputError(f"NIR graph: edge endpoint {key!r} is not a node name")
+            if key in ends:
+                if len(ends[key][side]) != 1:
+                    raise InputError(f"NIR subgraph '{prefix}{key}' needs one Input and one Output node")
+                return ends[key][side][0]
+            return prefix + key
+
+        edges.extend((endpoint(src, 1), endpoint(dst, 0)) for src, dst in g.edges)
+        own = ([prefix + k for k, n in g.nodes.items() if _type(n) == "Input"],
+               [prefix + k for k, n in g.nodes.items() if _type(n) == "Output"])
+        if prefix:
+            bypassed.extend(own[0] + own[1])
+        return own
+
+    visit(graph, "")
+    for key in bypassed:
+        preds = [src for src, dst in edges if dst == key]
+        succs = [dst for src, dst in edges if src == key]
+        edges = [(src, dst) for src, dst in edges if key not in (src, dst)]
+        edges += [(src, dst) for src in preds for dst in succs]
+        del nodes[key]
+    return nodes, edges
+
+
+def _recurrent_synapses(nodes: dict, preds: dict, succs: dict) -> dict[str, str]:
+    """neuron key -> the Affine/Linear node that reads only its spikes and feeds only it back: the
+    population's recurrent synapse. Their edges are taken out of preds and succs."""
+    recurrent = {}
+    for key, node in nodes.items():
+        if _type(node) not in ("Affine", "Linear") or len(preds[key]) != 1 or preds[key] != succs[key]:
+            continue
+        neuron = preds[key][0]
+        if _type(nodes[neuron]) not in NEURON_TYPES or _type(nodes[neuron]) in INTEGRATOR_TYPES:
+            continue
+        if neuron in recurrent:
+            raise InputError(f"NIR node '{neuron}' has two recurrent synapses ('{recurrent[neuron]}', '{key}'): "
+                             f"sum them into one")
+        recurrent[neuron] = key
+        preds[key], succs[key] = [], []
+        preds[neuron].remove(key)
+        succs[neuron].remove(key)
+    return recurrent
+
+
 class _Builder:
     """Turns NIR nodes (in topological order) into snnc nodes."""
 
-    def __init__(self, graph, dt: float, use_metadata: bool):
-        self.graph, self.dt, self.use_metadata = graph, dt, use_metadata
+    def __init__(self, nodes: dict, edges: list, dt: float, semantics: Semantics, use_metadata: bool):
+        self.graph_nodes, self.dt, self.semantics, self.use_metadata = nodes, dt, semantics, use_metadata
         self.nodes: list[Node] = []
         self.by_name: dict[str, Node] = {}
         self.ref: dict[str, str] = {}        # NIR key -> snnc node computing its output
         self.current: set[str] = set()       # snnc nodes whose output is a synaptic current
-        self.preds: dict[str, list[str]] = {k: [] for k in graph.nodes}
-        self.succs: dict[str, list[str]] = {k: [] for k in graph.nodes}
-        for src, dst in graph.edges:
-            if src not in graph.nodes or dst not in graph.nodes:
+        self.delays: dict[str, np.ndarray] = {}   # Delay key -> steps, per element of its input
+        self.preds: dict[str, list[str]] = {k: [] for k in nodes}
+        self.succs: dict[str, list[str]] = {k: [] for k in nodes}
+        for src, dst in edges:
+            if src not in nodes or dst not in nodes:
                 raise InputError(f"NIR edge ({src!r}, {dst!r}) names a node that does not exist")
             self.preds[dst].append(src)
             self.succs[src].append(dst)
+        self.recurrent = _recurrent_synapses(nodes, self.preds, self.succs)
         self.input_scale = 1.0
-        self.notes: list[str] = []
+        self.notes: list[str] = [f"'{syn}' is the recurrent synapse of '{neuron}'"
+                                 for neuron, syn in self.recurrent.items()]
 
     def add(self, node: Node) -> Node:
         if node.name in self.by_name:
@@ -298,7 +369,7 @@ class _Builder:
 
     def unique(self, base: str) -> str:
         name, index = base, 1
-        while name in self.by_name or name in self.graph.nodes:
+        while name in self.by_name or name in self.graph_nodes:
             index += 1
             name = f"{base}{index}"
         return name
@@ -309,7 +380,7 @@ class _Builder:
     def single_input(self, key: str) -> str:
         preds = self.preds[key]
         if len(preds) != 1:
-            raise InputError(f"NIR node '{key}' ({_type(self.graph.nodes[key])}) needs exactly one "
+            raise InputError(f"NIR node '{key}' ({_type(self.graph_nodes[key])}) needs exactly one "
                              f"input, it has {len(preds)}")
         return preds[0]
 
@@ -321,9 +392,12 @@ class _Builder:
         for pred in preds:
             if self.ref[pred] in self.current:
                 raise InputError(
-                    f"NIR node '{key}' ({_type(self.graph.nodes[key])}) reads the synaptic current of "
-                    f"'{pred}' directly: snnc needs a neuron after every Affine/Linear/Conv2d "
-                    f"(pooling or a second synapse between a synapse and its neurons is not supported)")
+                    f"NIR node '{key}' ({_type(self.graph_nodes[key])}) reads the synaptic current of "
+                    f"'{pred}' directly: snnc needs neurons after every Affine/Linear/Conv2d (a pool "
+                    f"between a Conv2d and its neurons is composed into the convolution; nothing else is)")
+            if pred in self.delays and _type(self.graph_nodes[key]) not in SYNAPSE_TYPES:
+                raise InputError(f"NIR node '{pred}' (Delay) feeds {_type(self.graph_nodes[key])} '{key}': "
+                                 f"snnc delays the input of a synapse (Affine/Linear/Conv2d) or of neurons only")
         if len(preds) == 1:
             return self.source(preds[0])
         sources = [self.source(p) for p in preds]
@@ -341,9 +415,30 @@ class _Builder:
 
     def input(self, key, node):
         where = f"NIR node '{key}' (Input)"
-        shape = check_shape([int(x) for x in _array(node.input_type["input"], where).ravel()], where)
-        self.add(Node(name=key, op="input", inputs=[], shape=shape))
+        dims = [int(x) for x in _array(node.input_type["input"], where).ravel()]
+        if self._leading_batch(key, dims):
+            self.notes.append(f"the leading batch dimension {dims[0]} of Input '{key}' {dims} dropped")
+            dims = dims[1:]
+        self.add(Node(name=key, op="input", inputs=[], shape=check_shape(dims, where)))
         self.ref[key] = key
+
+    def _leading_batch(self, key: str, dims: list[int]) -> bool:
+        """Whether the Input's first dimension is a batch (Norse's exporter keeps it): the synapses
+        reading the input need exactly the remaining dimensions."""
+        if len(dims) < 2 or not self.succs[key]:
+            return False
+        for succ in self.succs[key]:
+            node = self.graph_nodes[succ]
+            weight = np.shape(getattr(node, "weight", ()))
+            if _type(node) in ("Affine", "Linear") and len(weight) == 2:
+                if not (len(dims) == 2 and weight[1] == dims[1] != dims[0] * dims[1]):
+                    return False
+            elif _type(node) == "Conv2d" and len(weight) == 4:
+                if not (len(dims) == 4 and weight[1] == dims[1]):
+                    return False
+            else:
+                return False
+        return True
 
     def synapse(self, key, node):
         kind = _type(node)
@@ -389,9 +484,39 @@ class _Builder:
             out = Node(name=key, op="conv2d", inputs=[source.name], shape=shape,
                        attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
                        weight=weight, bias=bias)
+        self._take_delay(key, out, source)
         self.add(out)
         self.ref[key] = out.name
         self.current.add(out.name)
+
+    def _take_delay(self, key: str, synapse: Node, source: Node) -> None:
+        """A Delay node before this synapse becomes its axonal delay, one per input element."""
+        delayed = [pred for pred in self.preds[key] if pred in self.delays]
+        if not delayed:
+            return
+        if len(self.preds[key]) != 1:
+            raise InputError(f"NIR node '{key}': a Delay among several summed inputs is not supported")
+        synapse.delay = self.delays[delayed[0]].reshape(source.shape)
+        self.notes.append(f"Delay '{delayed[0]}' is the axonal delay of '{key}'")
+
+    def delay(self, key, node):
+        """A Delay node: whole steps of delay per element, applied by the synapse it feeds."""
+        source = self.source(self.single_input(key))
+        for succ in self.succs[key]:
+            if _type(self.graph_nodes[succ]) not in SYNAPSE_TYPES + NEURON_TYPES:
+                raise InputError(f"NIR node '{key}' (Delay) feeds {_type(self.graph_nodes[succ])} '{succ}': snnc "
+                                 f"delays the input of a synapse (Affine/Linear/Conv2d) or of neurons only")
+        if source.name in self.current:
+            raise InputError(f"NIR node '{key}' (Delay) delays a synaptic current: snnc delays spikes or "
+                             f"the input before a synapse")
+        steps = _broadcast(node.delay, tuple(source.shape), key, "delay") / self.dt
+        whole = np.round(steps)
+        if not np.all(np.isfinite(steps)) or np.any(whole < 0) \
+                or np.any(np.abs(steps - whole) > DELAY_STEP_TOLERANCE * np.maximum(1.0, whole)):
+            raise InputError(f"NIR node '{key}' (Delay): delays {np.unique(steps)[:3]} steps at dt = {self.dt} "
+                             f"are not whole non-negative steps; pass the dt that makes them whole")
+        self.delays[key] = whole.astype(np.int64)
+        self.ref[key] = source.name
 
     def _own_bias(self, meta: dict, bias):
         """snnc's exporter may carry a leak-free neuron's bias in the NIR synapse bias; its metadata
@@ -406,7 +531,6 @@ class _Builder:
 
     def pool(self, key, node):
         kind = _type(node)
-        source = self.value_input(key)
         kernel = _pair(node.kernel_size, "kernel_size", key)
         stride = _pair(node.stride, "stride", key)
         padding = _pair(node.padding, "padding", key)
@@ -414,10 +538,43 @@ class _Builder:
             raise InputError(f"NIR node '{key}' ({kind}): only square kernels and strides without padding "
                              f"are supported (kernel {kernel}, stride {stride}, padding {padding})")
         k, s = kernel[0], stride[0]
+        preds = self.preds[key]
+        if len(preds) == 1 and self.ref[preds[0]] in self.current:
+            self._pool_into_conv(key, kind, preds[0], k, s)
+            return
+        source = self.value_input(key)
         shape = pool_output_shape(source.shape, k, s, f"NIR node '{key}' ({kind})")
         out = self.add(Node(name=key, op="avgpool" if kind == "AvgPool2d" else "sumpool", inputs=[source.name],
                             shape=shape, attrs={"kernel": k, "stride": s}))
         self.ref[key] = out.name
+
+    def _pool_into_conv(self, key: str, kind: str, pred: str, k: int, s: int) -> None:
+        """Pooling a convolution's current (conv -> pool -> neuron) is one convolution: kernel
+        K + (k - 1) S at stride k S, the kernel summed over the pool's k x k offsets (divided by
+        k^2 for an average); the output sizes agree because floor division nests."""
+        conv = self.source(pred)
+        if conv.op != "conv2d" or len(self.succs[pred]) != 1:
+            raise InputError(f"NIR node '{key}' ({kind}) pools the current of '{pred}': snnc composes a pool "
+                             f"only into a Conv2d that feeds nothing else")
+        where = f"NIR node '{key}' ({kind})"
+        pool_output_shape(conv.shape, k, s, where)
+        (kh, kw), (sh, sw) = conv.attrs["kernel"], conv.attrs["stride"]
+        out_channels, in_channels = conv.weight.shape[:2]
+        check_weight_count(out_channels * in_channels * (kh + (k - 1) * sh) * (kw + (k - 1) * sw), where)
+        weight = np.zeros((out_channels, in_channels, kh + (k - 1) * sh, kw + (k - 1) * sw))
+        for a in range(k):
+            for b in range(k):
+                weight[:, :, a * sh:a * sh + kh, b * sw:b * sw + kw] += conv.weight
+        per_window = 1.0 / (k * k) if kind == "AvgPool2d" else 1.0
+        conv.weight = weight * per_window
+        if conv.bias is not None:
+            conv.bias = conv.bias * (k * k * per_window)
+        conv.attrs = {"kernel": [int(weight.shape[2]), int(weight.shape[3])], "stride": [k * sh, k * sw],
+                      "padding": list(conv.attrs["padding"])}
+        conv.shape = conv_output_shape(self.by_name[conv.inputs[0]].shape, out_channels, conv.attrs["kernel"],
+                                       conv.attrs["stride"], conv.attrs["padding"], where)
+        self.ref[key] = conv.name
+        self.notes.append(f"{kind} '{key}' composed into the convolution '{pred}' (it pools currents)")
 
     def flatten(self, key, node):
         source = self.value_input(key)
@@ -473,7 +630,7 @@ class _Builder:
             self.notes.append(f"Scale '{key}' on the input folded into the encoding scale")
             return
         raise InputError(f"NIR node '{key}' (Scale): scaling the output of '{pred}' "
-                         f"({_type(self.graph.nodes[pred])}) cannot be expressed in snnc")
+                         f"({_type(self.graph_nodes[pred])}) cannot be expressed in snnc")
 
     def _identity_synapse(self, name: str, source: Node) -> Node:
         channels = source.shape[0]
@@ -501,6 +658,7 @@ class _Builder:
         elif not as_add and sources[0].name not in self.current:
             # neurons directly on spikes or the input: an identity synapse in between
             target = self._identity_synapse(key, sources[0])
+            self._take_delay(key, target, sources[0])
             self.notes.append(f"identity synapse inserted before the neurons of '{key}'")
         else:
             inputs = []
@@ -510,14 +668,19 @@ class _Builder:
                         raise InputError(f"NIR node '{key}' ({kind}): input '{pred}' must be a synapse "
                                          f"feeding only these neurons")
                     inputs.append(source)
+                elif pred in self.delays:
+                    raise InputError(f"NIR node '{key}' ({kind}): a Delay among several summed inputs is "
+                                     f"not supported")
                 else:
                     inputs.append(self._identity_synapse(self.unique(f"{key}_identity{index}"), source))
             self._same_shape(key, inputs)
             target = self.add(Node(name=key, op="add", inputs=[s.name for s in inputs], shape=inputs[0].shape))
-        neuron, gain = _neuron_from_nir(key, node, tuple(target.shape), self.dt)
+        neuron, gain = _neuron_from_nir(key, node, tuple(target.shape), self.dt, self.semantics)
         if self.use_metadata and isinstance(meta.get(METADATA_KEY), dict):
             neuron = _apply_snnc_metadata(key, node, neuron, tuple(target.shape))
             gain = np.ones(1)   # the exact input gain is in the metadata
+        if key in self.recurrent:
+            self._recurrent_synapse(key, target)
         gains = np.unique(gain)
         if gains.size == 1:
             neuron.input_gain = neuron.input_gain * float(gains[0])
@@ -527,8 +690,29 @@ class _Builder:
         self.ref[key] = target.name
         self.current.discard(target.name)
 
+    def _recurrent_synapse(self, key: str, target: Node) -> None:
+        """The population's recurrent Affine/Linear: its weights read the previous step's spikes;
+        a constant bias joins the feed-forward synapse's bias."""
+        synapse_key = self.recurrent[key]
+        synapse = self.graph_nodes[synapse_key]
+        size = int(np.prod(target.shape))
+        weight = _array(synapse.weight, f"NIR node '{synapse_key}': weight")
+        if weight.shape != (size, size):
+            raise InputError(f"NIR node '{synapse_key}': recurrent weight {list(weight.shape)} does not fit the "
+                             f"{size} neurons of '{key}'")
+        target.recurrent = weight
+        bias = _array(synapse.bias, f"NIR node '{synapse_key}': bias").ravel() if _type(synapse) == "Affine" \
+            else np.zeros(1)
+        if not np.any(bias):
+            return
+        if target.op != "linear" or bias.shape != (size,):
+            raise InputError(f"NIR node '{synapse_key}': a recurrent bias is supported only for neurons fed by "
+                             f"one Affine/Linear")
+        target.bias = bias if target.bias is None else target.bias + bias
+
     def _fold_gain(self, key: str, target: Node, gain: np.ndarray) -> None:
-        """A per-neuron input gain moves into the synapse weights (one value per output channel)."""
+        """A per-neuron input gain moves into the synapse weights (one value per output channel),
+        the recurrent ones included."""
         per_channel = gain.reshape(target.shape[0], -1)
         if not np.all(per_channel == per_channel[:, :1]):
             raise InputError(f"NIR node '{key}': the input gain (r dt/tau) varies inside a channel")
@@ -538,11 +722,12 @@ class _Builder:
             syn.weight = syn.weight * factor.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
             if syn.bias is not None:
                 syn.bias = syn.bias * factor
+        if getattr(target, "recurrent", None) is not None:
+            target.recurrent = target.recurrent * gain.reshape(-1, 1)
         self.notes.append(f"per-neuron input gain of '{key}' folded into its synapse weights")
 
 
-def _topological_order(graph, preds, succs, preferred: Optional[list[str]]) -> list[str]:
-    keys = list(graph.nodes)
+def _topological_order(keys: list[str], preds, succs, preferred: Optional[list[str]]) -> list[str]:
     rank = {key: index for index, key in enumerate(preferred or [])}
     position = {key: (rank.get(key, len(rank)), index) for index, key in enumerate(keys)}
     waiting = {key: len(set(preds[key])) for key in keys}
@@ -558,8 +743,9 @@ def _topological_order(graph, preds, succs, preferred: Optional[list[str]]) -> l
                 ready.sort(key=position.get)
     if len(order) != len(keys):
         stuck = sorted(set(keys) - set(order))
-        raise InputError(f"NIR graph has a recurrent connection through {stuck[:4]}: snnc supports "
-                         f"feed-forward networks only")
+        raise InputError(f"NIR graph has a loop through {stuck[:4]} that is not a population's own recurrent "
+                         f"synapse (an Affine/Linear from its neurons back to them): snnc runs self-recurrent "
+                         f"populations only")
     return order
 
 
@@ -580,54 +766,56 @@ def _graph_meta(graph, use_metadata: bool) -> Optional[dict]:
     return meta
 
 
+SUPPORTED_TYPES = NEURON_TYPES + SYNAPSE_TYPES + ("Input", "Output", "Scale", "Flatten", "SumPool2d",
+                                                 "AvgPool2d", "Delay")
+
+
 def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, encoding: Optional[dict] = None,
-             readout: Optional[str] = None, use_metadata: bool = True, name: Optional[str] = None) -> Network:
+             readout: Optional[str] = None, use_metadata: bool = True, name: Optional[str] = None,
+             semantics: Optional[str] = None, assume: Optional[dict] = None) -> Network:
     """A float snnc Network from a NIR graph (a path to a .nir file, or a nir.NIRGraph).
 
-    T: time steps per sample (default: the T stored by snnc's exporter). dt: the Forward-Euler step
-    (default: graph metadata 'dt', else inferred as tau/r, else 1 for graphs without leaky neurons).
-    The network's input is the Input node's shape (data of another layout reaches it through the
-    layout rule of snnc.data, e.g. 1x28x28 images a 784 input).
+    semantics: the producer's profile (nir_semantics.PROFILES: nir, snntorch, norse, sinabs,
+    spikingjelly, rockpool, spyx, lava-dl; default: the producer the graph's metadata names, else
+    NIR's literal reading). assume: the choices the graph does not record ({'reset': 'zero' |
+    'subtract', 'spikes': 'single' | 'multi'}; default: the producer's). The semantics used and
+    the warnings about what was assumed are in the network's metadata['nir']['semantics'].
+    T: time steps per sample (default: the T stored by snnc's exporter). dt: the step (default:
+    graph metadata 'dt', else the producer's, else inferred as tau/r, else 1 for graphs without
+    leaky neurons). The network's input is the Input node's shape (data of another layout reaches
+    it through the layout rule of snnc.data, e.g. 1x28x28 images a 784 input).
     encoding: how data reaches the input (default DEFAULT_ENCODING: pixel/255 every step).
     readout: 'mean' or 'last' (default: docs/interop.md, "Output layer").
     """
     graph, stem = _read_graph(source)
     meta = _graph_meta(graph, use_metadata)
-    dt, dt_source = resolve_dt(graph, dt)
-    for key, node in graph.nodes.items():
-        kind = _type(node)
-        if kind == "NIRGraph":
-            raise InputError(f"NIR node '{key}' is a subgraph (a recurrent layer such as RLeaky): "
-                             f"snnc supports feed-forward networks only")
-        if kind not in NEURON_TYPES + SYNAPSE_TYPES + ("Input", "Output", "Scale", "Flatten",
-                                                       "SumPool2d", "AvgPool2d"):
-            raise InputError(f"NIR node '{key}' ({kind}) is not supported by snnc")
-    builder = _Builder(graph, dt, use_metadata)
-    inputs = [k for k, n in graph.nodes.items() if _type(n) == "Input"]
-    outputs = [k for k, n in graph.nodes.items() if _type(n) == "Output"]
+    nodes, edges = _flatten(graph)
+    for key, node in nodes.items():
+        if _type(node) not in SUPPORTED_TYPES:
+            raise InputError(f"NIR node '{key}' ({_type(node)}) is not supported by snnc")
+    kinds = {_type(node) for node in nodes.values()}
+    rules = nir_semantics.resolve(semantics, assume, graph.metadata,
+                                  has_spiking=bool(kinds & (set(NEURON_TYPES) - set(INTEGRATOR_TYPES))),
+                                  has_leak=bool(kinds & set(LEAKY_TYPES)), own_export=meta is not None)
+    dt, dt_source = resolve_dt(nodes, graph.metadata, dt, rules.profile.dt)
+    builder = _Builder(nodes, edges, dt, rules, use_metadata)
+    inputs = [k for k, n in nodes.items() if _type(n) == "Input"]
+    outputs = [k for k, n in nodes.items() if _type(n) == "Output"]
     if len(inputs) != 1 or len(outputs) != 1:
         raise InputError(f"NIR graph must have one Input and one Output node, it has {len(inputs)} and "
                          f"{len(outputs)}")
-    order = _topological_order(graph, builder.preds, builder.succs, meta.get("order") if meta else None)
+    order = _topological_order(list(nodes), builder.preds, builder.succs, meta.get("order") if meta else None)
     if order[0] != inputs[0]:
         raise InputError(f"NIR node '{order[0]}' has no input edge (only the Input node may)")
+    steps = {"Input": builder.input, "SumPool2d": builder.pool, "AvgPool2d": builder.pool,
+             "Flatten": builder.flatten, "Scale": builder.scale, "Delay": builder.delay,
+             **{kind: builder.synapse for kind in SYNAPSE_TYPES}, **{kind: builder.neuron for kind in NEURON_TYPES}}
     for key in order:
-        node = graph.nodes[key]
-        kind = _type(node)
-        if kind == "Input":
-            builder.input(key, node)
-        elif kind == "Output":
-            continue
-        elif kind in SYNAPSE_TYPES:
-            builder.synapse(key, node)
-        elif kind in ("SumPool2d", "AvgPool2d"):
-            builder.pool(key, node)
-        elif kind == "Flatten":
-            builder.flatten(key, node)
-        elif kind == "Scale":
-            builder.scale(key, node)
-        else:
-            builder.neuron(key, node)
+        node = nodes[key]
+        if key in builder.recurrent.values():
+            continue       # read by its population (_recurrent_synapse)
+        if _type(node) != "Output":
+            steps[_type(node)](key, node)
     readout_rule = _attach_readout(builder, outputs[0], readout, meta)
 
     encoding = dict(encoding or (meta["encoding"] if meta else DEFAULT_ENCODING))
@@ -646,7 +834,9 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, enc
         readout_mode = readout or meta.get("readout", readout_rule[0])
     else:
         metadata = {"source": "nir", "nir": {"dt": dt, "dt_source": dt_source, "readout": readout_rule[1],
-                                             "notes": builder.notes}}
+                                             "semantics": rules.record(), "notes": builder.notes,
+                                             "populations": {key: builder.ref[key] for key in order
+                                                             if _type(nodes[key]) in NEURON_TYPES}}}
         net_name = name or stem
         readout_mode = readout or readout_rule[0]
     leftovers = [n.name for n in builder.nodes if n.name in builder.current and not _feeds_add(builder, n)]

@@ -1,0 +1,230 @@
+"""What each NIR producer writes and what it actually simulates (docs/interop.md, "Producers").
+
+NIR states continuous-time equations; every producer discretizes them its own way, and some write
+values that mean something else in their own simulator (Norse's time constants, SpikingJelly's
+r = 1/dt). A `Profile` is one producer's discrete rule for every neuron node it writes; the NIR
+frontend turns a node into an snnc neuron through `discretize` and `spiking_rule`.
+
+Choices a producer does not record in its graph (its reset mechanism, its spike function) are
+assumptions: `resolve` takes them from the caller's `assume`, else the producer's default, and
+returns a warning line for each assumption that changes the result, naming the option to pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from snnc.errors import InputError
+
+RESETS = ("zero", "subtract")
+SPIKES = ("single", "multi")
+ASSUMPTIONS = {"reset": RESETS, "spikes": SPIKES}
+PRODUCER_METADATA_KEYS = ("producer", "source", "framework")   # graph metadata naming the producer
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One producer's discretization of NIR's neuron nodes.
+
+    fire_rule: '>' or '>='. dt: the step its exporter writes time constants with (None: the graph's
+    metadata or NIR's inference). leak: 'euler' (decay dt/tau) or 'exponential' (1 - exp(-dt/tau)).
+    tau_scale: how a written tau is read: 'tau', or 'dt' where the exporter wrote dt/tau_inv (Norse),
+    so that the true decay per step is dt^2/tau_written. if_gain: 'r dt' (NIR) or 'r' (the IF
+    integrates its input unscaled). cuba_input: 'nir' (input scaled by w_in dt/tau_syn, NIR's
+    equation) or 'w_in' (added to the current as it is). reset: the default reset ('zero' means to
+    v_reset); subtract_at: 'spike' (the threshold is subtracted when the neuron fires) or 'next' (at
+    the next step, after the decay: snnTorch). recorded_reset: the graph's v_reset says which reset
+    the neuron had (no assumption to warn about).
+    """
+
+    name: str
+    producer: str
+    fire_rule: str
+    dt: Optional[float]
+    dt_assumed: bool
+    leak: str
+    reset: str
+    spikes: str = "single"
+    subtract_at: str = "spike"
+    tau_scale: str = "tau"
+    if_gain: str = "r dt"
+    cuba_input: str = "nir"
+    recorded_reset: bool = False
+    notes: tuple[str, ...] = ()
+
+
+PROFILES = {profile.name: profile for profile in (
+    Profile("nir", "NIR's literal reading", ">", None, False, "euler", "zero", recorded_reset=True,
+            notes=("Forward Euler at dt; v > v_threshold; reset to v_reset; one spike per step",)),
+    Profile("snntorch", "snnTorch 1.0", ">", 1e-4, False, "euler", "subtract", subtract_at="next",
+            notes=("its exporters write every time constant with dt = 1e-4 (beta = 1 - dt/tau)",
+                   "reset_mechanism 'subtract' (its default) subtracts the threshold one step late",
+                   "both resets are written as v_reset = 0")),
+    Profile("norse", "Norse 1.1", ">", 1e-3, True, "euler", "zero", tau_scale="dt", if_gain="r",
+            cuba_input="w_in", recorded_reset=True,
+            notes=("its exporter writes tau = dt * tau (its tau_mem_inv inverted with dt = 1e-3)",
+                   "LIFCell adds its input to the current unscaled (written w_in = 1)",
+                   "IAFCell integrates its input unscaled, whatever dt")),
+    Profile("sinabs", "Sinabs 3.1", ">=", 1.0, False, "exponential", "subtract", spikes="multi",
+            notes=("time constants in steps, decay exp(-1/tau), input scaled by 1 - exp(-1/tau) "
+                   "(norm_input, its default)",
+                   "fires on v >= threshold; defaults MultiSpike and MembraneSubtract, neither written")),
+    Profile("spikingjelly", "SpikingJelly", ">=", 1e-4, False, "euler", "zero",
+            notes=("its exporter writes tau = tau_steps * dt and IF r = 1/dt with dt = 1e-4",
+                   "fires on v >= threshold; hard reset written as v_reset, soft reset "
+                   "(v_reset=None) exported by earlier versions with the same node")),
+    Profile("rockpool", "Rockpool 2", ">=", 1e-3, True, "exponential", "subtract",
+            notes=("time constants in seconds with dt = 1e-3 by default, exponential decays",
+                   "fires on v >= threshold and subtracts the threshold")),
+    Profile("spyx", "Spyx", ">", 1.0, False, "euler", "subtract",
+            notes=("one step is one time unit; subtracts the threshold",)),
+    Profile("lava-dl", "lava-dl", ">", 1.0, False, "euler", "zero", recorded_reset=True,
+            notes=("one step is one time unit; CUBA neurons reset to zero",)),
+)}
+
+
+@dataclass
+class Semantics:
+    """The rules one import uses: a profile, where it came from, and the choices assumed."""
+
+    profile: Profile
+    source: str                                   # 'given', 'graph metadata' or 'default'
+    reset: str
+    spikes: str
+    assumed: dict = field(default_factory=dict)   # choice -> value, where nothing recorded it
+    warnings: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        """The manifest's record of what the import assumed."""
+        return {"profile": self.profile.name, "source": self.source, "reset": self.reset,
+                "spikes": self.spikes, "fire_rule": self.profile.fire_rule, "assumed": dict(self.assumed),
+                "warnings": list(self.warnings)}
+
+
+def _named_in_metadata(metadata) -> Optional[str]:
+    if not isinstance(metadata, dict):
+        return None
+    for key in PRODUCER_METADATA_KEYS:
+        value = metadata.get(key)
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        if isinstance(value, str) and value.strip().lower() in PROFILES:
+            return value.strip().lower()
+    return None
+
+
+def resolve(semantics: Optional[str], assume: Optional[dict], graph_metadata, has_spiking: bool,
+            has_leak: bool, own_export: bool) -> Semantics:
+    """The semantics of one import: `semantics` (a profile name) or the producer the graph's
+    metadata names, else NIR's literal reading; `assume` overrides the unrecorded choices."""
+    assume = dict(assume or {})
+    for key, value in assume.items():
+        if key not in ASSUMPTIONS or value not in ASSUMPTIONS[key]:
+            choices = ", ".join(f"{k}={'|'.join(v)}" for k, v in ASSUMPTIONS.items())
+            raise InputError(f"--nir-assume {key}={value} is not understood; choices: {choices}")
+    named = _named_in_metadata(graph_metadata)
+    if semantics is not None:
+        if semantics not in PROFILES:
+            raise InputError(f"--nir-semantics {semantics!r} is not one of {', '.join(PROFILES)}")
+        source = "given"
+    elif named is not None:
+        semantics, source = named, "graph metadata"
+    else:
+        semantics, source = "nir", "default"
+    profile = PROFILES[semantics]
+    result = Semantics(profile, source, reset=assume.get("reset", profile.reset),
+                       spikes=assume.get("spikes", profile.spikes))
+    if not has_spiking or own_export:
+        return result
+    if source == "default":
+        result.warnings.append(
+            "the NIR graph does not name its producer: it is read with NIR's literal semantics (v > v_threshold, "
+            "reset to v_reset, one spike per step, Euler steps); snnTorch, Sinabs, SpikingJelly and Norse "
+            "networks compute otherwise: pass --nir-semantics NAME")
+        return result
+    if "reset" not in assume and not profile.recorded_reset:
+        other = [r for r in RESETS if r != result.reset][0]
+        result.assumed["reset"] = result.reset
+        result.warnings.append(f"{profile.producer} does not write which reset its neurons use: assumed "
+                               f"'{result.reset}' (its default); pass --nir-assume reset={other} otherwise")
+    if "spikes" not in assume and profile.spikes != "single":
+        result.assumed["spikes"] = result.spikes
+    if has_leak and profile.dt_assumed:
+        result.assumed["dt"] = profile.dt
+        result.warnings.append(f"{profile.producer} does not write its time step: assumed its exporter's "
+                               f"default dt = {profile.dt:g}; pass --dt otherwise")
+    return result
+
+
+@dataclass
+class Discrete:
+    """One neuron node in snnc's discrete form: per-step membrane decay (fraction lost), the gain
+    of the current into the membrane, the current's decay and the scale of the synaptic input."""
+
+    v_decay: object
+    gain: object
+    u_decay: object = 1.0
+    input_scale: object = 1.0
+
+
+def _decay(profile: Profile, tau, dt: float):
+    import numpy as np
+
+    tau = np.asarray(tau, dtype=np.float64)
+    step = dt * dt if profile.tau_scale == "dt" else dt
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if profile.leak == "exponential":
+            return -np.expm1(-step / tau)
+        return step / tau
+
+
+def discretize(profile: Profile, kind: str, params: dict, dt: float) -> Discrete:
+    """The discrete form of a NIR neuron node (kind: LIF, LI, CubaLIF, CubaLI, IF, I, Threshold)
+    under `profile`; params holds the node's arrays (tau, r, tau_mem, tau_syn, w_in), broadcast."""
+    import numpy as np
+
+    if kind in ("LIF", "LI"):
+        decay = _decay(profile, params["tau"], dt)
+        return Discrete(decay, params["r"] * decay)
+    if kind in ("CubaLIF", "CubaLI"):
+        decay = _decay(profile, params["tau_mem"], dt)
+        syn_decay = _decay(profile, params["tau_syn"], dt)
+        scale = params["w_in"] * syn_decay if profile.cuba_input == "nir" else params["w_in"]
+        return Discrete(decay, params["r"] * decay, syn_decay, scale)
+    if kind in ("IF", "I"):
+        gain = params["r"] * dt if profile.if_gain == "r dt" else params["r"]
+        return Discrete(np.zeros_like(params["r"]), gain)
+    if kind == "Threshold":
+        return Discrete(np.ones_like(params["threshold"]), np.ones_like(params["threshold"]))
+    raise InputError(f"{kind} is not a neuron")   # pragma: no cover - callers pass neuron kinds
+
+
+def fire_threshold(profile: Profile, threshold):
+    """snnc fires on H >= threshold: under '>' the threshold becomes the next float64 above the
+    written one, the same decision for every float64 membrane value."""
+    import numpy as np
+
+    threshold = np.asarray(threshold, dtype=np.float64)
+    return np.nextafter(threshold, np.inf) if profile.fire_rule == ">" else threshold
+
+
+def subtract_amount(semantics: Semantics, key: str, threshold, v_decay: float):
+    """What a soft reset subtracts from snnc's membrane after a spike. At the spike it is the
+    threshold; where the producer subtracts it at the next step after the decay (snnTorch), it is
+    threshold / (1 - v_decay), which the next step's decay brings back to the threshold."""
+    if semantics.profile.subtract_at == "spike":
+        return threshold
+    keep = 1.0 - v_decay
+    if keep <= 0.0:
+        raise InputError(f"NIR node '{key}': {semantics.profile.producer} subtracts the threshold at the step "
+                         f"after a spike, which a neuron without memory (beta = 0) cannot express in snnc")
+    return threshold / keep
+
+
+def check_spikes(semantics: Semantics, key: str, kind: str) -> None:
+    """Refuse a spike function snnc cannot run (several spikes per step)."""
+    if semantics.spikes == "multi":
+        origin = "its default" if "spikes" in semantics.assumed else "as assumed"
+        raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer} fires several spikes per step "
+                         f"(MultiSpike, {origin}), which snnc does not run; pass --nir-assume spikes=single if "
+                         f"the network used single spikes")
