@@ -191,3 +191,43 @@ def test_unsupported_source_nodes_are_named(tmp_path):
     nir.write(path, graph)
     result = invoke("export", path, "-o", tmp_path / "out", "--T", 4)
     assert result.exit_code == 3 and "Delay" in result.stderr and "Traceback" not in result.output
+
+
+def test_nir_semantics_assumptions_are_printed_and_recorded(tmp_path):
+    """A producer profile whose reset the graph does not record: one warning line naming the
+    option, and the manifest says what was used; stating the choice silences the warning."""
+    source = _dense_nir(tmp_path / "dense.nir")
+    result = invoke("export", source, "-o", tmp_path / "assumed", "--T", 4, "--data", "none",
+                    "--nir-semantics", "spikingjelly", "--dt", 1e-3)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "reset" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: ") and "--nir-assume reset=subtract" in warnings[0]
+    record = manifest(tmp_path / "assumed")["source_semantics"]
+    assert (record["profile"], record["source"], record["reset"], record["fire_rule"]) == \
+        ("spikingjelly", "given", "zero", ">=")
+    assert record["assumed"] == {"reset": "zero"}
+    result = invoke("export", source, "-o", tmp_path / "stated", "--T", 4, "--data", "none",
+                    "--nir-semantics", "spikingjelly", "--nir-assume", "reset=subtract", "--dt", 1e-3)
+    assert result.exit_code == 0 and "reset" not in result.stderr, result.output
+    record = manifest(tmp_path / "stated")["source_semantics"]
+    assert record["reset"] == "subtract" and record["assumed"] == {}
+    assert ExportDir.open(tmp_path / "stated").network.node("affine").neuron.reset == "soft"
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (("--nir-assume", "reset"), 2, "is not KEY=VALUE"),
+    (("--nir-assume", "spikes=many"), 3, "--nir-assume spikes=many is not understood"),
+    (("--nir-semantics", "brian2"), 3, "is not one of nir, snntorch"),
+])
+def test_bad_nir_semantics_options_are_one_line_errors(tmp_path, args, code, fragment):
+    result = invoke("export", _dense_nir(tmp_path / "dense.nir"), "-o", tmp_path / "out", "--T", 4, *args)
+    if code == 2:   # click's usage errors print the usage line too
+        assert result.exit_code == 2 and fragment in result.stderr and "Traceback" not in result.output
+    else:
+        assert_clean_failure(result, code, fragment)
+    assert not (tmp_path / "out").exists()
+
+
+def test_nir_semantics_on_a_checkpoint_is_a_usage_error(tmp_path):
+    result = invoke("export", "models/mnist_lif.pt", "-o", tmp_path / "out", "--nir-semantics", "snntorch")
+    assert_clean_failure(result, 2, "--nir-semantics and --nir-assume apply only to a NIR graph")

@@ -431,7 +431,7 @@ class _Builder:
             node = self.graph_nodes[succ]
             weight = np.shape(getattr(node, "weight", ()))
             if _type(node) in ("Affine", "Linear") and len(weight) == 2:
-                if not (len(dims) == 2 and weight[1] == dims[1] != dims[0] * dims[1]):
+                if not (len(dims) == 2 and weight[1] == dims[1]):
                     return False
             elif _type(node) == "Conv2d" and len(weight) == 4:
                 if not (len(dims) == 4 and weight[1] == dims[1]):

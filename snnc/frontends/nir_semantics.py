@@ -173,8 +173,8 @@ def _decay(profile: Profile, tau, dt: float):
     tau = np.asarray(tau, dtype=np.float64)
     step = dt * dt if profile.tau_scale == "dt" else dt
     with np.errstate(divide="ignore", invalid="ignore"):
-        if profile.leak == "exponential":
-            return -np.expm1(-step / tau)
+        if profile.leak == "exponential":   # 1 - a as the producers form it: snnc keeps 1 - (1 - a) = a
+            return 1.0 - np.exp(-step / tau)
         return step / tau
 
 

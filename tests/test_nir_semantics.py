@@ -1,0 +1,306 @@
+"""NIR import under producer profiles (docs/interop.md, section 1): the profile's discrete rule per
+neuron, the assumptions it warns about and records, what it refuses, and the graph structures the
+field writes (pooled currents, nested subgraphs, batch dimensions, per-channel parameters).
+Expected values come from plain numpy loops written here, never from snnc's executor."""
+import nir
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from snnc import execute
+from snnc.errors import InputError
+from snnc.frontends.nir_frontend import load_nir
+
+RNG = np.random.default_rng(7)
+
+
+def _graph(nodes, edges, metadata=None):
+    return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata or {}, type_check=False)
+
+
+def _dense_if(threshold=1.0, v_reset=0.0, n_in=6, n=5, metadata=None):
+    """Input -> Linear -> IF -> Linear -> Output, weights drawn once."""
+    w1 = RNG.uniform(0.0, 0.6, (n, n_in))
+    w2 = RNG.uniform(-1.0, 1.0, (3, n))
+    nodes = {"in": nir.Input(input_type=np.array([n_in])), "fc": nir.Linear(weight=w1),
+             "if": nir.IF(r=np.ones(n), v_threshold=np.full(n, threshold), v_reset=np.full(n, v_reset)),
+             "out_fc": nir.Linear(weight=w2), "out": nir.Output(output_type=np.array([3]))}
+    edges = [("in", "fc"), ("fc", "if"), ("if", "out_fc"), ("out_fc", "out")]
+    return _graph(nodes, edges, metadata), w1
+
+
+def _if_loop(x, w, threshold, fires_at_equal, reset):
+    """The IF neuron of a producer, stepped in numpy: v += w x; spike on v > or >= threshold; reset."""
+    v = np.zeros((x.shape[1], w.shape[0]))
+    spikes = []
+    for t in range(x.shape[0]):
+        v = v + x[t] @ w.T
+        fired = v >= threshold if fires_at_equal else v > threshold
+        v = np.where(fired, 0.0, v) if reset == "zero" else v - threshold * fired
+        spikes.append(fired.astype(np.uint8))
+    return np.stack(spikes)
+
+
+def _spikes(net, key, units):
+    trace = execute.run(net, execute.encode(net, units))
+    return trace.spikes[net.metadata["nir"]["populations"][key]]
+
+
+@pytest.mark.parametrize("semantics, assume, fires_at_equal, reset", [
+    ("nir", None, False, "zero"),
+    ("sinabs", {"spikes": "single"}, True, "subtract"),
+    ("sinabs", {"spikes": "single", "reset": "zero"}, True, "zero"),
+    ("spikingjelly", None, True, "zero"),
+    ("spikingjelly", {"reset": "subtract"}, True, "subtract"),
+])
+def test_if_neurons_follow_the_producers_rule(semantics, assume, fires_at_equal, reset):
+    graph, w1 = _dense_if()
+    units = RNG.integers(0, 256, (12, 6))
+    dt = 1e-4 if semantics == "spikingjelly" else None
+    if dt:   # SpikingJelly writes r = 1/dt
+        graph.nodes["if"].r = np.full(5, 1.0 / dt)
+    net = load_nir(graph, T=10, semantics=semantics, assume=assume)
+    x = np.broadcast_to(units / 255.0, (10,) + units.shape)
+    expected = _if_loop(x, w1, 1.0, fires_at_equal, reset)
+    np.testing.assert_array_equal(_spikes(net, "if", units), expected)
+    assert net.metadata["nir"]["semantics"]["profile"] == semantics
+
+
+def test_threshold_ties_follow_the_fire_rule():
+    """Weight 0.5, constant input 1: v reaches the threshold exactly at steps 1, 3, 5 (0-based):
+    '>=' fires there, '>' one step later."""
+    nodes = {"in": nir.Input(input_type=np.array([1])), "fc": nir.Linear(weight=np.array([[0.5]])),
+             "if": nir.IF(r=np.ones(1), v_threshold=np.ones(1), v_reset=np.zeros(1)),
+             "out_fc": nir.Linear(weight=np.ones((1, 1))), "out": nir.Output(output_type=np.array([1]))}
+    graph = _graph(nodes, [("in", "fc"), ("fc", "if"), ("if", "out_fc"), ("out_fc", "out")])
+    units = np.full((1, 1), 255)
+    at_equal = load_nir(graph, T=6, semantics="sinabs", assume={"spikes": "single", "reset": "zero"})
+    above = load_nir(graph, T=6, semantics="nir")
+    assert np.flatnonzero(_spikes(at_equal, "if", units)[:, 0, 0]).tolist() == [1, 3, 5]
+    assert np.flatnonzero(_spikes(above, "if", units)[:, 0, 0]).tolist() == [2, 5]
+
+
+def test_snntorch_subtracts_the_threshold_one_step_late():
+    """snnTorch's Leaky: mem_t = beta mem_{t-1} + x_t - threshold * (mem_{t-1} > threshold)."""
+    beta, dt, n = 0.75, 1e-4, 4
+    w = RNG.uniform(0.2, 0.9, (n, 3))
+    tau = dt / (1 - beta)
+    nodes = {"in": nir.Input(input_type=np.array([3])), "fc": nir.Linear(weight=w),
+             "lif": nir.LIF(tau=np.full(n, tau), r=np.full(n, tau / dt), v_leak=np.zeros(n),
+                            v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    graph = _graph(nodes, [("in", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "out")])
+    units = RNG.integers(0, 256, (8, 3))
+    x = units / 255.0
+    mem, spikes = np.zeros((8, n)), []
+    for _ in range(12):
+        reset = mem > 1.0
+        mem = beta * mem + x @ w.T - 1.0 * reset
+        spikes.append((mem > 1.0).astype(np.uint8))
+    net = load_nir(graph, T=12, semantics="snntorch")
+    np.testing.assert_array_equal(_spikes(net, "lif", units), np.stack(spikes))
+    warnings = net.metadata["nir"]["semantics"]["warnings"]
+    assert len(warnings) == 1 and "--nir-assume reset=zero" in warnings[0]
+
+
+def test_sinabs_lif_decays_exponentially():
+    tau, n = 5.0, 4
+    w = RNG.uniform(0.5, 2.0, (n, 3))
+    nodes = {"in": nir.Input(input_type=np.array([3])), "fc": nir.Linear(weight=w),
+             "lif": nir.LIF(tau=np.full(n, tau), r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.ones(n),
+                            v_reset=np.zeros(n)),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    graph = _graph(nodes, [("in", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "out")])
+    units = RNG.integers(0, 256, (8, 3))
+    alpha = np.exp(-1.0 / tau)
+    v, spikes = np.zeros((8, n)), []
+    for _ in range(10):
+        v = alpha * v + (1 - alpha) * (units / 255.0 @ w.T)
+        fired = v >= 1.0
+        v = v - fired
+        spikes.append(fired.astype(np.uint8))
+    net = load_nir(graph, T=10, semantics="sinabs", assume={"spikes": "single"})
+    np.testing.assert_array_equal(_spikes(net, "lif", units), np.stack(spikes))
+
+
+def test_sinabs_multispike_is_refused_naming_the_option():
+    graph, _ = _dense_if()
+    with pytest.raises(InputError, match=r"NIR node 'if' \(IF\): Sinabs .*MultiSpike.*--nir-assume spikes=single"):
+        load_nir(graph, T=4, semantics="sinabs")
+
+
+def test_norse_time_constants_and_unscaled_current():
+    """Norse writes tau = dt / tau_inv and adds its input to the current unscaled (dt = 1e-3)."""
+    dt, tau_mem_inv, tau_syn_inv, n = 1e-3, 100.0, 200.0, 4
+    w = RNG.uniform(0.5, 3.0, (n, 3))
+    nodes = {"in": nir.Input(input_type=np.array([1, 3])), "fc": nir.Linear(weight=w),
+             "lif": nir.CubaLIF(tau_mem=np.full(n, dt / tau_mem_inv), tau_syn=np.full(n, dt / tau_syn_inv),
+                                r=np.ones(n), v_leak=np.zeros(n), v_threshold=np.full(n, 0.5),
+                                v_reset=np.zeros(n), w_in=np.ones(n)),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    graph = _graph(nodes, [("in", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "out")])
+    units = RNG.integers(0, 256, (8, 3))
+    v, i, spikes = np.zeros((8, n)), np.zeros((8, n)), []
+    for _ in range(12):
+        i = i + units / 255.0 @ w.T
+        v = v + dt * tau_mem_inv * ((0.0 - v) + i)
+        i = i - dt * tau_syn_inv * i
+        fired = v > 0.5
+        v = np.where(fired, 0.0, v)
+        spikes.append(fired.astype(np.uint8))
+    net = load_nir(graph, T=12, semantics="norse")
+    assert net.input_node.shape == (3,)          # Norse's batch dimension dropped
+    np.testing.assert_array_equal(_spikes(net, "lif", units), np.stack(spikes))
+    assert any("dt = 0.001" in line for line in net.metadata["nir"]["semantics"]["warnings"])
+
+
+def test_unnamed_producer_warns_and_metadata_names_it():
+    graph, _ = _dense_if()
+    literal = load_nir(graph, T=4)
+    record = literal.metadata["nir"]["semantics"]
+    assert record["profile"] == "nir" and record["source"] == "default"
+    assert "--nir-semantics" in record["warnings"][0]
+    named, _ = _dense_if(metadata={"producer": "spikingjelly"})
+    record = load_nir(named, T=4).metadata["nir"]["semantics"]
+    assert record["profile"] == "spikingjelly" and record["source"] == "graph metadata"
+    assert record["fire_rule"] == ">="
+
+
+@pytest.mark.parametrize("semantics, assume, message", [
+    ("brian2", None, "--nir-semantics 'brian2' is not one of"),
+    ("nir", {"reset": "sometimes"}, "--nir-assume reset=sometimes is not understood"),
+])
+def test_bad_profile_options_are_one_line_errors(semantics, assume, message):
+    graph, _ = _dense_if()
+    with pytest.raises(InputError, match=message):
+        load_nir(graph, T=4, semantics=semantics, assume=assume)
+
+
+def _conv_graph(pool_kind, pool_k, conv_stride, channels=3, threshold_per_channel=None, nested=False):
+    weight = RNG.uniform(-0.3, 0.6, (channels, 2, 3, 3))
+    bias = RNG.uniform(0.0, 0.05, channels)
+    pool = (nir.SumPool2d if pool_kind == "sum" else nir.AvgPool2d)(
+        kernel_size=np.array([pool_k, pool_k]), stride=np.array([pool_k, pool_k]), padding=np.array([0, 0]))
+    threshold = np.ones(channels) if threshold_per_channel is None else threshold_per_channel
+    padding = 1 if conv_stride == 2 else 0
+    size = ((10 + 2 * padding - 3) // conv_stride + 1 - pool_k) // pool_k + 1
+    neurons = nir.IF(r=np.ones(channels), v_threshold=threshold, v_reset=np.zeros(channels))
+    nodes = {"in": nir.Input(input_type=np.array([2, 10, 10])),
+             "conv": nir.Conv2d(input_shape=None, weight=weight, bias=bias, stride=conv_stride, padding=padding,
+                                dilation=1, groups=1),
+             "pool": pool, "if": neurons, "flat": nir.Flatten(input_type=None, start_dim=0, end_dim=-1),
+             "fc": nir.Linear(weight=RNG.uniform(-1, 1, (2, channels * size * size))),
+             "out": nir.Output(output_type=np.array([2]))}
+    edges = [("in", "conv"), ("conv", "pool"), ("pool", "if"), ("if", "flat"), ("flat", "fc"), ("fc", "out")]
+    if nested:   # the neurons inside a subgraph with its own Input and Output
+        sub = _graph({"input": nir.Input(input_type=np.array([channels, size, size])), "if": neurons,
+                      "output": nir.Output(output_type=np.array([channels, size, size]))},
+                     [("input", "if"), ("if", "output")])
+        nodes["layer"] = sub
+        del nodes["if"]
+        edges = [(a.replace("if", "layer"), b.replace("if", "layer")) for a, b in edges]
+    return _graph(nodes, edges), weight, bias, threshold
+
+
+@pytest.mark.parametrize("pool_kind, pool_k, conv_stride, nested", [
+    ("sum", 2, 1, False), ("avg", 2, 1, False), ("sum", 2, 2, True), ("avg", 4, 1, False)])
+def test_pooled_currents_are_composed_into_the_convolution(pool_kind, pool_k, conv_stride, nested):
+    """conv -> pool -> neuron (Sinabs, SpikingJelly) runs as torch's conv then pool then an IF loop."""
+    threshold = np.array([0.8, 1.0, 1.3])     # per channel
+    graph, weight, bias, _ = _conv_graph(pool_kind, pool_k, conv_stride, threshold_per_channel=threshold,
+                                         nested=nested)
+    units = RNG.integers(0, 256, (4, 2, 10, 10))
+    net = load_nir(graph, T=6, semantics="nir")
+    current = F.conv2d(torch.from_numpy(units / 255.0), torch.from_numpy(weight), torch.from_numpy(bias),
+                       stride=conv_stride, padding=1 if conv_stride == 2 else 0)
+    pooled = (F.avg_pool2d(current, pool_k) if pool_kind == "avg"
+              else F.avg_pool2d(current, pool_k, divisor_override=1)).numpy()
+    v, spikes = np.zeros_like(pooled), []
+    for _ in range(6):
+        v = v + pooled
+        fired = v > threshold.reshape(1, -1, 1, 1)
+        v = np.where(fired, 0.0, v)
+        spikes.append(fired.astype(np.uint8))
+    key = "layer.if" if nested else "if"
+    got = _spikes(net, key, units)
+    assert got.shape == (6,) + pooled.shape
+    np.testing.assert_array_equal(got, np.stack(spikes))
+    assert any("composed into the convolution" in note for note in net.metadata["nir"]["notes"])
+
+
+def test_pool_of_a_current_shared_with_another_consumer_is_refused():
+    graph, *_ = _conv_graph("sum", 2, 1)
+    graph.nodes["conv2"] = nir.Conv2d(input_shape=None, weight=np.ones((1, 3, 1, 1)), bias=np.zeros(1), stride=1,
+                                      padding=0, dilation=1, groups=1)
+    graph.edges.append(("conv", "conv2"))
+    with pytest.raises(InputError, match="pools the current of 'conv'"):
+        load_nir(graph, T=4, semantics="nir")
+
+
+def test_self_recurrent_population_reads_its_previous_spikes():
+    """snnTorch-style RLeaky subgraph flattened by nirtorch: '1.lif' with '1.w_rec' back onto it,
+    plus an explicit recurrent Affine whose bias joins the feed-forward bias."""
+    n = 6
+    w_in, w_rec = RNG.uniform(0.0, 0.5, (n, 4)), RNG.uniform(-0.6, 0.6, (n, n))
+    rec_bias = RNG.uniform(0.0, 0.05, n)
+    nodes = {"in": nir.Input(input_type=np.array([4])), "fc": nir.Linear(weight=w_in),
+             "1.lif": nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "1.w_rec": nir.Affine(weight=w_rec, bias=rec_bias),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    edges = [("in", "fc"), ("fc", "1.lif"), ("1.lif", "1.w_rec"), ("1.w_rec", "1.lif"), ("1.lif", "out_fc"),
+             ("out_fc", "out")]
+    net = load_nir(_graph(nodes, edges), T=10, semantics="nir")
+    units = RNG.integers(0, 256, (8, 4))
+    v, previous, spikes = np.zeros((8, n)), np.zeros((8, n)), []
+    for _ in range(10):
+        v = v + units / 255.0 @ w_in.T + previous @ w_rec.T + rec_bias
+        fired = v > 1.0
+        v = np.where(fired, 0.0, v)
+        previous = fired.astype(np.float64)
+        spikes.append(fired.astype(np.uint8))
+    np.testing.assert_array_equal(_spikes(net, "1.lif", units), np.stack(spikes))
+
+
+def test_feedback_from_a_later_population_is_refused():
+    n = 3
+    nodes = {"in": nir.Input(input_type=np.array([2])), "fc": nir.Linear(weight=np.ones((n, 2))),
+             "a": nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "fc2": nir.Linear(weight=np.ones((n, n))),
+             "b": nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "back": nir.Linear(weight=np.ones((n, n))),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    edges = [("in", "fc"), ("fc", "a"), ("a", "fc2"), ("fc2", "b"), ("b", "back"), ("back", "a"),
+             ("b", "out_fc"), ("out_fc", "out")]
+    with pytest.raises(InputError, match="self-recurrent populations only"):
+        load_nir(_graph(nodes, edges), T=4, semantics="nir")
+
+
+def test_delay_nodes_become_axonal_delays_in_whole_steps():
+    n = 5
+    delays = np.array([0, 1, 2, 3, 5])
+    w1, w2 = RNG.uniform(0.2, 0.8, (n, 3)), RNG.uniform(0.3, 1.0, (4, n))
+    nodes = {"in": nir.Input(input_type=np.array([3])), "fc": nir.Linear(weight=w1),
+             "a": nir.IF(r=np.full(n, 1e3), v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "d": nir.Delay(delay=delays * 1e-3), "fc2": nir.Linear(weight=w2),
+             "b": nir.IF(r=np.full(4, 1e3), v_threshold=np.ones(4), v_reset=np.zeros(4)),
+             "out_fc": nir.Linear(weight=np.ones((2, 4))), "out": nir.Output(output_type=np.array([2]))}
+    edges = [("in", "fc"), ("fc", "a"), ("a", "d"), ("d", "fc2"), ("fc2", "b"), ("b", "out_fc"), ("out_fc", "out")]
+    graph = _graph(nodes, edges)
+    with pytest.raises(InputError, match=r"'d' \(Delay\).*not whole"):
+        load_nir(graph, T=12, semantics="nir")           # dt = 1: 0.001 steps
+    net = load_nir(graph, T=12, semantics="nir", dt=1e-3)
+    units = RNG.integers(0, 256, (6, 3))
+    x = units / 255.0
+    va, vb, a_spikes, b_spikes = np.zeros((6, n)), np.zeros((6, 4)), [], []
+    for t in range(12):
+        va = va + x @ w1.T
+        fa = va > 1.0
+        va = np.where(fa, 0.0, va)
+        a_spikes.append(fa.astype(np.float64))
+        delayed = np.stack([a_spikes[t - d][:, j] if t - d >= 0 else np.zeros(6) for j, d in enumerate(delays)], 1)
+        vb = vb + delayed @ w2.T
+        fb = vb > 1.0
+        vb = np.where(fb, 0.0, vb)
+        b_spikes.append(fb.astype(np.uint8))
+    np.testing.assert_array_equal(_spikes(net, "b", units), np.stack(b_spikes))
