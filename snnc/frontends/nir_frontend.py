@@ -213,7 +213,9 @@ def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
     profile = semantics.profile
     zeros = np.zeros(shape)
     params = {name: _broadcast(getattr(node, name), shape, key, name) for name in NEURON_FIELDS[kind]}
-    rule = nir_semantics.discretize(profile, kind, params, dt, key)
+    stored = np.asarray(getattr(node, "r", 0.0))
+    resolution = float(np.finfo(stored.dtype).resolution) if stored.dtype.kind == "f" else 1e-15
+    rule = nir_semantics.discretize(profile, kind, params, dt, key, resolution)
     decay, syn_decay = np.asarray(rule.v_decay), np.asarray(rule.u_decay)
     if not (np.all(np.isfinite(decay)) and np.all(decay >= 0) and np.all(decay <= 1)):
         raise InputError(f"NIR node '{key}' ({kind}): the membrane decay {np.unique(decay)[:3]} per step is "

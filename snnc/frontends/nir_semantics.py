@@ -90,13 +90,13 @@ PROFILES = {profile.name: profile for profile in (
             notes=("its exporter writes tau = tau_steps * dt and IF r = 1/dt with dt = 1e-4",
                    "fires on v >= threshold; hard reset written as v_reset, soft reset "
                    "(v_reset=None) exported by earlier versions with the same node")),
-    Profile("rockpool", "Rockpool 3.1", ">=", "r", False, "exponential", "subtract", spikes="multi",
+    Profile("rockpool", "Rockpool 3.1", ">=", "r", False, "exponential", "subtract", spikes="multi", recorded_reset=True,
             gain="one", cuba_input="decayed",
             notes=("time constants in seconds; r = tau e^(-dt/tau) / dt gives dt back (Lambert W)",
                    "exponential decays; the input joins the current and decays with it in the same step",
                    "fires floor(v / threshold) spikes when v >= threshold (several per step) and subtracts "
                    "them; its bias and recurrent weights are not written")),
-    Profile("spyx", "Spyx 0.1", ">", 1.0, False, "euler", "subtract", subtract_at="next", gain="one",
+    Profile("spyx", "Spyx 0.1", ">", 1.0, False, "euler", "subtract", subtract_at="next", gain="one", recorded_reset=True,
             cuba_input="w_in", cuba_subtracts_twice=True, output_delay=1, weights_transposed=True,
             threshold_written=False,
             notes=("beta = 1 - dt/tau with dt = 1; the membrane adds its input unscaled (r holds beta)",
@@ -198,9 +198,9 @@ class Discrete:
     input_scale: object = 1.0
 
 
-def _node_dt(profile: Profile, params: dict, dt: float, key: str):
+def _node_dt(profile: Profile, params: dict, dt: float, key: str, resolution: float):
     """The step of one node: `dt`, or (Rockpool) recovered from r = tau e^(-x) / x, x = dt/tau,
-    as x = W0(1/r)."""
+    as x = W0(1/r), then rounded to the digits that r's precision (`resolution`) carries."""
     import numpy as np
 
     if profile.dt != "r":
@@ -208,12 +208,13 @@ def _node_dt(profile: Profile, params: dict, dt: float, key: str):
     from scipy.special import lambertw
 
     tau = params.get("tau", params.get("tau_mem"))
-    x = np.real(lambertw(1.0 / params["r"]))
-    steps = x * tau
-    if not np.all(np.isfinite(steps)) or np.any(steps <= 0) or not np.allclose(steps, steps.ravel()[0], rtol=1e-9):
+    steps = np.real(lambertw(1.0 / params["r"])) * tau
+    first = float(steps.ravel()[0])
+    if not np.all(np.isfinite(steps)) or first <= 0 or np.any(np.abs(steps - first) > 8 * resolution * first):
         raise InputError(f"NIR node '{key}': the time step recovered from r (Rockpool's r = tau e^(-dt/tau)/dt) "
                          f"is not one positive number; pass --dt")
-    return float(steps.ravel()[0])
+    digits = max(1, int(round(-np.log10(resolution))))
+    return float(f"{first:.{digits}g}")
 
 
 def _decay(profile: Profile, tau, dt: float):
@@ -227,13 +228,15 @@ def _decay(profile: Profile, tau, dt: float):
         return step / tau
 
 
-def discretize(profile: Profile, kind: str, params: dict, dt: float, key: str = "") -> Discrete:
+def discretize(profile: Profile, kind: str, params: dict, dt: float, key: str = "",
+               resolution: float = 1e-15) -> Discrete:
     """The discrete form of a NIR neuron node (kind: LIF, LI, CubaLIF, CubaLI, IF, I, Threshold)
-    under `profile`; params holds the node's arrays (tau, r, tau_mem, tau_syn, w_in), broadcast."""
+    under `profile`; params holds the node's arrays (tau, r, tau_mem, tau_syn, w_in), broadcast;
+    resolution: the relative precision of the file's numbers (float32: 1e-6)."""
     import numpy as np
 
     if kind in ("LIF", "LI", "CubaLIF", "CubaLI"):
-        dt = _node_dt(profile, params, dt, key)
+        dt = _node_dt(profile, params, dt, key, resolution)
         decay = _decay(profile, params["tau"] if kind in ("LIF", "LI") else params["tau_mem"], dt)
         gain = params["r"] * decay if profile.gain == "r" else np.ones_like(decay)
         if kind in ("LIF", "LI"):
