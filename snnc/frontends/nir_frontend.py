@@ -174,9 +174,11 @@ def _positive_dt(value, where: str) -> float:
     return float(value.ravel()[0])
 
 
-def resolve_dt(nodes: dict, metadata, dt: Optional[float], profile_dt: Optional[float] = None) -> tuple[float, str]:
+def resolve_dt(nodes: dict, metadata, dt: Optional[float],
+               profile_dt: Optional[float] | str = None) -> tuple[Optional[float], str]:
     """The discretization step, and where it came from (documented in docs/interop.md): given,
-    the graph's metadata, the producer's (profile_dt), else inferred for NIR's literal reading."""
+    the graph's metadata, the producer's (profile_dt; None where each node's r gives it), else
+    inferred for NIR's literal reading."""
     if dt is not None:
         if not dt > 0:
             raise InputError(f"dt must be positive, got {dt}")
@@ -184,6 +186,8 @@ def resolve_dt(nodes: dict, metadata, dt: Optional[float], profile_dt: Optional[
     graph_dt = metadata.get("dt") if isinstance(metadata, dict) else None
     if graph_dt is not None:
         return _positive_dt(graph_dt, "NIR graph metadata 'dt'"), "graph metadata 'dt'"
+    if profile_dt == "r":
+        return None, "recovered per node from r (the producer writes r = tau e^(-dt/tau) / dt)"
     if profile_dt is not None:
         return profile_dt, "the producer's exporter"
     pairs = _time_constant_pairs(nodes)
@@ -398,9 +402,6 @@ class _Builder:
                     f"NIR node '{key}' ({_type(self.graph_nodes[key])}) reads the synaptic current of "
                     f"'{pred}' directly: snnc needs neurons after every Affine/Linear/Conv2d (a pool "
                     f"between a Conv2d and its neurons is composed into the convolution; nothing else is)")
-            if pred in self.delays and _type(self.graph_nodes[key]) not in SYNAPSE_TYPES:
-                raise InputError(f"NIR node '{pred}' (Delay) feeds {_type(self.graph_nodes[key])} '{key}': "
-                                 f"snnc delays the input of a synapse (Affine/Linear/Conv2d) or of neurons only")
         if len(preds) == 1:
             return self.source(preds[0])
         sources = [self.source(p) for p in preds]
@@ -526,6 +527,9 @@ class _Builder:
         if source.name in self.current:
             raise InputError(f"NIR node '{key}' (Delay) delays a synaptic current: snnc delays spikes or "
                              f"the input before a synapse")
+        if self.dt is None:
+            raise InputError(f"NIR node '{key}' (Delay): the graph gives no time step to count its delay in; "
+                             f"pass --dt")
         steps = _broadcast(node.delay, tuple(source.shape), key, "delay") / self.dt
         whole = np.round(steps)
         if not np.all(np.isfinite(steps)) or np.any(whole < 0) \

@@ -91,7 +91,7 @@ PROFILES = {profile.name: profile for profile in (
                    "fires on v >= threshold; hard reset written as v_reset, soft reset "
                    "(v_reset=None) exported by earlier versions with the same node")),
     Profile("rockpool", "Rockpool 3.1", ">=", "r", False, "exponential", "subtract", spikes="multi", recorded_reset=True,
-            gain="one", cuba_input="decayed",
+            gain="one", if_gain="r", cuba_input="decayed",
             notes=("time constants in seconds; r = tau e^(-dt/tau) / dt gives dt back (Lambert W)",
                    "exponential decays; the input joins the current and decays with it in the same step",
                    "fires floor(v / threshold) spikes when v >= threshold (several per step) and subtracts "
@@ -198,12 +198,13 @@ class Discrete:
     input_scale: object = 1.0
 
 
-def _node_dt(profile: Profile, params: dict, dt: float, key: str, resolution: float):
-    """The step of one node: `dt`, or (Rockpool) recovered from r = tau e^(-x) / x, x = dt/tau,
-    as x = W0(1/r), then rounded to the digits that r's precision (`resolution`) carries."""
+def _node_dt(profile: Profile, params: dict, dt: Optional[float], key: str, resolution: float):
+    """The step of one node: `dt`, or where there is none (Rockpool) recovered from
+    r = tau e^(-x) / x, x = dt/tau, as x = W0(1/r), rounded to the digits that r's precision
+    (`resolution`) carries."""
     import numpy as np
 
-    if profile.dt != "r":
+    if dt is not None:
         return dt
     from scipy.special import lambertw
 
