@@ -304,3 +304,40 @@ def test_delay_nodes_become_axonal_delays_in_whole_steps():
         vb = np.where(fb, 0.0, vb)
         b_spikes.append(fb.astype(np.uint8))
     np.testing.assert_array_equal(_spikes(net, "b", units), np.stack(b_spikes))
+
+
+def test_spyx_spikes_one_step_late_from_transposed_weights():
+    """Spyx: s_t = (v_{t-1} > thr), v_t = beta v_{t-1} + x_t - thr s_t, weights stored (in, out)."""
+    beta, n = 0.75, 4
+    stored = RNG.uniform(0.2, 0.9, (3, n))          # (in, out), as Spyx writes it
+    nodes = {"in": nir.Input(input_type=np.array([3])), "linear": nir.Linear(weight=stored),
+             "LIF": nir.LIF(tau=np.full(n, 1.0 / (1 - beta)), r=np.full(n, beta), v_leak=np.zeros(n),
+                            v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "out": nir.Output(output_type=np.array([n]))}
+    graph = _graph(nodes, [("in", "linear"), ("linear", "LIF"), ("LIF", "out")])
+    units = RNG.integers(0, 256, (6, 3))
+    v, emitted = np.zeros((6, n)), []
+    for t in range(10):
+        spike = (v > 1.0).astype(np.float64)        # decided from the state before the step
+        v = beta * v + units / 255.0 @ stored - 1.0 * spike
+        emitted.append(spike)
+    net = load_nir(graph, T=10, semantics="spyx")
+    trace = execute.run(net, execute.encode(net, units))
+    # snnc's population decides at step t what Spyx emits at t + 1; its consumers read it a step later
+    np.testing.assert_array_equal(trace.spikes[net.metadata["nir"]["populations"]["LIF"]][:-1],
+                                  np.stack(emitted)[1:].astype(np.uint8))
+    np.testing.assert_array_equal(trace.readout_steps, np.cumsum(np.stack(emitted), axis=0))
+    assert any("threshold" in line for line in net.metadata["nir"]["semantics"]["warnings"])
+
+
+def test_lava_dl_layers_shift_their_output_by_one_step():
+    graph, w1 = _dense_if()
+    units = RNG.integers(0, 256, (5, 6))
+    shifted = load_nir(graph, T=8, semantics="lava-dl")
+    plain = load_nir(graph, T=8, semantics="nir")
+    np.testing.assert_array_equal(_spikes(shifted, "if", units), _spikes(plain, "if", units))
+    readout = shifted.node("out_fc")
+    assert readout.delay is not None and np.all(readout.delay == 1)
+    late = execute.run(shifted, execute.encode(shifted, units)).readout_steps
+    early = execute.run(plain, execute.encode(plain, units)).readout_steps
+    np.testing.assert_array_equal(late[1:], early[:-1])
