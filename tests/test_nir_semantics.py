@@ -341,3 +341,25 @@ def test_lava_dl_layers_shift_their_output_by_one_step():
     late = execute.run(shifted, execute.encode(shifted, units)).readout_steps
     early = execute.run(plain, execute.encode(plain, units)).readout_steps
     np.testing.assert_array_equal(late[1:], early[:-1])
+
+
+@pytest.mark.parametrize("producer, variant", [("snntorch", "leaky-subtract"), ("norse", "lifbox"),
+                                               ("sinabs", "lif-single-subtract"), ("spikingjelly", "if-hard")])
+def test_the_warning_names_the_producer_a_graph_looks_like(producer, variant, tmp_path):
+    """Read without --nir-semantics, a producer's own export is read literally, with a warning
+    that names the producer whose exporter's signature it carries (a hint, never applied)."""
+    import producer_nets as nets
+
+    path = tmp_path / "graph.nir"
+    nets.PRODUCERS[producer].export(nets.build(producer, "dense", variant), path, nets.input_shape("dense"))
+    graph = nir.read(str(path), type_check=False)
+    try:
+        record = load_nir(graph, T=4).metadata["nir"]["semantics"]
+    except InputError as error:      # a literal reading may not load at all (Norse's time constants)
+        assert "--nir-semantics" in str(error)
+        from snnc.frontends import nir_frontend, nir_semantics
+
+        assert nir_semantics.look_alike(nir_frontend._flatten(graph)[0]) == producer
+        return
+    assert record["profile"] == "nir"
+    assert f"--nir-semantics {producer})" in record["warnings"][0]

@@ -823,7 +823,8 @@ def load_nir(source, T: Optional[int] = None, dt: Optional[float] = None, *, enc
     kinds = {_type(node) for node in nodes.values()}
     rules = nir_semantics.resolve(semantics, assume, graph.metadata,
                                   has_spiking=bool(kinds & (set(NEURON_TYPES) - set(INTEGRATOR_TYPES))),
-                                  has_leak=bool(kinds & set(LEAKY_TYPES)), own_export=meta is not None)
+                                  has_leak=bool(kinds & set(LEAKY_TYPES)), own_export=meta is not None,
+                                  look_alike=nir_semantics.look_alike(nodes) if semantics is None else None)
     dt, dt_source = resolve_dt(nodes, graph.metadata, dt, rules.profile.dt)
     builder = _Builder(nodes, edges, dt, rules, use_metadata)
     inputs = [k for k, n in nodes.items() if _type(n) == "Input"]

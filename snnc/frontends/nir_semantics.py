@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
+
 from snnc.errors import InputError
 
 RESETS = ("zero", "subtract")
@@ -140,10 +142,40 @@ def _named_in_metadata(metadata) -> Optional[str]:
     return None
 
 
+def _close(a, b) -> bool:
+    return bool(np.allclose(np.asarray(a, dtype=np.float64), b, rtol=1e-5, atol=0.0))
+
+
+def look_alike(nodes: dict) -> Optional[str]:
+    """The producer whose exporter's signature the graph carries (node names, the values its
+    exporter derives), for the hint in the warning only: it is never applied without the flag."""
+    import re
+
+    kinds = {key: type(node).__name__ for key, node in nodes.items()}
+    if any(re.fullmatch(r"\d+_\w+Torch", key) for key in nodes):
+        return "rockpool"
+    for key, node in nodes.items():
+        kind = kinds[key]
+        if kind == "IF" and _close(node.r, 1e4):
+            return "spikingjelly"
+        if kind in ("LIF", "CubaLIF"):
+            tau = node.tau if kind == "LIF" else node.tau_mem
+            if _close(node.r, tau / 1e-4):
+                return "snntorch"
+            if _close(node.r, 1.0) and float(np.min(tau)) < 1e-4:
+                return "norse"
+            if _close(node.r, 1.0 - 1.0 / np.asarray(tau)) and _close(node.v_threshold, 1.0):
+                return "spyx"
+            if _close(node.r, 1.0) and float(np.min(tau)) > 1.0:
+                return "sinabs"
+    return None
+
+
 def resolve(semantics: Optional[str], assume: Optional[dict], graph_metadata, has_spiking: bool,
-            has_leak: bool, own_export: bool) -> Semantics:
+            has_leak: bool, own_export: bool, look_alike: Optional[str] = None) -> Semantics:
     """The semantics of one import: `semantics` (a profile name) or the producer the graph's
-    metadata names, else NIR's literal reading; `assume` overrides the unrecorded choices."""
+    metadata names, else NIR's literal reading (the warning names the producer the graph looks
+    like, if any); `assume` overrides the unrecorded choices."""
     assume = dict(assume or {})
     for key, value in assume.items():
         if key not in ASSUMPTIONS or value not in ASSUMPTIONS[key]:
@@ -164,10 +196,12 @@ def resolve(semantics: Optional[str], assume: Optional[dict], graph_metadata, ha
     if not has_spiking or own_export:
         return result
     if source == "default":
+        hint = (f" (it looks like {PROFILES[look_alike].producer}'s: --nir-semantics {look_alike})"
+                if look_alike else "")
         result.warnings.append(
             "the NIR graph does not name its producer: it is read with NIR's literal semantics (v > v_threshold, "
             "reset to v_reset, one spike per step, Euler steps); snnTorch, Sinabs, SpikingJelly and Norse "
-            "networks compute otherwise: pass --nir-semantics NAME")
+            f"networks compute otherwise: pass --nir-semantics NAME{hint}")
         return result
     if "reset" not in assume and not profile.recorded_reset:
         other = [r for r in RESETS if r != result.reset][0]
@@ -202,8 +236,6 @@ def _node_dt(profile: Profile, params: dict, dt: Optional[float], key: str, reso
     """The step of one node: `dt`, or where there is none (Rockpool) recovered from
     r = tau e^(-x) / x, x = dt/tau, as x = W0(1/r), rounded to the digits that r's precision
     (`resolution`) carries."""
-    import numpy as np
-
     if dt is not None:
         return dt
     from scipy.special import lambertw
@@ -219,8 +251,6 @@ def _node_dt(profile: Profile, params: dict, dt: Optional[float], key: str, reso
 
 
 def _decay(profile: Profile, tau, dt: float):
-    import numpy as np
-
     tau = np.asarray(tau, dtype=np.float64)
     step = dt * dt if profile.tau_scale == "dt" else dt
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -234,8 +264,6 @@ def discretize(profile: Profile, kind: str, params: dict, dt: float, key: str = 
     """The discrete form of a NIR neuron node (kind: LIF, LI, CubaLIF, CubaLI, IF, I, Threshold)
     under `profile`; params holds the node's arrays (tau, r, tau_mem, tau_syn, w_in), broadcast;
     resolution: the relative precision of the file's numbers (float32: 1e-6)."""
-    import numpy as np
-
     if kind in ("LIF", "LI", "CubaLIF", "CubaLI"):
         dt = _node_dt(profile, params, dt, key, resolution)
         decay = _decay(profile, params["tau"] if kind in ("LIF", "LI") else params["tau_mem"], dt)
@@ -257,8 +285,6 @@ def discretize(profile: Profile, kind: str, params: dict, dt: float, key: str = 
 def fire_threshold(profile: Profile, threshold):
     """snnc fires on H >= threshold: under '>' the threshold becomes the next float64 above the
     written one, the same decision for every float64 membrane value."""
-    import numpy as np
-
     threshold = np.asarray(threshold, dtype=np.float64)
     return np.nextafter(threshold, np.inf) if profile.fire_rule == ">" else threshold
 
