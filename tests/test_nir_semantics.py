@@ -363,3 +363,22 @@ def test_the_warning_names_the_producer_a_graph_looks_like(producer, variant, tm
         return
     assert record["profile"] == "nir"
     assert f"--nir-semantics {producer})" in record["warnings"][0]
+
+
+def test_scalar_parameters_hold_for_the_whole_layer():
+    """0-d parameters (one value for the layer), which several exporters cannot write but the format
+    allows, mean the same as per-neuron copies."""
+    w = RNG.uniform(0.0, 1.0, (4, 3))
+
+    def graph(value):
+        nodes = {"in": nir.Input(input_type=np.array([3])), "fc": nir.Affine(weight=w, bias=np.zeros(4)),
+                 "lif": nir.LIF(tau=value(2e-3), r=value(2.0), v_leak=value(0.0), v_threshold=value(0.5),
+                                v_reset=value(0.0)),
+                 "out_fc": nir.Linear(weight=np.ones((2, 4))), "out": nir.Output(output_type=np.array([2]))}
+        return _graph(nodes, [("in", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "out")])
+
+    units = RNG.integers(0, 256, (5, 3))
+    scalar = load_nir(graph(lambda v: np.array(v)), T=6, dt=1e-3)
+    per_neuron = load_nir(graph(lambda v: np.full(4, v)), T=6, dt=1e-3)
+    assert _spikes(scalar, "lif", units).any()
+    np.testing.assert_array_equal(_spikes(scalar, "lif", units), _spikes(per_neuron, "lif", units))
