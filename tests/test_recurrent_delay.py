@@ -427,3 +427,42 @@ def test_float_onnx_follows_the_float_reference():
     spikes = dict(zip(["readout", "readout_steps", "conv"], outputs))["conv"]
     assert np.mean(spikes == expected.spikes["conv"]) > 0.99
     assert np.array_equal(spikes[:2], expected.spikes["conv"][:2])
+
+
+# --- exporters -----------------------------------------------------------------------------------
+
+def test_nir_writes_the_recurrent_loop_and_the_delays(tmp_path):
+    import nir
+
+    from snnc.exporters.nir_export import export_nir
+
+    dt = 1e-3
+    net = dense_net(False, recurrent=True, delay=True)
+    export_nir(net, tmp_path / "net.nir", dt=dt)
+    graph = nir.read(tmp_path / "net.nir")
+    neuron = next(key for key in graph.nodes if key.startswith("fc."))
+    assert isinstance(graph.nodes[neuron], nir.CubaLIF)
+    assert ("input", "fc.delay") in graph.edges and ("fc.delay", "fc") in graph.edges
+    assert (neuron, "fc.recurrent") in graph.edges and ("fc.recurrent", neuron) in graph.edges
+    assert ("input", "fc") not in graph.edges
+    np.testing.assert_allclose(graph.nodes["fc.delay"].delay, np.arange(6) * dt)
+    assert np.array_equal(graph.nodes["fc.recurrent"].weight, net.node("fc").recurrent)
+    assert float(graph.metadata["dt"]) == dt
+
+
+def test_nir_refuses_a_recurrent_conv_population():
+    from snnc.exporters.nir_export import export_nir
+
+    with pytest.raises(InputError, match="node 'conv': recurrent weights on a \\[3, 5, 5\\] population"):
+        export_nir(conv_net(False, recurrent=True))
+
+
+@pytest.mark.parametrize("recurrent, delay, message", [(True, False, "recurrent"), (False, True, "delays")])
+def test_netx_refuses_recurrence_and_delays(tmp_path, recurrent, delay, message):
+    from snnc.errors import DesignRuleError
+    from snnc.exporters.netx_export import export_netx
+
+    net = dense_net(True, recurrent=recurrent, delay=delay)
+    with pytest.raises(DesignRuleError, match=f"layer 'fc': .*{message}"):
+        export_netx(net, tmp_path / "network.net")
+    assert not (tmp_path / "network.net").exists()
