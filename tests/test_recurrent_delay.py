@@ -466,3 +466,37 @@ def test_netx_refuses_recurrence_and_delays(tmp_path, recurrent, delay, message)
     with pytest.raises(DesignRuleError, match=f"layer 'fc': .*{message}"):
         export_netx(net, tmp_path / "network.net")
     assert not (tmp_path / "network.net").exists()
+
+
+def test_summary_counts_recurrent_synapses_and_shows_delays():
+    from snnc.summary import layer_rows
+
+    row = next(r for r in layer_rows(conv_net(True, recurrent=True, delay=True)) if r["layer"] == "conv")
+    plain = next(r for r in layer_rows(conv_net(True, recurrent=False)) if r["layer"] == "conv")
+    assert row["synapses"] - plain["synapses"] == 75 * 75
+    assert "+recurrent" in row["neuron"] and row["op"].startswith("conv2d delay<=")
+
+
+def test_onnx_reference_evaluator_agrees():
+    """onnx's own ReferenceEvaluator, an independent runtime, on model.onnx and one step of
+    model_step.onnx (its states fed explicitly)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from snnc import onnx_graph
+    from snnc.backends import onnx_backend
+
+    net = conv_net(True, recurrent=True, delay=True)
+    inputs = per_step_inputs(net)
+    expected = execute.run(net, inputs)
+    model = onnx_graph.fixed_model(net, spikes=True)
+    names = [output.name for output in model.graph.output]
+    result = dict(zip(names, ReferenceEvaluator(model).run(None, {"input": inputs.astype(np.int64)})))
+    assert np.array_equal(result["conv"], expected.spikes["conv"])
+    assert np.array_equal(result["readout_steps"], expected.readout_steps)
+    step = onnx_graph.fixed_model(net, stepwise=True)
+    names = [output.name for output in step.graph.output]
+    state = onnx_backend.initial_state(net, B)
+    for t in range(3):
+        result = dict(zip(names, ReferenceEvaluator(step).run(None, {"input": inputs[t].astype(np.int64), **state})))
+        state = {"state." + k[len("next."):]: v for k, v in result.items() if k.startswith("next.")}
+        assert np.array_equal(result["conv"], expected.spikes["conv"][t]), t
