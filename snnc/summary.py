@@ -15,17 +15,19 @@ def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int
 
 
 def synapse_count(net: Network, node: Node) -> int:
-    """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding)."""
+    """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding),
+    plus its recurrent ones (N x N)."""
+    recurrent = 0 if node.recurrent is None else int(node.recurrent.size)
     if node.op == "linear":
-        return int(node.weight.size)
+        return int(node.weight.size) + recurrent
     if node.op != "conv2d":
-        return 0
+        return recurrent
     out_channels, in_channels, kh, kw = node.weight.shape
     _, height, width = net.node(node.inputs[0]).shape
     (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
     rows = _valid_taps(height, kh, sh, ph, node.shape[1])
     cols = _valid_taps(width, kw, sw, pw, node.shape[2])
-    return out_channels * in_channels * rows * cols
+    return out_channels * in_channels * rows * cols + recurrent
 
 
 def _bits(values) -> int:
@@ -74,10 +76,16 @@ def layer_rows(net: Network) -> list[dict]:
             row["threshold"] = _range(node.neuron.threshold)
         if net.fixed and node.weight is not None:
             row["weight_bits"] = _bits(node.weight)
+        if net.fixed and node.recurrent is not None:
+            row["weight_bits"] = max(_bits(node.recurrent), row["weight_bits"] if node.weight is not None else 0)
         if net.fixed and node.spiking:
             row["threshold_bits"] = _bits(node.neuron.threshold)
         if node.bn is not None:
             row["neuron"] += " +BN"
+        if node.recurrent is not None:
+            row["neuron"] += " +recurrent"
+        if node.delayed:
+            row["op"] += f" delay<={int(node.delay.max())}"
         rows.append(row)
     return rows
 
