@@ -382,3 +382,22 @@ def test_scalar_parameters_hold_for_the_whole_layer():
     per_neuron = load_nir(graph(lambda v: np.full(4, v)), T=6, dt=1e-3)
     assert _spikes(scalar, "lif", units).any()
     np.testing.assert_array_equal(_spikes(scalar, "lif", units), _spikes(per_neuron, "lif", units))
+
+
+def test_a_bias_into_a_current_with_memory_is_refused_at_folding():
+    """Loihi adds a bias to the membrane; into a decaying current (CubaLIF) a synapse bias grows
+    over the first steps instead, so moving it is refused rather than changing the spikes."""
+    from snnc.passes import fold_all
+
+    n = 3
+    nodes = {"in": nir.Input(input_type=np.array([2])),
+             "fc": nir.Affine(weight=np.ones((n, 2)), bias=np.full(n, 0.1)),
+             "lif": nir.CubaLIF(tau_mem=np.full(n, 4.0), tau_syn=np.full(n, 2.0), r=np.full(n, 4.0), v_leak=np.zeros(n),
+                                v_threshold=np.ones(n), v_reset=np.zeros(n), w_in=np.full(n, 2.0)),
+             "out_fc": nir.Linear(weight=np.ones((2, n))), "out": nir.Output(output_type=np.array([2]))}
+    graph = _graph(nodes, [("in", "fc"), ("fc", "lif"), ("lif", "out_fc"), ("out_fc", "out")])
+    net = load_nir(graph, T=4, dt=1.0)
+    with pytest.raises(InputError, match="node 'fc': its bias feeds the synaptic current of 'fc', which has memory"):
+        fold_all(net)
+    graph.nodes["fc"] = nir.Affine(weight=np.ones((n, 2)), bias=np.zeros(n))
+    fold_all(load_nir(graph, T=4, dt=1.0))      # a zero bias is no bias

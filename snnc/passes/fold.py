@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from snnc.errors import InputError
 from snnc.ir import SYNAPTIC_OPS, Network, Node
 
 TINY_SCALE = 1e-12  # a batch-norm scale this small makes the channel constant
@@ -123,12 +124,18 @@ def fold_bn(net: Network, into: str = "neuron") -> Network:
 
 
 def fold_synapse_bias(net: Network) -> Network:
-    """Move op biases into the neuron's bias current (a Loihi synapse carries no bias)."""
+    """Move op biases into the neuron's bias current (a Loihi synapse carries no bias). That is
+    exact only where the current has no memory (u_decay = 1): a bias into a decaying current grows
+    over the first steps, which a constant membrane bias cannot do, so that is refused."""
     out = net.copy()
     for node in out.nodes:
         if node.neuron is None:
             continue
         for syn in synaptic_inputs(out, node):
+            if syn.bias is not None and np.any(syn.bias) and node.neuron.u_decay != 1.0:
+                raise InputError(f"node '{syn.name}': its bias feeds the synaptic current of '{node.name}', which "
+                                 f"has memory (u_decay {node.neuron.u_decay:g}); a Loihi bias enters the membrane, "
+                                 f"which is the same only without current memory: train without that bias")
             if syn.bias is not None:
                 node.neuron.bias = node.neuron.bias + _per_channel(syn.bias, node.shape)
                 syn.bias = None
