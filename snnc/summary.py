@@ -15,17 +15,19 @@ def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int
 
 
 def synapse_count(net: Network, node: Node) -> int:
-    """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding)."""
+    """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding),
+    plus a population's recurrent synapses (its non-zero recurrent weights)."""
+    recurrent = 0 if node.recurrent is None else int(np.count_nonzero(node.recurrent))
     if node.op == "linear":
-        return int(node.weight.size)
+        return int(node.weight.size) + recurrent
     if node.op != "conv2d":
-        return 0
+        return recurrent
     out_channels, in_channels, kh, kw = node.weight.shape
     _, height, width = net.node(node.inputs[0]).shape
     (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
     rows = _valid_taps(height, kh, sh, ph, node.shape[1])
     cols = _valid_taps(width, kw, sw, pw, node.shape[2])
-    return out_channels * in_channels * rows * cols
+    return out_channels * in_channels * rows * cols + recurrent
 
 
 def _bits(values) -> int:
@@ -59,6 +61,8 @@ def _neuron_text(node: Node, fixed: bool) -> str:
         extras.append("MPR")
     if np.any(np.asarray(n.initial_state) != 0):
         extras.append("init-state")
+    if node.recurrent is not None:
+        extras.append("recurrent")
     return " ".join(extras)
 
 
