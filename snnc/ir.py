@@ -8,7 +8,9 @@ and every backend executes the fixed-point form. The on-disk form is documented 
 Semantics of one node per time step (float arithmetic; the fixed-point rules are in
 snnc/execute.py and docs/ir.md):
     z = op(inputs)                              conv2d / linear (+ op bias), sumpool, avgpool, flatten, add
+    z = op(inputs delayed)                      with node.delay: input element j read at t - delay[j]
     z = bn.scale * z + bn.shift                 if bn (per channel; removed by fold_bn)
+    z = z + recurrent @ flatten(O[t - 1])       with node.recurrent: the population's own spikes (O[-1] = 0)
     I = (1 - u_decay) * I + z                   synaptic current (u_decay = 1: no current memory)
     H = (1 - v_decay) * U + input_gain * I + neuron.bias
     O = phi(H) >= threshold  (phi = MPR if neuron.mpr else identity)
@@ -38,12 +40,14 @@ NEURON_KINDS = ("spiking", "integrator")
 RESETS = ("hard", "soft", "none")
 READOUTS = ("mean", "last")
 ENCODING_KINDS = ("direct", "spikes")
+OPTIONAL_ARRAYS = ("recurrent", "delay")   # Node arrays that files before them lack (absent = None)
 
 # Limits on what one network may ask for (docs/errors.md, "Limits"). Frontends check them against
 # the numbers a file states before allocating anything, so that a small file cannot claim gigabytes.
 MAX_T = 100_000                 # time steps per sample
 MAX_LAYER_SIZE = 1 << 24        # values in one node's per-sample output: neurons, input elements
-MAX_LAYER_WEIGHTS = 1 << 28     # weights of one conv2d or linear node
+MAX_LAYER_WEIGHTS = 1 << 28     # weights of one conv2d or linear node, or of one recurrent matrix
+MAX_DELAY = 1_000               # steps of axonal delay of one input element (node.delay)
 
 
 def check_steps(T, where: str) -> int:
@@ -172,10 +176,17 @@ class Node:
     bn: Optional[Affine] = None
     neuron: Optional[Neuron] = None
     scale: Optional[np.ndarray] = None
+    recurrent: Optional[np.ndarray] = None
+    delay: Optional[np.ndarray] = None
 
     @property
     def spiking(self) -> bool:
         return self.neuron is not None and self.neuron.kind == "spiking"
+
+    @property
+    def delayed(self) -> bool:
+        """Whether some input element reaches the op later than the step it was produced in."""
+        return self.delay is not None and bool(np.any(self.delay))
 
 
 @dataclass
@@ -312,6 +323,43 @@ def _validate_node(node: Node, shapes: dict[str, tuple[int, ...]], net: Network)
             raise InputError(f"{where}: {name} contains NaN or Inf")
     if node.neuron is not None:
         _validate_neuron(node, net, where)
+    if node.recurrent is not None:
+        _validate_recurrent(node, net, where)
+    if node.delay is not None:
+        _validate_delay(node, shapes, where)
+
+
+def _validate_recurrent(node: Node, net: Network, where: str) -> None:
+    """recurrent: [N, N] finite weights of a spiking population onto itself (integers once fixed)."""
+    recurrent, size = node.recurrent, math.prod(node.shape)
+    if not node.spiking:
+        raise InputError(f"{where}: recurrent weights need a spiking neuron population on the node")
+    if not isinstance(recurrent, np.ndarray) or recurrent.dtype.kind not in "iuf":
+        raise InputError(f"{where}: recurrent weights must be a numeric array")
+    if tuple(recurrent.shape) != (size, size):
+        raise InputError(f"{where}: recurrent weights of shape {list(recurrent.shape)} are not "
+                         f"[{size}, {size}] (neurons x neurons)")
+    check_weight_count(recurrent.size, where)
+    if not np.all(np.isfinite(recurrent)):
+        raise InputError(f"{where}: recurrent weights contain NaN or Inf")
+    if net.fixed and not np.array_equal(recurrent, np.round(recurrent)):
+        raise InputError(f"{where}: recurrent weights of a fixed-point network must be integers")
+
+
+def _validate_delay(node: Node, shapes: dict[str, tuple[int, ...]], where: str) -> None:
+    """delay: integers 0..MAX_DELAY, one per element of a conv2d's or linear's per-sample input."""
+    delay = node.delay
+    if node.op not in SYNAPTIC_OPS:
+        raise InputError(f"{where}: only a conv2d or linear may delay its input, not a {node.op}")
+    if not isinstance(delay, np.ndarray) or delay.dtype.kind not in "iu":
+        raise InputError(f"{where}: delays must be an integer array")
+    source = shapes[node.inputs[0]]
+    if tuple(delay.shape) != source:
+        raise InputError(f"{where}: delays of shape {list(delay.shape)} are not one per input element "
+                         f"{list(source)}")
+    if delay.size and not 0 <= int(delay.min()) <= int(delay.max()) <= MAX_DELAY:
+        raise InputError(f"{where}: delays must lie in 0..{MAX_DELAY} steps, got {int(delay.min())}.."
+                         f"{int(delay.max())}")
 
 
 def _validate_neuron(node: Node, net: Network, where: str) -> None:
@@ -358,6 +406,9 @@ def _to_parts(net: Network) -> tuple[dict, dict[str, np.ndarray]]:
                  "shape": list(node.shape), "attrs": node.attrs}
         for name in ("weight", "bias", "scale"):
             entry[name] = keep(f"{node.name}/{name}", getattr(node, name))
+        for name in OPTIONAL_ARRAYS:   # written only where present: older files lack them
+            if getattr(node, name) is not None:
+                entry[name] = keep(f"{node.name}/{name}", getattr(node, name))
         entry["bn"] = None if node.bn is None else {
             "scale": keep(f"{node.name}/bn.scale", node.bn.scale),
             "shift": keep(f"{node.name}/bn.shift", node.bn.shift)}
@@ -387,6 +438,7 @@ def _from_parts(doc: dict, arrays: dict[str, np.ndarray]) -> Network:
             name=entry["name"], op=entry["op"], inputs=list(entry["inputs"]),
             shape=tuple(entry["shape"]), attrs=dict(entry["attrs"]),
             weight=take(entry["weight"]), bias=take(entry["bias"]), scale=take(entry["scale"]),
+            recurrent=take(entry.get("recurrent")), delay=take(entry.get("delay")),
             bn=None if bn is None else Affine(take(bn["scale"]), take(bn["shift"])),
             neuron=None if neuron is None else Neuron(**{k: take(v) for k, v in neuron.items()}),
         ))
