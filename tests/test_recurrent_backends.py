@@ -48,12 +48,13 @@ def local_recurrence(shape, rng, low=-40, high=40):
 
 
 def recurrent_dense(seed=0):
-    """input (16) -> fc (12, LIF, self-recurrent) -> readout (3)."""
+    """input (16) -> fc (12, LIF, self-recurrent, about half the pairs connected) -> readout (3)."""
     rng = np.random.default_rng(seed)
     return fixed("recurrent_dense", [
         Node("input", "input", [], (16,)),
         Node("fc", "linear", ["input"], (12,), weight=rng.integers(-20, 40, (12, 16)),
-             neuron=population((12,), 60_000, v_decay=300), recurrent=rng.integers(-90, 90, (12, 12))),
+             neuron=population((12,), 200_000, v_decay=300),
+             recurrent=rng.integers(-127, 128, (12, 12)) * (rng.random((12, 12)) < 0.5)),
         Node("readout", "linear", ["fc"], (3,), weight=rng.integers(-40, 40, (3, 12)),
              neuron=population((3,), 0, kind="integrator")),
     ])
@@ -65,10 +66,10 @@ def recurrent_after_conv(seed=1, delays=False):
     0..5 on the conv's and the fc's inputs too."""
     rng = np.random.default_rng(seed)
     conv = Node("conv", "conv2d", ["input"], (4, 6, 6), attrs=dict(CONV), weight=rng.integers(-30, 50, (4, 2, 3, 3)),
-                neuron=population((4, 6, 6), 150_000, reset="soft"),
-                recurrent=local_recurrence((4, 6, 6), rng))
+                neuron=population((4, 6, 6), 250_000, reset="soft"),
+                recurrent=local_recurrence((4, 6, 6), rng, -120, 120))
     fc = Node("fc", "linear", ["flatten"], (10,), weight=rng.integers(-40, 60, (10, 36)),
-              neuron=population((10,), 9_000, u_decay=2048), recurrent=rng.integers(-60, 60, (10, 10)))
+              neuron=population((10,), 80_000, u_decay=2048), recurrent=rng.integers(-60, 60, (10, 10)))
     if delays:
         conv.delay = rng.integers(0, 6, (2, 6, 6))
         fc.delay = rng.integers(0, 6, (36,))
@@ -88,10 +89,10 @@ def delayed_conv(seed=2):
     return fixed("delayed", [
         Node("input", "input", [], (2, 6, 6)),
         Node("conv", "conv2d", ["input"], (3, 6, 6), attrs=dict(CONV), weight=rng.integers(-30, 50, (3, 2, 3, 3)),
-             neuron=population((3, 6, 6), 120_000), delay=rng.integers(0, 6, (2, 6, 6))),
+             neuron=population((3, 6, 6), 200_000), delay=rng.integers(0, 6, (2, 6, 6))),
         Node("flatten", "flatten", ["conv"], (108,)),
         Node("fc", "linear", ["flatten"], (8,), weight=rng.integers(-20, 40, (8, 108)),
-             neuron=population((8,), 3_000, v_decay=500), delay=rng.integers(0, 6, (108,))),
+             neuron=population((8,), 40_000, v_decay=500), delay=rng.integers(0, 6, (108,))),
         Node("readout", "linear", ["fc"], (3,), weight=rng.integers(-40, 40, (3, 8)),
              neuron=population((3,), 0, kind="integrator"), delay=rng.integers(0, 6, (8,))),
     ])
@@ -103,7 +104,7 @@ NETWORKS = {"recurrent_dense": recurrent_dense, "recurrent_conv": recurrent_afte
 
 def images(net, count=5, seed=3):
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256, (count,) + tuple(net.input_node.shape)) * (rng.random((count,) + tuple(
+    pixels = rng.integers(0, 32, (count,) + tuple(net.input_node.shape)) * (rng.random((count,) + tuple(
         net.input_node.shape)) < 0.6)
     return np.broadcast_to(pixels, (net.T,) + pixels.shape).astype(np.int64)
 
@@ -187,10 +188,17 @@ def assert_same(expected, got):
     assert got.overflow == expected.overflow
 
 
+def _without(net: Network, field: str) -> Network:
+    plain = net.copy()
+    for node in plain.nodes:
+        setattr(node, field, None)
+    return plain
+
+
 @pytest.fixture(scope="module", params=sorted(NETWORKS))
 def case(request):
-    """(network, inputs, reference trace), the reference checked against the loop above and
-    active enough for the comparisons to mean something."""
+    """(network, inputs, reference trace), the reference checked against the loop above, active
+    enough for the comparisons to mean something, and its recurrence and delays changing spikes."""
     net = NETWORKS[request.param]()
     net.validate()
     inputs = images(net)
@@ -200,6 +208,10 @@ def case(request):
         assert np.array_equal(ref.spikes[name], expected), f"reference differs from the contract at {name}"
         assert 0.02 < expected.mean() < 0.8, f"layer {name} fires at rate {expected.mean()}"
     np.testing.assert_array_equal(ref.readout_steps, readout_steps)
+    for field in ("recurrent", "delay"):
+        if any(getattr(node, field) is not None for node in net.nodes):
+            changed = stepwise(_without(net, field), inputs)[0]
+            assert any(np.any(changed[name] != spikes[name]) for name in spikes), f"{field} changes nothing"
     return net, inputs, ref
 
 
@@ -341,6 +353,7 @@ def test_recurrent_fan_in_limit_splits_the_layer():
     recurrent = net.node("fc").recurrent != 0
     limit = 16 + int(recurrent.sum(axis=1).max())
     target = dataclasses.replace(LOIHI2, limits=dict(LOIHI2.limits, fan_in_axons_per_core=limit))
+    assert 16 + recurrent.any(axis=0).sum() > limit      # one core for the layer is too many
     mapping = mp.map_to_cores(net, target)
     assert mapping.layer("fc")["cores"] > 1
     assert all(c["fan_in"] <= limit for c in mapping.cores)

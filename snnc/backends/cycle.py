@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -34,8 +35,8 @@ from snnc import execute
 from snnc.data import InputSet
 from snnc.errors import InputError
 from snnc.ir import Network, Node
-from snnc.passes.mapping import (Mapping, Partition, analyse, largest_delay, load_mapping, map_to_cores,
-                                 recurrent_synapses, segments, tile_reach)
+from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, recurrent_synapses,
+                                 segments, tile_reach)
 
 NAME = "cycle"
 SENDER_BLOCK = 64   # senders whose routing tables are formed at once (a [block, cores, 5] array)
@@ -120,7 +121,7 @@ class _Route:
     class_messages: torch.Tensor          # [classes]: messages (one per destination core reached)
     class_reach: object                   # scipy CSR [classes, dest positions]: synapses (None: dest always active)
     class_tiles: torch.Tensor             # [classes, dest tiles]: synapses per destination channel
-    cell_delays: list                     # per delayed synapse of the group, the delay of each cell [C, cells]
+    cell_delays: list[Node]               # per delayed synapse of the group, a node with the delay of each cell
 
 
 @dataclass
@@ -283,8 +284,10 @@ class _Plan:
         r_index = np.array([s[0] for s in row_segs])
         c_index = np.array([s[0] for s in col_segs])
         cell_pos = (r_index[:, None] * wx + c_index[None, :]).ravel()
-        cell_delays = [np.asarray(syn.delay, dtype=np.int64).reshape(C, hx, wx)[:, r_index][:, :, c_index].reshape(C, -1)
-                       for syn in map(self.net.node, group.synapses) if largest_delay(syn)]
+        # a delayed synapse's delays per cell (a cell is an X element or, split over senders, part of one)
+        cell_delays = [Node(f"{syn.name}.cells", syn.op, [], (C, len(row_segs) * len(col_segs)),
+                            delay=np.asarray(syn.delay).reshape(C, hx, wx)[:, r_index][:, :, c_index])
+                       for syn in map(self.net.node, group.synapses) if syn.delayed]
         # destination cores reached by each X position
         r = tile_reach(group, info, dest.part.tile)
         n_tiles_d = dest.tile_core.shape[0]
@@ -327,18 +330,6 @@ class _Plan:
                       class_messages=torch.from_numpy(per_class[:, 0].copy()),
                       class_reach=None if dest.always_active else group.reach[position].astype(np.float64).tocsr(),
                       class_tiles=torch.from_numpy(position_tiles[position]), cell_delays=cell_delays)
-
-
-def _delayed_steps(x: torch.Tensor, delay) -> torch.Tensor:
-    """x [T, B, *shape] read through axonal delays [*shape]: element j at step t is x[t - delay[j]][j]
-    (0 before step 0), the IR's rule (docs/ir.md)."""
-    delay = torch.from_numpy(np.asarray(delay, dtype=np.int64).reshape(x.shape[2:]))
-    out = torch.zeros_like(x)
-    for steps in torch.unique(delay).tolist():
-        if steps < len(x):
-            where = delay == steps
-            out[steps:, :, where] = x[:len(x) - steps, :, where]
-    return out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -464,11 +455,11 @@ class _Run:
             return x
         return x.unsqueeze(0).expand((wanted,) + x.shape).flatten(0, 1)
 
-    def delayed(self, steps: int, x: torch.Tensor, delay) -> torch.Tensor:
-        """[steps * B, ...] values as the T steps [T * B, ...] a synapse with axonal delays reads
-        (the delay slots of its destination neurons, docs/cycle-simulator.md)."""
-        x = self._over_steps(steps, x, self.T)
-        return _delayed_steps(x.reshape((self.T, self.B) + x.shape[1:]), delay).flatten(0, 1)
+    def delayed(self, node: Node, steps: int, x: torch.Tensor) -> torch.Tensor:
+        """[steps * B, ...] values as the T steps [T * B, ...] that `node`'s axonal delays make of
+        them (execute.delayed_input, the reference's own; the delay slots of the destination
+        neurons, docs/cycle-simulator.md)."""
+        return execute.delayed_input(node, x.reshape((steps, self.B) + x.shape[1:]), self.T).flatten(0, 1)
 
     def synaptic_input(self, layer: _Layer) -> tuple[int, torch.Tensor]:
         """The integer input of a layer's neurons at every step, as the reference computes it: exact
@@ -477,8 +468,8 @@ class _Run:
         sums = []
         for syn in layer.synapses:
             steps, x = self.value(syn.node.inputs[0])
-            if largest_delay(syn.node):
-                steps, x = self.T, self.delayed(steps, x, syn.node.delay)
+            if syn.node.delayed:
+                steps, x = self.T, self.delayed(syn.node, steps, x)
             x = x.to(syn.dtype)
             if syn.node.op == "conv2d":
                 z = F.conv2d(x, syn.weight, None, stride=tuple(syn.node.attrs["stride"]),
@@ -572,8 +563,8 @@ class _Run:
         dest = self.plan.layers[route.dest]
         if not dest.always_active:   # received for the logical step it is integrated at: its own, or after its delay
             arriving = [per_class] if not route.cell_delays else [
-                self._per_class(route, self.delayed(steps, cells, delay)).reshape(self.T, self.B, -1)
-                for delay in route.cell_delays]
+                self._per_class(route, self.delayed(delays, steps, cells)).reshape(self.T, self.B, -1)
+                for delays in route.cell_delays]
             for classes in arriving:
                 reached = route.class_reach.T @ classes.reshape(self.T * self.B, -1).numpy().T
                 self.received[route.dest] += torch.from_numpy(reached.T.reshape(self.T, self.B, -1)).to(torch.float32)
@@ -671,11 +662,17 @@ def _plan(net: Network, mapping: Mapping, target) -> _Plan:
 def bytes_per_sample(plan: _Plan) -> int:
     """What simulating one sample holds at most: what the reference holds for it (the simulator
     keeps the same tensors, in float32 where exact) plus the per-core, per-chip-step tables
-    (synaptic ops, active neurons, routing time) and the neurons' received-input flags."""
-    steps = plan.net.T + plan.max_depth
+    (synaptic ops, active neurons, routing time) and the neurons' received-input flags; a
+    recurrent layer's spikes as float64 with its per-neuron received flags, and a delayed route's
+    shifted float32 copy of its cells, at most one of each at a time."""
+    T = plan.net.T
+    steps = T + plan.max_depth
     per_core = 8 * steps * (3 * plan.n_cores + 1)
-    received = 4 * plan.net.T * sum(layer.H * layer.W for layer in plan.layers.values())
-    return execute.bytes_per_sample(plan.net) + per_core + received
+    received = 4 * T * sum(layer.H * layer.W for layer in plan.layers.values())
+    recurrent = max((9 * T * math.prod(plan.layers[name].node.shape) for name in plan.recurrent), default=0)
+    shifted = max((4 * T * math.prod(delays.shape) for routes in plan.routes_out.values() for route in routes
+                   for delays in route.cell_delays), default=0)
+    return execute.bytes_per_sample(plan.net) + per_core + received + recurrent + shifted
 
 
 def samples_per_chunk(plan: _Plan, budget: int = execute.WORKING_SET_BYTES) -> int:

@@ -342,7 +342,7 @@ class _SpecBuilder:
         sources = [self.trace_views(group) for group in groups]
         depth = max(source.depth for source, _ in sources) + 1
         use_conv = len(node.shape) == 3 and all(
-            group.op == "conv2d" and not views and len(source.ir_shape) == 3 and not largest_delay(group)
+            group.op == "conv2d" and not views and len(source.ir_shape) == 3 and not group.delayed
             for group, (source, views) in zip(groups, sources))
         shape = lava_shape(node.shape) if use_conv else (int(np.prod(node.shape)),)
         n = node.neuron
