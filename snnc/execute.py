@@ -8,7 +8,9 @@ integer: a synaptic op runs in float32 where every partial sum it can form is an
 (float32_ops), in float64 otherwise (every partial sum far below 2^53), so the results are exact
 integers whatever the summation order (see docs/ir.md). The fixed-point neuron rule is
 snnc.fixedpoint's, compiled into one kernel (numba: `FixedNeuron`), which the cycle simulator runs
-too.
+too. Axonal delays (node.delay) shift each input element along T before the op (`delayed_input`);
+recurrent synapses (node.recurrent) are added to z inside the step loop, from the population's own
+spikes of the previous step (in `float_neuron` and in the kernel).
 """
 from __future__ import annotations
 
@@ -45,18 +47,20 @@ def integer_valued(net: Network, name: str) -> bool:
 
 def float32_ops(net: Network) -> set[str]:
     """The synaptic ops (conv2d, linear) of a fixed network that are exact in float32: they read
-    integers, and every partial sum, at most sum |w| x the largest input for an output, stays
-    below 2^24. They run in float32 (several times faster), the others in float64."""
+    integers, and every partial sum, at most sum |w| x the largest input for an output (plus
+    sum |recurrent| for the node's own spikes, so that a backend may add those in the same dtype),
+    stays below 2^24. They run in float32 (several times faster), the others in float64."""
     if not net.fixed:
         return set()
-    from snnc.passes.quantize import largest_outputs
+    from snnc.passes.quantize import largest_outputs, recurrent_sums
 
     largest = largest_outputs(net)
     exact = set()
     for node in net.nodes:
         if node.op in ("conv2d", "linear") and node.bn is None and integer_valued(net, node.inputs[0]):
             weight = np.abs(np.asarray(node.weight, dtype=np.float64)).reshape(node.weight.shape[0], -1)
-            if weight.sum(axis=1).max(initial=0.0) * largest[node.inputs[0]] < EXACT_FLOAT32:
+            fed_back = sum(recurrent_sums(node)).max(initial=0.0)
+            if weight.sum(axis=1).max(initial=0.0) * largest[node.inputs[0]] + fed_back < EXACT_FLOAT32:
                 exact.add(node.name)
     return exact
 
@@ -86,7 +90,8 @@ def bytes_per_sample(net: Network) -> int:
     """The most that running one sample holds at once, as `run` allocates (measured against it in
     docs/benchmarks.md): every spiking layer's spikes (uint8, the trace), and at the node where the
     sum peaks, the float64 values still to be read (spikes are read from the trace), the node's
-    float64 inputs, torch's im2col buffer, its output and the neuron's outputs."""
+    float64 inputs (and their delayed copy), torch's im2col buffer, its output and the neuron's
+    outputs."""
     size = {node.name: int(np.prod(node.shape)) for node in net.nodes}
     spiking = {node.name for node in net.spiking_nodes()}
     last = last_uses(net)
@@ -95,7 +100,8 @@ def bytes_per_sample(net: Network) -> int:
     for index, node in enumerate(net.nodes):
         inputs = [net.node(name) for name in node.inputs]
         read = sum(size[i.name] for i in inputs if i.name in spiking)
-        working = FLOAT64 * (read + _unfolded(node) + 2 * size[node.name])
+        shifted = sum(size[i.name] for i in inputs) if node.delayed else 0   # delayed_input's copy
+        working = FLOAT64 * (read + shifted + _unfolded(node) + 2 * size[node.name])
         peak = max(peak, FLOAT64 * live + working)
         if node.name not in spiking and last[node.name] > index:
             live += size[node.name]
@@ -166,8 +172,25 @@ def _param(array, dtype) -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float64)).to(dtype)
 
 
+def delayed_input(node: Node, x: torch.Tensor, steps: int) -> torch.Tensor:
+    """A delayed node's input as its op reads it (docs/ir.md): x [1 or steps, B, *input shape] ->
+    [steps, B, *input shape] with element j at step t taken from step t - delay[j] (0 before step 0).
+    One step of x stands for every step (a static input), as everywhere in the executors."""
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    out = torch.zeros((steps,) + tuple(flat.shape[1:]), dtype=x.dtype)
+    delay = torch.from_numpy(np.asarray(node.delay, dtype=np.int64).reshape(-1))
+    for d in torch.unique(delay).tolist():
+        if d >= steps:
+            continue
+        columns = delay == d
+        source = flat[:, :, columns]
+        out[d:, :, columns] = source[:steps - d] if source.shape[0] > 1 else source
+    return out.reshape((steps,) + tuple(x.shape[1:]))
+
+
 def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
-    """The float rule of ir.py's docstring over [T, B, *shape]; returns (outputs, voltages)."""
+    """The float rule of ir.py's docstring over [T, B, *shape], recurrent input included;
+    returns (outputs, voltages)."""
     n = node.neuron
     if n.mpr:
         from snnc.nn import mpr as phi
@@ -176,11 +199,16 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     threshold = _param(n.threshold, torch.float64) if n.kind == "spiking" else None
     reset_amount = _param(n.reset_amount, torch.float64) if n.reset == "soft" else None
     bias = _param(n.bias, torch.float64)
+    recurrent = _param(node.recurrent, torch.float64).T if node.recurrent is not None else None
     v = _param(n.initial_state, torch.float64).expand(z.shape[1:]).clone()
     current = torch.zeros_like(v)
     outputs, voltages = [], []
     for t in range(z.shape[0]):
-        current = (1.0 - n.u_decay) * current + z[t]
+        drive = z[t]
+        if recurrent is not None and t > 0:   # the population's own spikes of step t - 1
+            fed_back = outputs[-1].reshape(drive.shape[0], -1).to(torch.float64) @ recurrent
+            drive = drive + fed_back.reshape(drive.shape)
+        current = (1.0 - n.u_decay) * current + drive
         v = (1.0 - n.v_decay) * v + n.input_gain * current + bias
         if n.kind == "spiking":
             fired = (phi(v) if phi else v) >= threshold
@@ -200,55 +228,89 @@ for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.after_reset, fi
     register_jitable(inline="always")(_rule)   # callable from compiled code, unchanged for numpy
 
 
+@register_jitable(inline="always")
+def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_amount, bias, keep_u, keep_v,
+                     decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
+    """One step of every neuron of one sample on the integer input row x (any dtype holding
+    integers): updates u and v, fills fired (and voltages and busy when recording); returns the
+    numbers of spikes and of current and voltage overflow events."""
+    spike_count = 0
+    current_events = 0
+    voltage_events = 0
+    if record:
+        for n in range(u.shape[0]):
+            busy[n] = u[n] != 0 or v[n] != 0
+            u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
+                np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
+                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+            fired[n] = spike
+            voltages[n] = v[n]
+            spike_count += spike
+            current_events += current_event
+            voltage_events += voltage_event
+    else:
+        for n in range(u.shape[0]):
+            u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
+                np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
+                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+            fired[n] = spike
+            spike_count += spike
+            current_events += current_event
+            voltage_events += voltage_event
+    return spike_count, current_events, voltage_events
+
+
 def _compile_kernel(rules_digest: str):
     """The population kernel, compiled from fixedpoint.cuba_step. numba's on-disk cache is keyed
     on the kernel's bytecode and closure, not on the functions it calls: `rules_digest` (the
     SHA-256 of snnc/fixedpoint.py) is in the closure so that editing a rule recompiles it."""
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def cuba_run(a, steps, initial, fire_level, reset_amount, bias, spikes, voltages, busy, keep_u, keep_v,
-                 decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
+    def cuba_run(a, steps, initial, fire_level, reset_amount, bias, recurrent_t, spikes, voltages, busy, keep_u,
+                 keep_v, decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
         """Every step of one population on [steps, batch, neurons]; returns the number of spikes and
         of current and voltage overflow events. `a` holds one step (presented at every step) or all
-        of them. Fills spikes, and voltages and busy unless they have size 0 (the loop without them
-        stores nothing more). A sample's state stays in two rows of its thread from the first step
-        to the last; every value is formed in int64 from integers, so any dtype holding integers
-        gives the same."""
+        of them. `recurrent_t` is the transposed recurrent matrix ([source, target], int64), or
+        empty: then the input row goes to the neurons as it is; else each step's input is
+        a + the weights of the neurons that fired at the previous step of the same sample. Fills
+        spikes, and voltages and busy unless they have size 0 (the loop without them stores nothing
+        more). A sample's state stays in two rows of its thread from the first step to the last;
+        every value is formed in int64 from integers, so any dtype holding integers gives the same."""
         rules_version = rules_digest  # noqa: F841 (part of the cache key, see above)
         neurons = initial.shape[0]
         record = voltages.size > 0
+        recurrent = recurrent_t.shape[0] > 0
         spike_count = 0
         current_events = 0
         voltage_events = 0
         for b in numba.prange(a.shape[1]):
             u = np.zeros(neurons, dtype=np.int64)
             v = initial.copy()
+            drive = np.zeros(neurons if recurrent else 0, dtype=np.int64)
             sample_spikes = 0
             sample_current = 0
             sample_voltage = 0
             for t in range(steps):
                 x = a[t if a.shape[0] > 1 else 0, b]
-                fired = spikes[t, b]
-                if record:
+                row = t if record else 0
+                if recurrent:
                     for n in range(neurons):
-                        busy[t, b, n] = u[n] != 0 or v[n] != 0
-                        u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
-                            np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
-                            decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
-                        fired[n] = spike
-                        voltages[t, b, n] = v[n]
-                        sample_spikes += spike
-                        sample_current += current_event
-                        sample_voltage += voltage_event
+                        drive[n] = np.int64(x[n])
+                    if t > 0:
+                        for j in range(neurons):
+                            if spikes[t - 1, b, j]:
+                                for n in range(neurons):
+                                    drive[n] += recurrent_t[j, n]
+                    counts = _population_step(drive, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
+                                              fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
+                                              top, current_saturates, voltage_saturates, hard, soft)
                 else:
-                    for n in range(neurons):
-                        u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
-                            np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
-                            decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
-                        fired[n] = spike
-                        sample_spikes += spike
-                        sample_current += current_event
-                        sample_voltage += voltage_event
+                    counts = _population_step(x, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
+                                              fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
+                                              top, current_saturates, voltage_saturates, hard, soft)
+                sample_spikes += counts[0]
+                sample_current += counts[1]
+                sample_voltage += counts[2]
             spike_count += sample_spikes
             current_events += sample_current
             voltage_events += sample_voltage
@@ -285,7 +347,8 @@ class FixedNeuron:
 
     `run(a, steps)` applies `steps` steps to the integer synaptic input `a` [1 or steps, B, *shape],
     of any dtype holding integers (float32 from an exact convolution is read as it is); one step of
-    input is presented at every step.
+    input is presented at every step. The node's recurrent weights (integers) are added to it from
+    the population's own spikes of the previous step, so one call must cover all steps of a sample.
     """
 
     def __init__(self, node: Node, arithmetic: dict):
@@ -305,17 +368,20 @@ class FixedNeuron:
         self.reset_amount = _per_neuron(n.reset_amount if self.soft else 0, self.shape)
         self.bias = _per_neuron(n.bias, self.shape)
         self.initial = _per_neuron(n.initial_state, self.shape)
+        self.recurrent_t = np.zeros((0, 0), np.int64) if node.recurrent is None \
+            else np.ascontiguousarray(np.asarray(node.recurrent, dtype=np.int64).T)
 
     def run(self, a: torch.Tensor, steps: int, record_voltage: bool = False,
             record_busy: bool = False) -> NeuronRun:
         batch, neurons = a.shape[1], len(self.initial)
         full = (steps, batch, neurons)
-        recorded = full if record_voltage or record_busy or not self.spiking else (0, 0, 0)
+        recorded = full if record_voltage or record_busy or not self.spiking else (1, batch, 0)   # empty rows
         spikes = np.empty(full, dtype=np.uint8)
         voltages, busy = np.empty(recorded, dtype=np.int64), np.empty(recorded, dtype=np.uint8)
         spike_count, current_events, voltage_events = _cuba_run(
             a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_level,
-            self.reset_amount, self.bias, spikes, voltages, busy, self.keep_u, self.keep_v, self.decay_bits,
+            self.reset_amount, self.bias, self.recurrent_t, spikes, voltages, busy, self.keep_u, self.keep_v,
+            self.decay_bits,
             self.shift, self.top, self.current_saturates, self.voltage_saturates, self.hard, self.soft)
         shape = (steps, batch) + self.shape
         voltages = torch.from_numpy(voltages).reshape(shape) if voltages.size else None
@@ -335,8 +401,11 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
     spikes, voltages, overflow = {}, {}, {}
     readout_steps = None
 
-    def merged(name, dtype):
+    def merged(node, name, dtype):
+        """Input `name` of `node` as its op reads it: delayed if the node says so, [T*B, ...]."""
         value = values[name] if name in values else torch.from_numpy(spikes[name])
+        if node.delayed:
+            value = delayed_input(node, value, T)
         return value.reshape((T * B,) + value.shape[2:]).to(dtype)
 
     for index, node in enumerate(net.nodes):
@@ -344,7 +413,7 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
             values[node.name] = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float64))
             continue
         dtype = torch.float32 if node.name in exact else torch.float64
-        z = synaptic_op(node, [merged(name, dtype) for name in node.inputs], with_bias=not net.fixed)
+        z = synaptic_op(node, [merged(node, name, dtype) for name in node.inputs], with_bias=not net.fixed)
         z = z.reshape((T, B) + z.shape[1:])
         for name in node.inputs:
             if last[name] == index:

@@ -2,7 +2,9 @@
 
 After `fold_all` no node has a batch norm, an MPR flag, an input gain or an op bias: tdBN, MPR,
 decay_input and synapse biases live in the per-neuron threshold, bias, reset amount and initial
-state (IMP already is the initial state), which is all a Loihi-style neuron offers.
+state (IMP already is the initial state), which is all a Loihi-style neuron offers. Recurrent
+weights enter the current after the batch norm: they take the input gain and the membrane's
+rescaling by |a|, not the batch norm itself.
 """
 from __future__ import annotations
 
@@ -48,6 +50,13 @@ def _scale_synapses(synapses: list[Node], scale: np.ndarray, shift: np.ndarray |
         synapses[0].bias = synapses[0].bias + shift
 
 
+def _scale_recurrent(node: Node, scale: np.ndarray) -> None:
+    """recurrent -> scale * recurrent per output channel (its rows, C-order), in place."""
+    if node.recurrent is not None:
+        rows = node.recurrent.reshape(node.shape[0], -1, node.recurrent.shape[1])
+        node.recurrent = (rows * np.asarray(scale, np.float64).reshape(-1, 1, 1)).reshape(node.recurrent.shape)
+
+
 def fold_mpr(net: Network) -> Network:
     """MPR is strictly increasing, so phi(H) >= Vth <=> H >= phi^-1(Vth): fold it into the threshold."""
     out = net.copy()
@@ -71,6 +80,7 @@ def fold_decay_input(net: Network) -> Network:
             node.bn.scale, node.bn.shift = node.bn.scale * gain, node.bn.shift * gain
         else:
             _scale_synapses(synaptic_inputs(out, node), gain)
+        _scale_recurrent(node, gain)
         n.input_gain = 1.0
     return out
 
@@ -102,6 +112,7 @@ def fold_bn(net: Network, into: str = "neuron") -> Network:
         magnitude = np.where(constant, 1.0, np.abs(scale))
         sign = np.where(constant, 0.0, np.sign(scale))
         _scale_synapses(synapses, sign, np.where(constant, shift, shift / magnitude))
+        _scale_recurrent(node, 1.0 / magnitude)
         n, per = node.neuron, _per_channel(magnitude, node.shape)
         n.threshold = n.threshold / per
         n.bias = n.bias / per

@@ -5,7 +5,9 @@ the encoding scale for pixels, k*k times less for a sum pool. For each neuron po
 output channel c we pick an activation scale s_c (real current per unit of synaptic input) so that
 the largest weight uses the target's weight range, then express every neuron parameter in units of
 the membrane register, s_c / 2^activation_shift. Integer thresholds are exact for the integer rule:
-v >= theta  <=>  v >= ceil(theta) and v > ceil(theta) - 1.
+v >= theta  <=>  v >= ceil(theta) and v > ceil(theta) - 1. A node's recurrent weights carry spikes
+(unit 1) into the same current: they are counted in the scale choice and the bounds, and quantized
+with the same per-channel scale and rounding as its feed-forward weights.
 """
 from __future__ import annotations
 
@@ -35,6 +37,22 @@ def _activation_bound(synapses: list[Node], weights: list[np.ndarray], in_max: l
     return np.maximum(positive, negative)
 
 
+def recurrent_sums(node: Node) -> tuple[np.ndarray, np.ndarray]:
+    """Per neuron (flattened), the largest positive and negative recurrent input one step can
+    bring (every neuron of the population spiking, spikes being 0/1): the row sums of the positive
+    and of the negative parts of node.recurrent; zeros without recurrent weights."""
+    if node.recurrent is None:
+        zeros = np.zeros(math.prod(node.shape))
+        return zeros, zeros
+    recurrent = np.asarray(node.recurrent, dtype=np.float64)
+    return np.clip(recurrent, 0, None).sum(1), np.clip(-recurrent, 0, None).sum(1)
+
+
+def _recurrent_by_channel(node: Node, values: np.ndarray) -> np.ndarray:
+    """Per output channel, the largest of a per-neuron (flattened, C-order) quantity."""
+    return values.reshape(node.shape[0], -1).max(1)
+
+
 def _neuron_scale_floor(node: Node, arithmetic: dict) -> np.ndarray:
     """Per channel, the smallest activation scale at which the neuron's parameters fit their registers.
 
@@ -59,10 +77,13 @@ def _choose_scales(node, synapses, in_units, in_max, arithmetic) -> np.ndarray:
     w_limit = _weight_limit(arithmetic)
     real = [syn.weight * unit for syn, unit in zip(synapses, in_units)]
     largest = np.max([np.abs(w).reshape(w.shape[0], -1).max(1) for w in real], axis=0)
+    if node.recurrent is not None:   # spikes: one unit is 1
+        largest = np.maximum(largest, _recurrent_by_channel(node, np.abs(node.recurrent).max(1)))
     scale = np.maximum(largest / w_limit, _neuron_scale_floor(node, arithmetic))
     scale = np.where(scale > 0, scale, 1.0)
     u_room = _state_limit(arithmetic) >> arithmetic["activation_shift"]
     bound = _activation_bound(synapses, [w / _per_channel(scale, w.shape) for w in real], in_max)
+    bound = bound + _recurrent_by_channel(node, np.maximum(*recurrent_sums(node))) / scale
     return scale * np.maximum(1.0, bound / u_room)
 
 
@@ -118,6 +139,13 @@ def _quantize_neuron(node: Node, scale: np.ndarray, arithmetic: dict) -> None:
     node.scale = np.asarray(scale, dtype=np.float64)
 
 
+def _integer_weights(real: np.ndarray, scale: np.ndarray, w_limit: int) -> np.ndarray:
+    """Real weights [C, ...] (real current per unit of input) in units of the per-output-channel
+    activation scale: rounded to nearest, clipped to the weight range."""
+    per = scale.reshape((-1,) + (1,) * (real.ndim - 1))
+    return np.clip(np.round(real / per), -w_limit, w_limit).astype(np.int64)
+
+
 def quantize(net: Network, target: Target) -> Network:
     """Fixed-point network for `target` from a folded float network (run passes.fold_all first)."""
     arithmetic = dict(target.arithmetic, kind="fixed")
@@ -152,10 +180,12 @@ def quantize(net: Network, target: Target) -> Network:
         if node.neuron.kind == "integrator":  # class scores are compared with each other: one scale
             scale = np.full_like(scale, scale.max())
         for syn, in_unit in zip(synapses, in_units):
-            per = scale.reshape((-1,) + (1,) * (syn.weight.ndim - 1))
-            syn.weight = np.clip(np.round(syn.weight * in_unit / per), -w_limit, w_limit).astype(np.int64)
+            syn.weight = _integer_weights(syn.weight * in_unit, scale, w_limit)
             if syn is not node:
                 syn.scale = np.asarray(scale, dtype=np.float64)
+        if node.recurrent is not None:   # rows by output channel, C-order
+            rows = node.recurrent.reshape(node.shape[0], -1, node.recurrent.shape[1])
+            node.recurrent = _integer_weights(rows, scale, w_limit).reshape(node.recurrent.shape)
         _quantize_neuron(node, scale, arithmetic)
         unit[node.name], int_max[node.name] = 1.0, 1
     out.arithmetic = arithmetic
@@ -226,7 +256,8 @@ def _check_keeps(node: Node, keeps: tuple[float, float]) -> None:
 def bound_analysis(net: Network, exact_steps: int = EXACT_STEPS) -> list[dict]:
     """Worst-case register ranges of a fixed network over its T steps, before anything runs.
 
-    Interval arithmetic on reals: every synaptic input at its extreme, per channel an upper and a
+    Interval arithmetic on reals: every synaptic input at its extreme (recurrent weights with every
+    neuron of the population spiking: recurrent_sums), per channel an upper and a
     lower bound of u and v, decays as the exact fractions keep/unit (Loihi's truncation toward zero
     only shrinks magnitudes), the reset applied to the upper bound of v. The first min(T,
     exact_steps) steps are iterated one by one; the rest in closed form (docs/semantics.md,
@@ -260,8 +291,9 @@ def bound_analysis(net: Network, exact_steps: int = EXACT_STEPS) -> list[dict]:
         synapses = synaptic_inputs(net, node)
         weights = [syn.weight.reshape(syn.weight.shape[0], -1) for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
-        a_hi = sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) * 2.0 ** shift
-        a_lo = -sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) * 2.0 ** shift
+        positive, negative = (_recurrent_by_channel(node, sums) for sums in recurrent_sums(node))
+        a_hi = (sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) + positive) * 2.0 ** shift
+        a_lo = -(sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) + negative) * 2.0 ** shift
         n = node.neuron
         channels = node.shape[0]
         per_channel = lambda x: np.asarray(x).reshape(channels, -1)  # noqa: E731
