@@ -19,7 +19,7 @@ from snnc.backends import cycle, lava_backend, reference
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Neuron, Node
 from snnc.passes import mapping as mp
-from snnc.targets import load_target
+from snnc.targets import load_energy_table, load_target
 
 LOIHI1, LOIHI2 = load_target("loihi1"), load_target("loihi2")
 CONV = {"kernel": [3, 3], "stride": [1, 1], "padding": [1, 1]}
@@ -102,10 +102,11 @@ NETWORKS = {"recurrent_dense": recurrent_dense, "recurrent_conv": recurrent_afte
             "recurrent_delayed": lambda: recurrent_after_conv(delays=True)}
 
 
-def images(net, count=5, seed=3):
+def images(net, count=5, seed=3, density=0.6):
+    """Direct-encoded inputs [T, count, ...]: pixels 0..31, a fraction `density` of them non-zero."""
     rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 32, (count,) + tuple(net.input_node.shape)) * (rng.random((count,) + tuple(
-        net.input_node.shape)) < 0.6)
+    shape = (count,) + tuple(net.input_node.shape)
+    pixels = rng.integers(0, 32, shape) * (rng.random(shape) < density)
     return np.broadcast_to(pixels, (net.T,) + pixels.shape).astype(np.int64)
 
 
@@ -122,9 +123,11 @@ def _read_delayed(history: np.ndarray, delay, t: int) -> np.ndarray:
     return out.reshape(history.shape[1:])
 
 
-def stepwise(net: Network, inputs: np.ndarray) -> tuple[dict, np.ndarray]:
+def stepwise(net: Network, inputs: np.ndarray, record: dict | None = None) -> tuple[dict, np.ndarray]:
     """Spikes of every spiking node and the readout's per-step v, from the IR contract written
-    as a plain loop over steps and nodes (fixedpoint.cuba_step is the one neuron rule)."""
+    as a plain loop over steps and nodes (fixedpoint.cuba_step is the one neuron rule). `record`
+    receives, per population, its delayed input "x", its integer input "z" (recurrent input
+    included) and its v after reset "v", each [T, B, ...]."""
     T, B = inputs.shape[:2]
     a = net.arithmetic
     outputs: dict[str, np.ndarray] = {}
@@ -160,8 +163,10 @@ def stepwise(net: Network, inputs: np.ndarray) -> tuple[dict, np.ndarray]:
         v = np.broadcast_to(np.asarray(n.initial_state, np.int64).reshape(-1), (B, size)).copy()
         fired = np.zeros((B, size), np.int64)
         out = np.zeros((T, B, size), np.int64)
+        seen = {key: [] for key in ("x", "z", "v")}
         for t in range(T):
             x = _read_delayed(source, node.delay, t)
+            seen["x"].append(x)
             if node.op == "linear":
                 z = x @ np.asarray(node.weight, np.float64).T
             else:
@@ -173,6 +178,10 @@ def stepwise(net: Network, inputs: np.ndarray) -> tuple[dict, np.ndarray]:
             u, v, fired, _, _ = fixedpoint.cuba_step(z, u, v, **rule)
             fired = fired.astype(np.int64)
             out[t] = fired if spiking else v
+            seen["z"].append(z)
+            seen["v"].append(v)
+        if record is not None:
+            record[node.name] = {key: np.stack(values) for key, values in seen.items()}
         outputs[node.name] = out.reshape((T, B) + tuple(node.shape)).astype(np.float64)
     spikes = {node.name: outputs[node.name].astype(np.uint8) for node in net.spiking_nodes()}
     return spikes, outputs[net.output_node.name].astype(np.int64)
@@ -265,6 +274,43 @@ def test_cycle_synaptic_ops_count_every_spike_times_its_fan_out(case, limits):
     assert_same(ref, trace)
     for name, ops in _expected_synaptic_ops(net, inputs, ref).items():
         assert counts.layers[name]["synaptic_op"] == ops, name
+
+
+@pytest.mark.parametrize("name,density", [("delayed", 0.6), ("recurrent_conv", 0.03)])
+def test_active_updates_follow_delays_and_recurrent_spikes(name, density):
+    """A neuron's update is active when input arrives for its step (after the axon's delay, or a
+    recurrent spike of the step before) or its u or v is non-zero at the start of the step. In
+    populations that keep no current (u_decay = 4095: u after a step is z << shift, non-zero iff
+    z is) and have no bias, the active updates follow from the loop's delayed inputs, z and v.
+    (Sparse pixels leave conv neurons whose only input is a neighbour's recurrent spike.)"""
+    net = NETWORKS[name]()
+    inputs = images(net, density=density)
+    record = {}
+    spikes = stepwise(net, inputs, record)[0]
+    _, counts = cycle.simulate(net, mp.map_to_cores(net, LOIHI2), LOIHI2, inputs)
+    depth = mp.analyse(net)
+    chip_steps = net.T + max(layer.depth for layer in depth.values())
+    checked = [node for node in net.nodes if node.neuron is not None and node.neuron.u_decay == 4095]
+    assert checked
+    for node in checked:
+        seen, T, B = record[node.name], net.T, inputs.shape[1]
+        assert not np.any(node.neuron.bias)
+        sent = _nonzero(seen["x"]).flatten(0, 1)
+        if node.op == "linear":
+            received = (sent @ torch.ones(node.weight.shape, dtype=torch.float64).T).numpy()
+        else:
+            received = F.conv2d(sent, torch.ones(node.weight.shape, dtype=torch.float64),
+                                padding=node.attrs["padding"]).numpy()
+        received = received.reshape(T, B, -1) > 0
+        if node.recurrent is not None:
+            fired = spikes[node.name].reshape(T, B, -1).astype(np.float64)
+            received[1:] |= (fired[:-1] @ (node.recurrent != 0).T) > 0
+        busy = np.zeros_like(received)
+        busy[1:] = (seen["z"][:-1] != 0) | (seen["v"][:-1] != 0)
+        active = int((received | busy).sum())
+        neurons = int(np.prod(node.shape))
+        assert counts.layers[node.name]["neuron_update_active"] == active, node.name
+        assert counts.layers[node.name]["neuron_update_inactive"] == chip_steps * B * neurons - active, node.name
 
 
 def test_recurrent_messages_and_hops_by_hand():
@@ -408,7 +454,7 @@ def test_summary_and_energy_count_recurrent_synapses():
     activity = energy.Activity(net)
     activity.add(trace, inputs)
     rows = {row["layer"]: row for row in energy._layer_rows(net, activity, cycle.energy_counts(counts),
-                                                            LOIHI2.energy_pj, load_target("cmos45nm").energy_pj)}
+                                                            LOIHI2.energy_pj, load_energy_table().energy_pj)}
     fc = rows["fc"]
     assert fc["flops"] == 12 * 16 + 12 * 12
     rate = trace.spikes["fc"].mean()
