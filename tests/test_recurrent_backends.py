@@ -1,7 +1,8 @@
 """Recurrent synapses and axonal delays on the cycle simulator, Lava and the mapper.
 
 Small hand-built fixed networks (a self-recurrent dense layer, recurrent layers after a conv,
-axonal delays 0..5 on conv and linear inputs, through pooling and flattening): the integer
+axonal delays 0..5 on conv and linear inputs, through pooling and flattening) and a float one
+quantized by the compiler: the integer
 reference equals a step-by-step loop written here from the IR contract (docs/ir.md), and the
 cycle simulator and Lava equal the reference spike for spike; the simulator's synaptic ops equal
 a count made here from the spikes; the mapper counts recurrent synapses and refuses delays above
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from snnc import energy, fixedpoint, summary
 from snnc.backends import cycle, lava_backend, reference
+from snnc.compiler import compile_network
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Neuron, Node
 from snnc.passes import mapping as mp
@@ -98,8 +100,31 @@ def delayed_conv(seed=2):
     ])
 
 
+def float_population(shape, threshold, v_decay=0.25):
+    return Neuron(kind="spiking", threshold=np.full(shape, threshold), reset="hard", reset_amount=None,
+                  bias=np.zeros(shape), initial_state=np.zeros(shape), v_decay=v_decay, u_decay=1.0)
+
+
+def quantized(seed=5):
+    """A float network (conv with delays 0..3 -> flatten -> recurrent fc -> readout), folded and
+    quantized for loihi2 by the compiler."""
+    rng = np.random.default_rng(seed)
+    readout = Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=np.zeros(3),
+                     initial_state=np.zeros(3), v_decay=0.0, u_decay=1.0)
+    net = Network(name="float", T=8, readout="mean", encoding={"scale": 1 / 255, "max": 255}, nodes=[
+        Node("input", "input", [], (2, 6, 6)),
+        Node("conv", "conv2d", ["input"], (4, 6, 6), attrs=dict(CONV), weight=rng.normal(0.3, 0.5, (4, 2, 3, 3)),
+             neuron=float_population((4, 6, 6), 0.3), delay=rng.integers(0, 4, (2, 6, 6))),
+        Node("flatten", "flatten", ["conv"], (144,)),
+        Node("fc", "linear", ["flatten"], (10,), weight=rng.normal(0.0, 0.2, (10, 144)),
+             neuron=float_population((10,), 1.0), recurrent=rng.normal(0, 0.4, (10, 10))),
+        Node("readout", "linear", ["fc"], (3,), weight=rng.normal(0, 0.5, (3, 10)), neuron=readout),
+    ])
+    return compile_network(net, LOIHI2).fixed
+
+
 NETWORKS = {"recurrent_dense": recurrent_dense, "recurrent_conv": recurrent_after_conv, "delayed": delayed_conv,
-            "recurrent_delayed": lambda: recurrent_after_conv(delays=True)}
+            "recurrent_delayed": lambda: recurrent_after_conv(delays=True), "quantized": quantized}
 
 
 def images(net, count=5, seed=3, density=0.6):

@@ -209,6 +209,14 @@ def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
 
 # --- the graph description --------------------------------------------------------------------
 
+def _matrix_entry(name: str, node: str, shape: tuple[int, int], factors: dict, message_bits: int) -> dict:
+    """A Dense, Sparse or DelayDense process as graph.json describes it: the factors its matrix is
+    composed from, its [out, in] shape and the weight mapping above."""
+    return {"name": name, "node": node, "shape": list(shape), **factors, "weight_shift": DENSE_WEIGHT_SHIFT,
+            "weight_exp": -DENSE_WEIGHT_SHIFT, "num_weight_bits": 8, "sign_mode": "mixed",
+            "num_message_bits": message_bits}
+
+
 @dataclass
 class _Producer:
     """Something synapses read from: the source, a spiking population, a relay."""
@@ -295,9 +303,7 @@ class _SpecBuilder:
                 v.op == "sumpool" and v.attrs["kernel"] > v.attrs["stride"] for v in views):
             _lava_matrix(factors, weight, name)  # overlapping pools can sum weights: check now
         rows, cols = int(np.prod(synapse.shape)), int(np.prod(source.ir_shape))
-        entry = {"name": name, "node": synapse.name, "shape": [rows, cols], **factors,
-                 "weight_shift": DENSE_WEIGHT_SHIFT, "weight_exp": -DENSE_WEIGHT_SHIFT,
-                 "num_weight_bits": 8, "sign_mode": "mixed", "num_message_bits": bits}
+        entry = _matrix_entry(name, synapse.name, (rows, cols), factors, bits)
         arrays = {"weight": weight.astype(np.int32)}
         largest = largest_delay(synapse)
         if largest:     # Lava's DelayDense: the same matrix, with a delay per synapse
@@ -321,10 +327,8 @@ class _SpecBuilder:
         weight = np.asarray(node.recurrent, dtype=np.int64)
         if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT:
             _lava_matrix(factors, weight, name)   # refuses it, naming the layer
-        self.add_process({"type": "dense", "name": name, "node": node.name, "recurrent": True,
-                          "shape": [size, size], **factors, "weight_shift": DENSE_WEIGHT_SHIFT,
-                          "weight_exp": -DENSE_WEIGHT_SHIFT, "num_weight_bits": 8, "sign_mode": "mixed",
-                          "num_message_bits": 1}, weight=weight.astype(np.int32))
+        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, 1), type="dense", recurrent=True),
+                         weight=weight.astype(np.int32))
         self.connect((node.name, "s_out", shape), name, "s_in", (size,))
         self.connect((name, "a_out", (size,)), node.name, "a_in", shape)
 

@@ -164,7 +164,7 @@ def check_delays(net: Network, target) -> None:
     """The design rule on axonal delays: none longer than the target's limits.max_delay."""
     limit = int(target.limits["max_delay"])
     for node in net.nodes:
-        if node.delay is not None and largest_delay(node) > limit:
+        if largest_delay(node) > limit:
             raise DesignRuleError(f"layer '{node.name}': axonal delay of {largest_delay(node)} steps exceeds "
                                   f"{target.name}'s max_delay of {limit} steps")
 
@@ -377,7 +377,7 @@ def _recurrent(layer: Layer, part: Partition, packing: _Packing) -> _Recurrent:
                       fan_out=np.bincount(core[source], minlength=cores))
 
 
-def _core_loads(layer: Layer, stats: "_TileStats", g: int, packing: _Packing,
+def _core_loads(layer: Layer, stats: _TileStats, g: int, packing: _Packing,
                 out_per_channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fan-in axons, synaptic memory bits and output axons of every core [tiles, channel groups]
     when cores hold `g` channels of the layer (a tile's last group, which may hold fewer, is
@@ -438,8 +438,8 @@ def _search(layer: Layer, limits: dict, packing: _Packing, mults, fan_out, align
             def fits(g: int) -> bool:
                 if g * stats.positions.max() > npc:
                     return False
-                fan_in, memory, fan_out = _core_loads(layer, stats, g, packing, out)
-                return fan_in.max() <= max_in and fan_out.max() <= max_out and memory.max() <= max_mem
+                fan_in, memory, outputs = _core_loads(layer, stats, g, packing, out)
+                return fan_in.max() <= max_in and outputs.max() <= max_out and memory.max() <= max_mem
 
             lo, hi = 0, layer.C
             while lo < hi:
@@ -472,14 +472,14 @@ def _why_not(layer: Layer, limits: dict, packing: _Packing, mults, fan_out) -> s
     stats = _tile_stats(layer, (1, 1), mults)
     where = f"layer '{layer.name}'"
     out = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
-    fan_in, memory, fan_out = (int(load.max()) for load in _core_loads(layer, stats, 1, packing, out))
+    fan_in, memory, outputs = (int(load.max()) for load in _core_loads(layer, stats, 1, packing, out))
     if fan_in > limits["fan_in_axons_per_core"]:
         return (f"{where}: fan-in {fan_in} axons exceeds the target's {limits['fan_in_axons_per_core']} "
                 f"per core (a single neuron's inputs cannot be split across cores)")
     if memory > limits["synaptic_memory_bits_per_core"]:
         return (f"{where}: a single neuron needs {memory} bits of synaptic memory, above the target's "
                 f"{limits['synaptic_memory_bits_per_core']} per core")
-    return (f"{where}: a single neuron's fan-out of {fan_out} output axons exceeds the target's "
+    return (f"{where}: a single neuron's fan-out of {outputs} output axons exceeds the target's "
             f"{limits['fan_out_per_core']} per core")
 
 
