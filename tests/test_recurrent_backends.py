@@ -49,7 +49,7 @@ def local_recurrence(shape, rng, low=-40, high=40):
     return np.where(near, rng.integers(low, high, near.shape), 0)
 
 
-def recurrent_dense(seed=0):
+def recurrent_dense(seed=0, target=LOIHI2):
     """input (16) -> fc (12, LIF, self-recurrent, about half the pairs connected) -> readout (3)."""
     rng = np.random.default_rng(seed)
     return fixed("recurrent_dense", [
@@ -59,7 +59,7 @@ def recurrent_dense(seed=0):
              recurrent=rng.integers(-127, 128, (12, 12)) * (rng.random((12, 12)) < 0.5)),
         Node("readout", "linear", ["fc"], (3,), weight=rng.integers(-40, 40, (3, 12)),
              neuron=population((3,), 0, kind="integrator")),
-    ])
+    ], target=target)
 
 
 def recurrent_after_conv(seed=1, delays=False):
@@ -84,7 +84,7 @@ def recurrent_after_conv(seed=1, delays=False):
     ])
 
 
-def delayed_conv(seed=2):
+def delayed_conv(seed=2, target=LOIHI2):
     """input (2, 6, 6) -> conv (3, 6, 6) with delays 0..5 -> flatten -> fc (8) with delays 0..5 ->
     readout (3) with delays 0..5 (conv and linear inputs, no recurrence)."""
     rng = np.random.default_rng(seed)
@@ -97,7 +97,7 @@ def delayed_conv(seed=2):
              neuron=population((8,), 40_000, v_decay=500), delay=rng.integers(0, 6, (108,))),
         Node("readout", "linear", ["fc"], (3,), weight=rng.integers(-40, 40, (3, 8)),
              neuron=population((3,), 0, kind="integrator"), delay=rng.integers(0, 6, (8,))),
-    ])
+    ], target=target)
 
 
 def float_population(shape, threshold, v_decay=0.25):
@@ -487,3 +487,11 @@ def test_summary_and_energy_count_recurrent_synapses():
     assert fc["macs"] == 12 * 16
     assert fc["sops_estimate"] == pytest.approx(rate * net.T * 12 * 12)
     assert fc["synaptic_ops_counted"] == counts.layers["fc"]["synaptic_op"] / inputs.shape[1]
+
+
+
+def test_lava_lif_cross_check_refuses_what_it_cannot_build():
+    """run_lava_lif builds Lava's own LIF and Dense only: recurrence and delays are refused, not dropped."""
+    for net in (recurrent_dense(target=LOIHI1), delayed_conv(target=LOIHI1)):
+        with pytest.raises(DesignRuleError, match="no recurrent synapses, no delays"):
+            lava_backend.run_lava_lif(net, images(net))

@@ -776,6 +776,9 @@ def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF takes one synapse group ({node.op})")
         if n.reset != "hard":
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF resets hard only")
+        if node.recurrent is not None or node.delayed:
+            raise DesignRuleError(f"layer '{node.name}': the Lava-LIF cross-check builds feed-forward Dense "
+                                  f"synapses only (no recurrent synapses, no delays)")
         thresholds, shift = np.unique(n.threshold), fixedpoint.LAVA_LIF_THRESHOLD_SHIFT
         if thresholds.size != 1 or thresholds[0] % (1 << shift) \
                 or not 0 <= thresholds[0] >> shift < 2 ** fixedpoint.LAVA_LIF_THRESHOLD_BITS:
