@@ -2,11 +2,10 @@
 
 Small hand-built fixed networks (a self-recurrent dense layer, recurrent layers after a conv,
 axonal delays 0..5 on conv and linear inputs, through pooling and flattening) and a float one
-quantized by the compiler: the integer
-reference equals a step-by-step loop written here from the IR contract (docs/ir.md), and the
-cycle simulator and Lava equal the reference spike for spike; the simulator's synaptic ops equal
-a count made here from the spikes; the mapper counts recurrent synapses and refuses delays above
-the target's max_delay.
+quantized by the compiler: the integer reference equals a step-by-step loop written here from
+the IR contract (docs/ir.md), and the cycle simulator and Lava equal the reference spike for
+spike; the simulator's synaptic ops and active updates equal counts made here from the spikes;
+the mapper counts recurrent synapses and refuses delays above the target's max_delay.
 """
 import dataclasses
 
@@ -260,6 +259,15 @@ def _nonzero(values: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((np.asarray(values) != 0).astype(np.float64))
 
 
+def _synapses_driven(node: Node, sent: torch.Tensor) -> torch.Tensor:
+    """For non-zero input masks [N, *input shape], how many of them reach each output neuron
+    through the node's structural synapses (all-ones weights)."""
+    ones = torch.ones(node.weight.shape, dtype=torch.float64)
+    if node.op == "linear":
+        return sent @ ones.T
+    return F.conv2d(sent, ones, stride=node.attrs["stride"], padding=node.attrs["padding"])
+
+
 def _expected_synaptic_ops(net: Network, inputs: np.ndarray, ref) -> dict[str, float]:
     """Per receiving layer: every non-zero value sent (a spike, a non-zero pooled count or pixel),
     at every step and whatever its delay, times the synapses it drives, recurrent ones included
@@ -277,12 +285,7 @@ def _expected_synaptic_ops(net: Network, inputs: np.ndarray, ref) -> dict[str, f
     for node in net.nodes:
         if node.neuron is None:
             continue
-        sent = _nonzero(tensors[node.inputs[0]]).flatten(0, 1)
-        if node.op == "linear":
-            ops = float((sent @ torch.ones(node.weight.shape, dtype=torch.float64).T).sum())
-        else:
-            ops = float(F.conv2d(sent, torch.ones(node.weight.shape, dtype=torch.float64),
-                                 padding=node.attrs["padding"]).sum())
+        ops = float(_synapses_driven(node, _nonzero(tensors[node.inputs[0]]).flatten(0, 1)).sum())
         if node.recurrent is not None:
             fired = _nonzero(ref.spikes[node.name]).reshape(-1, int(np.prod(node.shape)))
             ops += float((fired @ _nonzero(node.recurrent).T).sum())
@@ -320,13 +323,7 @@ def test_active_updates_follow_delays_and_recurrent_spikes(name, density):
     for node in checked:
         seen, T, B = record[node.name], net.T, inputs.shape[1]
         assert not np.any(node.neuron.bias)
-        sent = _nonzero(seen["x"]).flatten(0, 1)
-        if node.op == "linear":
-            received = (sent @ torch.ones(node.weight.shape, dtype=torch.float64).T).numpy()
-        else:
-            received = F.conv2d(sent, torch.ones(node.weight.shape, dtype=torch.float64),
-                                padding=node.attrs["padding"]).numpy()
-        received = received.reshape(T, B, -1) > 0
+        received = _synapses_driven(node, _nonzero(seen["x"]).flatten(0, 1)).numpy().reshape(T, B, -1) > 0
         if node.recurrent is not None:
             fired = spikes[node.name].reshape(T, B, -1).astype(np.float64)
             received[1:] |= (fired[:-1] @ (node.recurrent != 0).T) > 0
@@ -349,7 +346,8 @@ def test_recurrent_messages_and_hops_by_hand():
         Node("input", "input", [], (2,)),
         Node("fc", "linear", ["input"], (2,), weight=np.array([[40, 0], [0, 0]]), neuron=population((2,), 5_000),
              recurrent=np.array([[0, 100], [100, 100]])),
-        Node("readout", "linear", ["fc"], (1,), weight=np.array([[1, 1]]), neuron=population((1,), 0, kind="integrator")),
+        Node("readout", "linear", ["fc"], (1,), weight=np.array([[1, 1]]),
+             neuron=population((1,), 0, kind="integrator")),
     ], T=4, target=target)
     inputs = np.broadcast_to(np.array([[200, 0]]), (4, 1, 2)).astype(np.int64)
     mapping = mp.map_to_cores(net, target)
@@ -465,7 +463,8 @@ def test_max_delay_design_rule_names_the_node(target):
         mp.map_to_cores(net, target)
     message = str(error.value)
     assert "\n" not in message
-    assert message == f"layer 'fc': axonal delay of {limit + 1} steps exceeds {target.name}'s max_delay of {limit} steps"
+    assert message == (f"layer 'fc': axonal delay of {limit + 1} steps exceeds {target.name}'s max_delay of "
+                       f"{limit} steps")
 
 
 # ---------------------------------------------------------------------- energy, summary
