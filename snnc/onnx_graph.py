@@ -2,9 +2,12 @@
 
 Three graphs come out of one network:
 - `fixed_model(net)`: the quantized network over all T steps (model.onnx). Synaptic ops run on the
-  time-merged [T*batch, ...] tensor, then each neuron layer's recurrence is unrolled over T.
+  time-merged [T*batch, ...] tensor (axonal delays are one GatherElements along time before the
+  op), then each neuron layer's recurrence is unrolled over T (recurrent synapses: a MatMul of the
+  previous step's spikes inside the unrolled loop).
 - `fixed_model(net, stepwise=True)`: one time step with every neuron state as an input and an
-  output (model_step.onnx).
+  output (model_step.onnx), recurrent layers' last spikes and delayed inputs' recent history
+  included.
 - `float_model(folded_net)`: the folded float network in float32 (model_float.onnx), approximate.
 
 Exactness of the fixed graphs: every synaptic op (conv, linear, sum pool, add of spikes) runs in
@@ -46,6 +49,22 @@ _ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): Tenso
 def state_names(node_name: str) -> tuple[str, str, str, str]:
     """(u input, v input, u output, v output) names of a neuron layer's state in model_step.onnx."""
     return (f"state.{node_name}.u", f"state.{node_name}.v", f"next.{node_name}.u", f"next.{node_name}.v")
+
+
+def extra_states(net: Network) -> list[tuple[str, str, np.dtype, tuple[int, ...]]]:
+    """model_step.onnx's states beyond u and v, all zero before the first step, as (input name,
+    output name, dtype, per-sample shape): a recurrent layer's spikes of the previous step
+    (`.spikes`, uint8, the layer's shape) and a delayed synapse's last D input steps (`.delay`,
+    float32 holding integers, [D, input elements], oldest first; D = the largest delay)."""
+    states = []
+    for node in net.nodes:
+        if node.recurrent is not None:
+            states.append((f"state.{node.name}.spikes", f"next.{node.name}.spikes", np.dtype(np.uint8),
+                           tuple(node.shape)))
+        if node.delayed:
+            states.append((f"state.{node.name}.delay", f"next.{node.name}.delay", np.dtype(np.float32),
+                           (int(node.delay.max()), int(node.delay.size))))
+    return states
 
 
 class _Builder:
@@ -166,6 +185,30 @@ def _fire_and_reset(g: _Builder, reset: str, compare: str, v: str, threshold: st
     return fired, v
 
 
+def _delayed_over_time(g: _Builder, x: str, node: Node, steps: int) -> str:
+    """node.delay on x [steps*batch, *input shape] (float32): element j of step t read from step
+    t - delay[j], zero before step 0. One GatherElements along time on the input padded with D
+    zero steps in front (D = the largest delay, at most `steps`: a longer delay reads only zeros)."""
+    scope, in_shape = node.name, list(node.delay.shape)
+    delay = np.asarray(node.delay, np.int64).reshape(-1)
+    depth = min(int(delay.max()), steps)
+    by_step = g.op("Reshape", [x, g.const([steps, -1, delay.size], np.int64)], scope)
+    padded = g.op("Pad", [by_step, g.const([depth, 0, 0, 0, 0, 0], np.int64)], scope)
+    index = np.arange(steps)[:, None, None] + depth - np.minimum(delay, depth)[None, None, :]
+    index = g.integers(index, np.int64, f"{scope}/delay_index", scope)
+    index = g.op("Expand", [index, g.op("Shape", [by_step], scope)], scope)
+    delayed = g.op("GatherElements", [padded, index], scope, axis=0)
+    return g.op("Reshape", [delayed, g.const([-1] + in_shape, np.int64)], scope)
+
+
+def _recurrent_float(g: _Builder, node: Node, fired: str) -> str:
+    """The float model's recurrent input from one step's spikes (bool [batch, *shape])."""
+    spikes = g.op("Flatten", [g.op("Cast", [fired], node.name, to=TensorProto.FLOAT)], node.name, axis=1)
+    weight = g.array(np.asarray(node.recurrent, np.float32).T, f"{node.name}/recurrent")
+    flat = g.op("MatMul", [spikes, weight], node.name)
+    return g.op("Reshape", [flat, g.const([-1] + list(node.shape), np.int64)], node.name)
+
+
 class _FixedGraph:
     """The fixed-point network as ONNX ops over `steps` time steps."""
 
@@ -181,6 +224,8 @@ class _FixedGraph:
         for node in net.nodes:
             if node.neuron is not None:
                 reserved |= set(state_names(node.name))
+        self.extra_states = {entry[0]: entry for entry in extra_states(net)}
+        reserved |= {name for entry in self.extra_states.values() for name in entry[:2]}
         self.g = _Builder(reserved)
         self.largest = largest_outputs(net)
         self.current_bound: dict[str, int] = {}  # largest |integer activation| of each synapse node
@@ -244,26 +289,71 @@ class _FixedGraph:
 
     def _current(self, node: Node, values: dict[str, str]) -> str:
         """The integer activation (int64, [steps*batch, ...]) of a conv2d or linear node."""
-        g, scope = self.g, node.name
         x = self._float_input(node, values)
+        if node.delayed:
+            x = self._delayed_step(node, x) if self.stepwise else _delayed_over_time(self.g, x, node, self.steps)
         self.current_bound[node.name] = _partial_sum_bound(node.weight, self.largest[node.inputs[0]])
-        planes = weight_planes(node.weight, self.largest[node.inputs[0]], self.limit)
+        return self._exact_sum(node.op, x, node.weight, self.largest[node.inputs[0]], node, "weight")
+
+    def _exact_sum(self, op: str, x: str, weight: np.ndarray, in_max: int, node: Node, hint: str) -> str:
+        """Integer weights applied to the integer-valued float32 x by a conv2d (node's attrs) or a
+        linear ([out, in] weights), exact: float32 on weight planes (weight_planes), combined in int64."""
+        g, scope = self.g, node.name
+        planes = weight_planes(weight, in_max, self.limit)
         total = None
         for index, (plane, factor) in enumerate(planes):
             suffix = "" if len(planes) == 1 else f".plane{index}"
-            if node.op == "conv2d":
-                weight = g.integers(plane, np.float32, f"{scope}/weight{suffix}", scope)
+            if op == "conv2d":
+                stored = g.integers(plane, np.float32, f"{scope}/{hint}{suffix}", scope)
                 pads = list(node.attrs["padding"]) * 2
-                out = g.op("Conv", [x, weight], scope, kernel_shape=list(node.weight.shape[2:]),
+                out = g.op("Conv", [x, stored], scope, kernel_shape=list(weight.shape[2:]),
                            strides=list(node.attrs["stride"]), pads=pads)
             else:
-                weight = g.integers(plane.T, np.float32, f"{scope}/weight{suffix}", scope)
-                out = g.op("MatMul", [x, weight], scope)
+                stored = g.integers(plane.T, np.float32, f"{scope}/{hint}{suffix}", scope)
+                out = g.op("MatMul", [x, stored], scope)
             out = g.op("Cast", [out], scope, to=TensorProto.INT64)
             if factor != 1:
                 out = g.op("Mul", [out, g.const(factor, np.int64)], scope)
             total = out if total is None else g.op("Add", [total, out], scope)
         return total
+
+    def _state_input(self, name: str) -> str:
+        """One of extra_states as a graph input with its zero default (model_step.onnx)."""
+        _, _, dtype, shape = self.extra_states[name]
+        self.g.initializers.append(numpy_helper.from_array(np.zeros((1,) + shape, dtype), name))
+        self.inputs.append(_value_info(name, dtype, [STATE_BATCH] + list(shape)))
+        return name
+
+    def _state_output(self, name: str, value: str, scope: str) -> None:
+        """The next value of one of extra_states, named as run_steps feeds it back."""
+        _, output, dtype, shape = self.extra_states[name]
+        self.g.op("Identity", [value], scope, outputs=[output])
+        self.outputs.append(_value_info(output, dtype, [BATCH] + list(shape)))
+
+    def _delayed_step(self, node: Node, x: str) -> str:
+        """node.delay on one step x [batch, *input shape] with the last D steps as state: the
+        history [batch, D, E] (oldest first) and x make D + 1 steps, element j is read D - delay[j]
+        steps in, and the newest D steps are the next history."""
+        g, scope = self.g, node.name
+        delay = np.asarray(node.delay, np.int64).reshape(-1)
+        depth = int(delay.max())
+        state = self._state_input(f"state.{node.name}.delay")
+        now = g.op("Reshape", [x, g.const([-1, 1, delay.size], np.int64)], scope)
+        shape = g.op("Shape", [now], scope)
+        steps = g.op("Concat", [g.op("Expand", [state, shape], scope), now], scope, axis=1)
+        index = g.integers((depth - delay).reshape(1, 1, -1), np.int64, f"{scope}/delay_index", scope)
+        delayed = g.op("GatherElements", [steps, g.op("Expand", [index, shape], scope)], scope, axis=1)
+        newest = g.op("Slice", [steps, g.const([1], np.int64), g.const([depth + 1], np.int64),
+                                g.const([1], np.int64)], scope)
+        self._state_output(f"state.{node.name}.delay", newest, scope)
+        return g.op("Reshape", [delayed, g.const([-1] + list(node.delay.shape), np.int64)], scope)
+
+    def _recurrent_input(self, node: Node, fired: str) -> str:
+        """recurrent @ one step's spikes (bool or uint8 [batch, *shape]), int64 [batch, *shape], exact."""
+        g, scope = self.g, node.name
+        spikes = g.op("Flatten", [g.op("Cast", [fired], scope, to=TensorProto.FLOAT)], scope, axis=1)
+        flat = self._exact_sum("linear", spikes, node.recurrent, 1, node, "recurrent")
+        return g.op("Reshape", [flat, g.const([-1] + list(node.shape), np.int64)], scope)
 
     def _plain(self, node: Node, values: dict[str, str]) -> str:
         """sumpool, flatten, add of spikes: float32 [steps*batch, ...] outputs."""
@@ -308,9 +398,12 @@ class _FixedGraph:
         keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
         keep_v = fixedpoint.voltage_keep(n.v_decay, self.decay_bits)
         u_state, v_state = self._state_inputs(node)
-        a = g.op("Mul", [current, g.const(2 ** arith["activation_shift"], np.int64)], scope)
+        shift = g.const(2 ** arith["activation_shift"], np.int64)
+        a = g.op("Mul", [current, shift], scope)
         bias = self._per_sample(node, n.bias, np.int64, "bias")
-        if keep_u == 0:
+        recurrent = node.recurrent is not None
+        u_steps: list[str] = []
+        if keep_u == 0 and not recurrent:
             # no current memory: u[t] = limit(a[t] << shift) for every step at once; the limit is
             # the identity (and left out) when |a| << shift can never leave the register
             if self.current_bound[node.name] * 2 ** arith["activation_shift"] < self.top:
@@ -318,23 +411,30 @@ class _FixedGraph:
             else:
                 u_all = self._limit(a, arith["current_overflow"], scope)
             drive = self._split_steps(g.op("Add", [u_all, bias], scope), scope)
-            u_steps = self._split_steps(u_all, scope) if self.stepwise else None
-        else:
-            drive, u_steps = [], []
-            u = u_state
-            for a_t in self._split_steps(a, scope):
-                decayed = self._decay(u, keep_u, scope)
-                u = self._limit(g.op("Add", [decayed, a_t], scope), arith["current_overflow"], scope)
-                u_steps.append(u)
-                drive.append(g.op("Add", [u, bias], scope))
+            u_steps = self._split_steps(u_all, scope) if self.stepwise else []
+            a_steps = None
+        else:   # u step by step (a recurrent layer's input needs its spikes of the step before)
+            drive, a_steps = [], self._split_steps(a, scope)
         fire_level = reset_amount = None
         if n.kind == "spiking":   # fires at v >= fixedpoint.fire_at(threshold, fire rule)
             fire_level = self._per_sample(node, fixedpoint.fire_at(n.threshold, arith["fire_rule"]), np.int64,
                                           "fire_level")
             if n.reset == "soft":
                 reset_amount = self._per_sample(node, n.reset_amount, np.int64, "reset_amount")
-        v, outputs = v_state, []
-        for drive_t in drive:
+        spike_state = f"state.{node.name}.spikes"
+        fired = self._state_input(spike_state) if recurrent and self.stepwise else None   # spikes[-1] = 0
+        u, v, outputs = u_state, v_state, []
+        for t in range(self.steps):
+            if a_steps is not None:
+                a_t = a_steps[t]
+                if recurrent and fired is not None:
+                    a_t = g.op("Add", [a_t, g.op("Mul", [self._recurrent_input(node, fired), shift], scope)], scope)
+                decayed = self._decay(u, keep_u, scope)
+                u = a_t if decayed is None else g.op("Add", [decayed, a_t], scope)
+                u = self._limit(u, arith["current_overflow"], scope)
+                u_steps.append(u)
+                drive.append(g.op("Add", [u, bias], scope))
+            drive_t = drive[t]
             decayed = self._decay(v, keep_v, scope)
             v = drive_t if decayed is None else g.op("Add", [decayed, drive_t], scope)
             v = self._limit(v, arith["voltage_overflow"], scope)
@@ -344,6 +444,8 @@ class _FixedGraph:
                 outputs.append(fired)
             else:
                 outputs.append(v)
+        if self.stepwise and recurrent:
+            self._state_output(spike_state, g.op("Cast", [fired], scope, to=TensorProto.UINT8), scope)
         if self.stepwise:
             names = state_names(node.name)
             g.op("Identity", [u_steps[-1]], scope, outputs=[names[2]])
@@ -460,6 +562,8 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
 
     for node in net.nodes[1:]:
         scope, ins = node.name, [values[name] for name in node.inputs]
+        if node.delayed:
+            ins = [_delayed_over_time(g, ins[0], node, T)]
         if node.op == "conv2d":
             args = [ins[0], g.array(node.weight.astype(np.float32), f"{scope}/weight")]
             if node.bias is not None:
@@ -505,6 +609,8 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
         v = per_sample(node, n.initial_state, "v0")
         current, results = None, []
         for z_t in steps:
+            if node.recurrent is not None and results:   # the spikes of the step before
+                z_t = g.op("Add", [z_t, _recurrent_float(g, node, results[-1])], scope)
             if current is None or float(n.u_decay) == 1.0:
                 current = z_t
             else:

@@ -16,7 +16,8 @@ def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int
 
 def synapse_count(net: Network, node: Node) -> int:
     """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding),
-    plus a population's recurrent synapses (its non-zero recurrent weights)."""
+    plus a population's recurrent synapses: its non-zero recurrent weights, as the mapper and the
+    cycle simulator count them (docs/cycle-simulator.md)."""
     recurrent = 0 if node.recurrent is None else int(np.count_nonzero(node.recurrent))
     if node.op == "linear":
         return int(node.weight.size) + recurrent
@@ -61,8 +62,6 @@ def _neuron_text(node: Node, fixed: bool) -> str:
         extras.append("MPR")
     if np.any(np.asarray(n.initial_state) != 0):
         extras.append("init-state")
-    if node.recurrent is not None:
-        extras.append("recurrent")
     return " ".join(extras)
 
 
@@ -78,10 +77,16 @@ def layer_rows(net: Network) -> list[dict]:
             row["threshold"] = _range(node.neuron.threshold)
         if net.fixed and node.weight is not None:
             row["weight_bits"] = _bits(node.weight)
+        if net.fixed and node.recurrent is not None:
+            row["weight_bits"] = max(_bits(node.recurrent), row["weight_bits"] if node.weight is not None else 0)
         if net.fixed and node.spiking:
             row["threshold_bits"] = _bits(node.neuron.threshold)
         if node.bn is not None:
             row["neuron"] += " +BN"
+        if node.recurrent is not None:
+            row["neuron"] += " +recurrent"
+        if node.delayed:
+            row["op"] += f" delay<={int(node.delay.max())}"
         rows.append(row)
     return rows
 

@@ -149,7 +149,8 @@ def run_export(export, inputs, record_voltages=()) -> Trace:
 
 def initial_state(net: Network, batch: int) -> dict[str, np.ndarray]:
     """model_step.onnx's state inputs before the first step: u = 0 and v = the initial state
-    (IMP), per neuron layer, broadcast to `batch` samples (int64)."""
+    (IMP), per neuron layer, broadcast to `batch` samples (int64); zeros for a recurrent layer's
+    last spikes and a delayed synapse's input history (onnx_graph.extra_states)."""
     state = {}
     for node in net.nodes:
         if node.neuron is None:
@@ -158,6 +159,8 @@ def initial_state(net: Network, batch: int) -> dict[str, np.ndarray]:
         shape = (batch,) + tuple(node.shape)
         state[u_name] = np.zeros(shape, np.int64)
         state[v_name] = np.ascontiguousarray(np.broadcast_to(np.asarray(node.neuron.initial_state, np.int64), shape))
+    for name, _, dtype, shape in onnx_graph.extra_states(net):
+        state[name] = np.zeros((batch,) + shape, dtype)
     return state
 
 

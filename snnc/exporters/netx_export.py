@@ -169,6 +169,11 @@ def export_netx(net: Network, path) -> list[str]:
     else:
         body, readout_kind = nodes[1:], "cuba"
     previous = nodes[0]
+    for node in nodes[1:]:
+        if node.recurrent is not None:
+            raise _fail(node, "recurrent synapses (netx layers form a feed-forward chain)")
+        if node.delayed:
+            raise _fail(node, "axonal delays on its input (snnc writes no netx delay)")
     for node in body:
         if node.inputs != [previous.name]:
             raise _fail(node, f"input from {node.inputs} (netx layers form one chain)")

@@ -9,6 +9,13 @@ Continuous-time parameters at step dt (the inverse of snnc.frontends.nir_fronten
 tau = dt / v_decay, r = input_gain tau / dt, v_leak = bias tau / dt, v_threshold = the float64 just
 below snnc's threshold (NIR fires on v > v_threshold, snnc on H >= threshold).
 
+Recurrent synapses become a Linear "<node>.recurrent" (weight [N, N], metadata snnc_op
+"recurrent") on an edge from the neuron node back into it (NIR sums a node's incoming edges; the
+loop's edge carries the previous step's spikes); only on a 1-d population, since NIR has no reshape
+back from a flat Linear. Axonal delays become a Delay "<node>.delay" (delay = steps * dt, shaped
+like the synapse's input, metadata snnc_op "delay" and snnc_delay_steps) on the edge into the
+synapse.
+
 What NIR cannot say goes into each neuron node's metadata under "snnc": the exact decays and gain,
 soft reset and its amount, the initial state (IMP), the bias of leak-free neurons; the list of
 features other tools will not see is in metadata "snnc_not_in_nir". The graph metadata holds "dt"
@@ -126,6 +133,28 @@ def _synapse_node(node: Node, source_shape: tuple[int, ...], extra_bias: Optiona
     return syn
 
 
+def _delay_node(node: Node, dt: float):
+    """node.delay (steps) as NIR's Delay, y(t) = x(t - tau) with tau = steps * dt."""
+    import nir
+
+    steps = np.asarray(node.delay, dtype=np.int64)
+    delay = nir.Delay(delay=steps.astype(np.float64) * dt)
+    delay.metadata = {"snnc_op": "delay", "snnc_delay_steps": steps}
+    return delay
+
+
+def _recurrent_node(node: Node):
+    """node.recurrent as the Linear on the loop from the neuron node back into itself."""
+    import nir
+
+    if len(node.shape) != 1:
+        raise InputError(f"node '{node.name}': recurrent weights on a {list(node.shape)} population have no NIR "
+                         f"form (NIR has no reshape from the flat recurrent Linear back to the layer's shape)")
+    recurrent = nir.Linear(weight=np.asarray(node.recurrent, dtype=np.float64))
+    recurrent.metadata = {"snnc_op": "recurrent"}
+    return recurrent
+
+
 def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
     """The NIR graph of a float (folded) snnc network; written to `path` (.nir, HDF5) when given."""
     import nir
@@ -154,6 +183,12 @@ def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
         nodes[key] = nir_node
         order.append(key)
 
+    def loop_back(node: Node, neuron_key: str) -> None:
+        """The recurrent Linear on the edges neuron -> recurrent -> neuron."""
+        if node.recurrent is not None:
+            put(f"{node.name}.recurrent", _recurrent_node(node))
+            edges.extend([(neuron_key, f"{node.name}.recurrent"), (f"{node.name}.recurrent", neuron_key)])
+
     for node in net.nodes:
         name = node.name
         if node.op == "input":
@@ -174,8 +209,13 @@ def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
             put(name, neuron)
             edges += [(s, name) for s in sources]
             out_key[name] = name
+            loop_back(node, name)
             continue
         if node.op in ("linear", "conv2d"):
+            if node.delayed:
+                put(f"{name}.delay", _delay_node(node, dt))
+                edges += [(s, f"{name}.delay") for s in sources]
+                sources = [f"{name}.delay"]
             put(name, _synapse_node(node, shapes[node.inputs[0]], moved.get(name)))
         elif node.op in ("avgpool", "sumpool"):
             k, s = int(node.attrs["kernel"]), int(node.attrs["stride"])
@@ -195,6 +235,7 @@ def export_nir(net: Network, path=None, dt: float = DEFAULT_DT):
             put(key, neuron)
             edges.append((name, key))
             out_key[name] = key
+            loop_back(node, key)
     output = net.output_node
     put("output", nir.Output(output_type=np.array(output.shape)))
     edges.append((out_key[output.name], "output"))
