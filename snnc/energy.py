@@ -5,7 +5,10 @@ Two conventions side by side (docs/semantics.md, section 7):
   graded input costs one synaptic op per synapse it drives, borders included), priced with the
   target's per-operation table (synaptic ops, neuron updates, spikes within a tile, hops);
 - papers' estimate: SOPs(l) = input firing rate x T x FLOPs(l), E = E_MAC x FLOPs(first layer)
-  + E_AC x sum of SOPs(other layers), with the 45 nm CMOS table (Horowitz 2014).
+  + E_AC x sum of SOPs(other layers), with the 45 nm CMOS table (Horowitz 2014). A recurrent
+  layer adds its own firing rate x T x N^2 SOPs (its N x N recurrent matrix reads its spikes),
+  the input layer's included; the counted convention has them among the cycle simulator's
+  synaptic ops.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ def flops(node: Node) -> int:
         out_channels, in_channels, kh, kw = node.weight.shape
         return int(kh * kw * node.shape[1] * node.shape[2] * in_channels * out_channels)
     return int(node.weight.size)
+
+
+def recurrent_flops(node: Node) -> int:
+    """FLOPs of a population's recurrent synapses in the same convention: the N x N matrix."""
+    return 0 if node.recurrent is None else int(np.asarray(node.recurrent).size)
 
 
 def _source_is_input(net: Network, name: str) -> bool:
@@ -86,7 +94,10 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
             continue
         synapses = synaptic_inputs(net, node)
         first_layer = not spiking_input and any(_source_is_input(net, syn.inputs[0]) for syn in synapses)
-        layer_flops = sum(flops(syn) for syn in synapses)
+        forward_flops = sum(flops(syn) for syn in synapses)
+        layer_flops = forward_flops + recurrent_flops(node)
+        # recurrent synapses accumulate the layer's own spikes of the step before: SOPs in any layer
+        recurrent_sops = activity.rate(node.name) * net.T * recurrent_flops(node) if node.recurrent is not None else 0.0
         events = counts.get(node.name, {})
         row = {
             "layer": node.name,
@@ -99,12 +110,11 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
             "firing_rate": activity.rate(node.name) if node.spiking else None,
         }
         if first_layer:
-            row.update(input_firing_rate=None, macs=layer_flops, sops_estimate=0.0,
-                       energy_45nm_estimate_pj=cmos["mac"] * layer_flops)
+            row.update(input_firing_rate=None, macs=forward_flops, sops_estimate=recurrent_sops,
+                       energy_45nm_estimate_pj=cmos["mac"] * forward_flops + cmos["ac"] * recurrent_sops)
         else:
-            rate = sum(activity.rate(syn.inputs[0]) * flops(syn) for syn in synapses) / layer_flops
-            sops = rate * net.T * layer_flops
-            row.update(input_firing_rate=rate, macs=0, sops_estimate=sops,
+            sops = sum(activity.rate(syn.inputs[0]) * flops(syn) for syn in synapses) * net.T + recurrent_sops
+            row.update(input_firing_rate=sops / (net.T * layer_flops), macs=0, sops_estimate=sops,
                        energy_45nm_estimate_pj=cmos["ac"] * sops)
         row["energy_45nm_counted_pj"] = cmos["ac"] * row["synaptic_ops_counted"]
         row["energy_chip_pj"] = sum(chip_table[key] * count for key, count in events.items())
@@ -115,7 +125,8 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
 MODELS = {
     "synaptic_ops_counted": "events per sample from the cycle simulator: one op per synapse a spike "
                             "(or non-zero graded input) actually drives",
-    "sops_estimate": "papers' estimate per sample: input firing rate x T x FLOPs",
+    "sops_estimate": "papers' estimate per sample: input firing rate x T x FLOPs (recurrent: the layer's "
+                     "own rate x T x N^2)",
     "macs": "FLOPs of the non-spiking input layer (k^2 H_out W_out C_in C_out), the papers' MAC term",
     "energy_chip_pj": "counted events per sample x the target's per-operation energy (pJ)",
     "energy_45nm_estimate_pj": "E_MAC x MACs (input layer) or E_AC x SOPs estimate, 45 nm CMOS (pJ)",

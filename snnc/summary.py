@@ -16,8 +16,9 @@ def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int
 
 def synapse_count(net: Network, node: Node) -> int:
     """Connections of a conv2d/linear node, counting only taps inside the input (borders, padding),
-    plus its recurrent ones (N x N)."""
-    recurrent = 0 if node.recurrent is None else int(node.recurrent.size)
+    plus a population's recurrent synapses: its non-zero recurrent weights, as the mapper and the
+    cycle simulator count them (docs/cycle-simulator.md)."""
+    recurrent = 0 if node.recurrent is None else int(np.count_nonzero(node.recurrent))
     if node.op == "linear":
         return int(node.weight.size) + recurrent
     if node.op != "conv2d":

@@ -172,6 +172,8 @@ def load_target(name_or_path: str) -> Target:
     limits = _section(doc, path, "limits")
     for key in LIMIT_FIELDS:
         _number(limits, path, "limits", key, _INT, positive=True)
+    if _number(limits, path, "limits", "max_delay", _INT) < 0:
+        raise TargetError(f"{path}: field 'limits.max_delay' must be >= 0 (time steps), got {limits['max_delay']}")
     mesh = limits.get("mesh")
     if not (isinstance(mesh, list) and len(mesh) == 2 and all(isinstance(v, int) and v > 0 for v in mesh)):
         raise TargetError(f"{path}: field 'limits.mesh' must be [rows, columns]")

@@ -7,11 +7,13 @@ Per chip time step (docs/cycle-simulator.md):
 2. spike routing: the spikes just produced (and the host's input at steps 0..T-1) go out as one
    message per (axon, destination core), XY-routed over the tile mesh; hops are counted;
 3. synaptic accumulation: each message costs its destination core one synaptic op per synapse of
-   its axon there, into the accumulator slot of the step its layer will integrate it;
+   its axon there, into the accumulator slot of the step its layer will integrate it (later by
+   the axon's delay; the next step for a population's recurrent spikes onto itself);
 4. barrier synchronisation.
-The graph has no recurrence, so every quantity of a step is computed layer by layer over all T
-steps at once (then route by route), vectorized over the batch, and the chip's T + L steps are put
-together from the per-step counts at the end. The functional result is exact integer arithmetic and
+The only recurrence is a population onto itself (FixedNeuron steps it, as in the reference), so
+every quantity of a step is computed layer by layer over all T steps at once (then route by
+route), vectorized over the batch, and the chip's T + L steps are put together from the per-step
+counts at the end. The functional result is exact integer arithmetic and
 equals the integer reference spike for spike; the cores decide what is counted and the time model.
 Traces come back in logical time (T steps), as every backend's do.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -32,8 +35,8 @@ from snnc import execute
 from snnc.data import InputSet
 from snnc.errors import InputError
 from snnc.ir import Network, Node
-from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, segments,
-                                 tile_reach)
+from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_to_cores, recurrent_synapses,
+                                 segments, tile_reach)
 
 NAME = "cycle"
 SENDER_BLOCK = 64   # senders whose routing tables are formed at once (a [block, cores, 5] array)
@@ -118,6 +121,19 @@ class _Route:
     class_messages: torch.Tensor          # [classes]: messages (one per destination core reached)
     class_reach: object                   # scipy CSR [classes, dest positions]: synapses (None: dest always active)
     class_tiles: torch.Tensor             # [classes, dest tiles]: synapses per destination channel
+    cell_delays: list[Node]               # per delayed synapse of the group, a node with the delay of each cell
+
+
+@dataclass
+class _RecurrentRoute:
+    """Counting data for a layer's spikes into its own neurons (one class per source neuron)."""
+
+    sender: torch.Tensor                  # [neurons]: global index of the neuron's core
+    class_totals: torch.Tensor            # [neurons, 4]: messages, within tile, ew hops, ns hops per spike
+    class_latency: torch.Tensor           # [neurons]: serial routing time of one spike's messages
+    class_messages: torch.Tensor          # [neurons]: messages per spike
+    synapses: torch.Tensor                # [neurons, the layer's cores]: synapses of the neuron on each
+    reach: object                         # scipy CSR [source neurons, target neurons] (None: always active)
 
 
 @dataclass
@@ -202,6 +218,8 @@ class _Plan:
             for group in info.groups:
                 for src, block in group.sources:
                     self.routes_out[src].append(self._route(dest, info, group, src, block, layers, parts, tiles))
+        self.recurrent = {name: self._recurrent_route(layer, tiles) for name, layer in self.layers.items()
+                          if layer.node.recurrent is not None}
         # per layer (in order), the tensors read directly from then on: a chunk drops the others
         reads = [{syn.node.inputs[0] for syn in layer.synapses} | {route.pooled or route.source
                                                                    for route in self.routes_out[name]}
@@ -212,6 +230,36 @@ class _Plan:
         low, high = self.time["barrier_min"], self.time["barrier_max"]
         self.barrier_ns = low + (high - low) * (n_tiles - 1) / max(1, mesh_tiles - 1)
         self.tiles_used = n_tiles
+
+    def _message_costs(self, senders: np.ndarray, tiles: np.ndarray) -> np.ndarray:
+        """[senders, cores, 5]: what one message from each sender to each core costs: 1 message,
+        1 if within the tile, east-west and north-south tile hops, serial routing time."""
+        t = self.time
+        ew = np.abs(tiles[senders, 1][:, None] - tiles[None, :self.n_cores, 1]).astype(np.float64)
+        ns = np.abs(tiles[senders, 0][:, None] - tiles[None, :self.n_cores, 0]).astype(np.float64)
+        same = (ew == 0) & (ns == 0)
+        latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
+        return np.stack([np.ones_like(ew), same, ew, ns, latency], axis=2)
+
+    def _recurrent_route(self, layer: _Layer, tiles: np.ndarray) -> _RecurrentRoute:
+        """The counting tables of a layer's recurrent synapses: every neuron is an axon that sends
+        one message per core holding one of its targets (docs/cycle-simulator.md)."""
+        synapses = recurrent_synapses(layer.node)                 # [target i, source j]
+        neurons, cores = synapses.shape[0], slice(layer.first, layer.first + layer.cores)
+        core = layer.core_of_neuron.numpy()
+        per_core = scipy.sparse.csr_matrix((np.ones(synapses.nnz), (synapses.col, core[synapses.row] - layer.first)),
+                                           shape=(neurons, layer.cores))      # [j, layer core]: synapses
+        reached = per_core.copy()
+        reached.data[:] = 1
+        table = np.zeros((neurons, 5))
+        for sender in np.unique(core):
+            mine = np.flatnonzero(core == sender)
+            table[mine] = reached[mine] @ self._message_costs(np.array([sender]), tiles)[0, cores]
+        return _RecurrentRoute(sender=torch.from_numpy(core), class_totals=torch.from_numpy(table[:, :4].copy()),
+                               class_latency=torch.from_numpy(table[:, 4].copy()),
+                               class_messages=torch.from_numpy(table[:, 0].copy()),
+                               synapses=torch.from_numpy(per_core.toarray()),
+                               reach=None if layer.always_active else synapses.T.tocsr().astype(np.float64))
 
     def _route(self, dest, info, group, src, block, layers, parts, tiles) -> _Route:
         C, hx, wx = group.pre_shape
@@ -236,6 +284,10 @@ class _Plan:
         r_index = np.array([s[0] for s in row_segs])
         c_index = np.array([s[0] for s in col_segs])
         cell_pos = (r_index[:, None] * wx + c_index[None, :]).ravel()
+        # a delayed synapse's delays per cell (a cell is an X element or, split over senders, part of one)
+        cell_delays = [Node(f"{syn.name}.cells", syn.op, [], (C, len(row_segs) * len(col_segs)),
+                            delay=np.asarray(syn.delay).reshape(C, hx, wx)[:, r_index][:, :, c_index])
+                       for syn in map(self.net.node, group.synapses) if syn.delayed]
         # destination cores reached by each X position
         r = tile_reach(group, info, dest.part.tile)
         n_tiles_d = dest.tile_core.shape[0]
@@ -257,17 +309,12 @@ class _Plan:
             channels_per_sender = src_part.group
         # per (sender, X position): messages, within-tile, hops and serial latency
         # (an X position reaches few cores: the sum over them is a sparse product, SENDER_BLOCK senders at once)
-        t = self.time
         unique_senders = np.unique(senders)
         reached = scipy.sparse.csr_matrix(reached)
         table = np.zeros((len(unique_senders), hx * wx, 5))
         for first in range(0, len(unique_senders), SENDER_BLOCK):
             block = unique_senders[first:first + SENDER_BLOCK]
-            ew = np.abs(tiles[block, 1][:, None] - tiles[None, :self.n_cores, 1]).astype(np.float64)
-            ns = np.abs(tiles[block, 0][:, None] - tiles[None, :self.n_cores, 0]).astype(np.float64)
-            same = (ew == 0) & (ns == 0)
-            latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
-            per_core = np.stack([np.ones_like(ew), same, ew, ns, latency], axis=2)     # [block, cores, 5]
+            per_core = self._message_costs(block, tiles)                               # [block, cores, 5]
             sums = reached @ per_core.transpose(1, 0, 2).reshape(self.n_cores, -1)       # [positions, block * 5]
             table[first:first + len(block)] = sums.reshape(hx * wx, len(block), 5).transpose(1, 0, 2)
         # one class per (channel group, spatial cell): the same sender and the same X position
@@ -282,7 +329,7 @@ class _Plan:
                       class_latency=torch.from_numpy(per_class[:, 4].copy()),
                       class_messages=torch.from_numpy(per_class[:, 0].copy()),
                       class_reach=None if dest.always_active else group.reach[position].astype(np.float64).tocsr(),
-                      class_tiles=torch.from_numpy(position_tiles[position]))
+                      class_tiles=torch.from_numpy(position_tiles[position]), cell_delays=cell_delays)
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -356,9 +403,10 @@ def energy_counts(counts: Counts, per_sample: bool = True) -> dict:
 # ---------------------------------------------------------------------------- simulation
 
 class _Run:
-    """One batch chunk: each layer over all T steps in network order (the graph has no recurrence,
-    so a layer's input at every step is known once its sources have run), and each route's messages
-    at every step; then the chip's T + L steps put together from the per-step counts."""
+    """One batch chunk: each layer over all T steps in network order (a layer's feed-forward input
+    at every step is known once its sources have run; its own recurrent input is added step by
+    step by FixedNeuron), and each route's messages at every step; then the chip's T + L steps put
+    together from the per-step counts."""
 
     def __init__(self, plan: _Plan, inputs: np.ndarray, record_voltages):
         self.plan, self.net = plan, plan.net
@@ -407,13 +455,21 @@ class _Run:
             return x
         return x.unsqueeze(0).expand((wanted,) + x.shape).flatten(0, 1)
 
+    def delayed(self, node: Node, steps: int, x: torch.Tensor) -> torch.Tensor:
+        """[steps * B, ...] values as the T steps [T * B, ...] that `node`'s axonal delays make of
+        them (execute.delayed_input, the reference's own; the delay slots of the destination
+        neurons, docs/cycle-simulator.md)."""
+        return execute.delayed_input(node, x.reshape((steps, self.B) + x.shape[1:]), self.T).flatten(0, 1)
+
     def synaptic_input(self, layer: _Layer) -> tuple[int, torch.Tensor]:
         """The integer input of a layer's neurons at every step, as the reference computes it: exact
         integer sums (float32 where every partial sum is an integer below 2^24, float64 otherwise),
-        once for all steps when it depends on a static input alone."""
+        once for all steps when it depends on a static input alone (and has no delays)."""
         sums = []
         for syn in layer.synapses:
             steps, x = self.value(syn.node.inputs[0])
+            if syn.node.delayed:
+                steps, x = self.T, self.delayed(syn.node, steps, x)
             x = x.to(syn.dtype)
             if syn.node.op == "conv2d":
                 z = F.conv2d(x, syn.weight, None, stride=tuple(syn.node.attrs["stride"]),
@@ -439,17 +495,53 @@ class _Run:
             self.layer_counts[name]["spikes"] = float(result.spike_count)
         else:
             self.readout_steps = result.outputs
+        own = self.route_recurrent(name, layer, result.outputs) if name in self.plan.recurrent else None
         window = slice(layer.depth, layer.depth + self.T)          # the chip steps of logical steps 0..T-1
         cores = slice(layer.first, layer.first + layer.cores)
         if layer.always_active:
             self.core_active[window, :, cores] += layer.core_neurons
-        else:   # active: input arrived, or state or bias non-zero
+        else:   # active: input arrived (its own spikes of the step before included), or state or bias non-zero
             active = (self.received[name].bool().reshape(self.T, self.B, 1, layer.H * layer.W)
                       | result.busy.bool().reshape(self.T, self.B, layer.C, -1)
                       | layer.bias_nonzero.reshape(1, 1, layer.C, -1)).reshape(self.T * self.B, -1)
+            if own is not None:
+                active |= own.reshape(self.T * self.B, -1)
             per_core = torch.zeros((self.T * self.B, self.plan.n_cores), dtype=torch.float64)
             per_core.index_add_(1, layer.core_of_neuron, active.to(torch.float64))
             self.core_active[window] += per_core.reshape(self.T, self.B, -1)
+
+    def _add_messages(self, source: str, totals: list[float]) -> None:
+        """A sender's message counts from (messages, within tile, east-west hops, north-south hops)."""
+        counts = self.layer_counts[source]
+        counts["messages"] += totals[0]
+        counts["spike_within_tile"] += totals[1]
+        counts["spike_across_tiles"] += totals[0] - totals[1]
+        counts["hop_east_west"] += totals[2]
+        counts["hop_north_south"] += totals[3]
+
+    def route_recurrent(self, name: str, layer: _Layer, spikes: torch.Tensor) -> Optional[torch.Tensor]:
+        """A layer's spikes into its own neurons: messages, hops, routing time and synaptic ops at
+        the chip steps they are sent (like any route's); returns which neurons receive input for
+        each logical step (the step after the spike), or None for a layer that is always active."""
+        route = self.plan.recurrent[name]
+        fired = spikes.reshape(self.T, self.B, -1).to(torch.float64)
+        per_neuron = fired.sum((0, 1))
+        self._add_messages(name, (per_neuron @ route.class_totals).tolist())
+        window = slice(layer.depth, layer.depth + self.T)
+        self.sender_latency[window].index_add_(2, route.sender, fired * route.class_latency)
+        self.messages_sent.index_add_(0, route.sender, per_neuron * route.class_messages)
+        self.core_synops[window, :, layer.first:layer.first + layer.cores] += fired @ route.synapses
+        if route.reach is None:
+            return None
+        reached = (route.reach.T @ fired.reshape(self.T * self.B, -1).numpy().T).T.reshape(self.T, self.B, -1)
+        received = torch.zeros(reached.shape, dtype=torch.bool)
+        received[1:] = torch.from_numpy(reached[:-1] > 0)
+        return received
+
+    @staticmethod
+    def _per_class(route: _Route, cells: torch.Tensor) -> torch.Tensor:
+        """Messages per class [N, classes] from a route's cells [N, channels, spatial cells]."""
+        return torch.from_numpy(_messages_per_class(cells.contiguous().numpy(), route.channels_per_sender))
 
     def route(self, route: _Route, depth: int):
         """The messages along one route at every step: hops and counts, routing time per sender,
@@ -461,24 +553,21 @@ class _Run:
             if route.rows is not None:     # partial sums of blocks split over senders
                 cells = cells.reshape((len(cells),) + route.source_shape)
                 cells = torch.matmul(torch.matmul(route.rows, cells), route.cols.T)
-        per_class = torch.from_numpy(_messages_per_class(
-            cells.reshape(steps * self.B, route.shape[0], -1).contiguous().numpy(), route.channels_per_sender))
-        per_class = self._over_steps(steps, per_class, self.T).reshape(self.T, self.B, -1)
+        cells = cells.reshape(steps * self.B, route.shape[0], -1)
+        per_class = self._over_steps(steps, self._per_class(route, cells), self.T).reshape(self.T, self.B, -1)
         total_per_class = per_class.sum((0, 1))
-        totals = (total_per_class @ route.class_totals).tolist()
-        counts = self.layer_counts[route.source]
-        counts["messages"] += totals[0]
-        counts["spike_within_tile"] += totals[1]
-        counts["spike_across_tiles"] += totals[0] - totals[1]
-        counts["hop_east_west"] += totals[2]
-        counts["hop_north_south"] += totals[3]
+        self._add_messages(route.source, (total_per_class @ route.class_totals).tolist())
         window = slice(depth, depth + self.T)
         self.sender_latency[window].index_add_(2, route.class_sender, per_class * route.class_latency)
         self.messages_sent.index_add_(0, route.class_sender, total_per_class * route.class_messages)
         dest = self.plan.layers[route.dest]
-        if not dest.always_active:                                      # received at the same logical step
-            reached = route.class_reach.T @ per_class.reshape(self.T * self.B, -1).numpy().T
-            self.received[route.dest] += torch.from_numpy(reached.T.reshape(self.T, self.B, -1)).to(torch.float32)
+        if not dest.always_active:   # received for the logical step it is integrated at: its own, or after its delay
+            arriving = [per_class] if not route.cell_delays else [
+                self._per_class(route, self.delayed(delays, steps, cells)).reshape(self.T, self.B, -1)
+                for delays in route.cell_delays]
+            for classes in arriving:
+                reached = route.class_reach.T @ classes.reshape(self.T * self.B, -1).numpy().T
+                self.received[route.dest] += torch.from_numpy(reached.T.reshape(self.T, self.B, -1)).to(torch.float32)
         synops = (per_class @ route.class_tiles)[..., None] * dest.group_sizes   # [T, B, tiles, groups]
         self.core_synops[window].index_add_(2, dest.tile_core.reshape(-1), synops.reshape(self.T, self.B, -1))
 
@@ -573,11 +662,17 @@ def _plan(net: Network, mapping: Mapping, target) -> _Plan:
 def bytes_per_sample(plan: _Plan) -> int:
     """What simulating one sample holds at most: what the reference holds for it (the simulator
     keeps the same tensors, in float32 where exact) plus the per-core, per-chip-step tables
-    (synaptic ops, active neurons, routing time) and the neurons' received-input flags."""
-    steps = plan.net.T + plan.max_depth
+    (synaptic ops, active neurons, routing time) and the neurons' received-input flags; a
+    recurrent layer's spikes as float64 with its per-neuron received flags, and a delayed route's
+    shifted float32 copy of its cells, at most one of each at a time."""
+    T = plan.net.T
+    steps = T + plan.max_depth
     per_core = 8 * steps * (3 * plan.n_cores + 1)
-    received = 4 * plan.net.T * sum(layer.H * layer.W for layer in plan.layers.values())
-    return execute.bytes_per_sample(plan.net) + per_core + received
+    received = 4 * T * sum(layer.H * layer.W for layer in plan.layers.values())
+    recurrent = max((9 * T * math.prod(plan.layers[name].node.shape) for name in plan.recurrent), default=0)
+    shifted = max((4 * T * math.prod(delays.shape) for routes in plan.routes_out.values() for route in routes
+                   for delays in route.cell_delays), default=0)
+    return execute.bytes_per_sample(plan.net) + per_core + received + recurrent + shifted
 
 
 def samples_per_chunk(plan: _Plan, budget: int = execute.WORKING_SET_BYTES) -> int:

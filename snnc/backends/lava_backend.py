@@ -5,7 +5,10 @@ Process graph (docs/lava.md has the picture and the reasons):
 - input: `lava.proc.io.source.RingBuffer` streaming the encoded samples one after the other;
 - synapses: Lava's own `Conv` (a conv2d reading a producer directly), `Dense` (a linear layer,
   possibly after sum pooling and flatten, which are composed into its matrix) and `Sparse` (a
-  conv2d after sum pooling: the unrolled, composed matrix). Each adds Lava's one-step delay;
+  conv2d after sum pooling: the unrolled, composed matrix). Each adds Lava's one-step delay.
+  A synapse with axonal delays is Lava's `DelayDense` (the same matrix and a delay per synapse:
+  delay k arrives k steps after the one-step latency); a recurrent synapse is a `Dense` from the
+  population's s_out back to its own a_in (its one-step latency is the recurrence's step);
 - neurons: snnc.lava_procs.SnncNeuron (snnc.execute.FixedNeuron's rule, per-neuron parameters), the
   readout integrator being one too; a ResNet add with a neuron is several synapse groups into one
   SnncNeuron (Lava sums an InPort's connections);
@@ -18,7 +21,9 @@ i * period + t + d (0-based) and is idle before (no bias, no decay) and between 
 synapse group from a producer at depth p into a population at depth d gets a relay of d - 1 - p
 steps. Samples are streamed back to back (period = T by default): each population restarts
 (u = 0, v = initial state) at its own sample boundary, so no draining is needed between samples;
-a run takes (samples - 1) * period + T + L steps, L being the readout's depth. The populations
+a network with delays or recurrent synapses streams every T + gap steps (sample_gap: what is in
+flight in a DelayDense or a recurrent Dense arrives while the populations idle).
+A run takes (samples - 1) * period + T + L steps, L being the readout's depth. The populations
 write their outputs into .npy memmaps, which `LavaGraph.read` turns into a Trace in logical time.
 """
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from snnc import fixedpoint, ir
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
+from snnc.passes.mapping import largest_delay
 
 NAME = "lava"
 ARTIFACT_DIR = "lava"
@@ -49,6 +55,7 @@ SELECT_TAG = "fixed_pt"
 # the least significant bit; storing 2*w with weight_exp = -1 keeps every snnc weight exact.
 DENSE_WEIGHT_SHIFT = 1
 DENSE_WEIGHT_LIMIT = 127
+LAVA_MAX_DELAY = 63   # the bit-accurate DelayDense holds 6-bit delays
 LAVA_RUNTIME_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
 
 
@@ -131,8 +138,9 @@ def _pool_matrix(node: ir.Node, in_shape) -> "object":
                          shape=(channels * out_h * out_w, channels * height * width))
 
 
-def _composed_matrix(synapse: ir.Node, views: list[ir.Node], src_shape):
-    """The synapse after its sumpool/flatten views as one integer matrix [out, in], snnc order."""
+def _view_matrix(views: list[ir.Node], src_shape):
+    """The sumpool/flatten views between a producer and a synapse as one integer matrix
+    [synapse input, producer] (snnc order), and the synapse input's shape."""
     import scipy.sparse as sp
 
     matrix = sp.identity(int(np.prod(src_shape)), dtype=np.int64, format="csr")
@@ -141,6 +149,14 @@ def _composed_matrix(synapse: ir.Node, views: list[ir.Node], src_shape):
         if view.op == "sumpool":
             matrix = _pool_matrix(view, shape) @ matrix
         shape = tuple(view.shape)
+    return matrix, shape
+
+
+def _composed_matrix(synapse: ir.Node, views: list[ir.Node], src_shape):
+    """The synapse after its sumpool/flatten views as one integer matrix [out, in], snnc order."""
+    import scipy.sparse as sp
+
+    matrix, shape = _view_matrix(views, src_shape)
     if synapse.op == "conv2d":
         last = _conv_matrix(synapse, shape)
     else:
@@ -148,11 +164,34 @@ def _composed_matrix(synapse: ir.Node, views: list[ir.Node], src_shape):
     return (last @ matrix).tocsr()
 
 
+def _factor_views(factors: dict) -> list[ir.Node]:
+    return [ir.Node(name=v["name"], op=v["op"], inputs=[], shape=tuple(v["shape"]),
+                    attrs={"kernel": v.get("kernel"), "stride": v.get("stride")}) for v in factors["views"]]
+
+
+def _lava_delays(factors: dict, delay: np.ndarray, name: str) -> np.ndarray:
+    """DelayDense's delay matrix [out, in] in Lava's order for a synapse whose input elements have
+    axonal delays `delay` (snnc order, shaped like the synapse's input): every producer element
+    takes the delay of the input element its views feed (a producer element pooled into two
+    inputs of different delays has no single delay: refused)."""
+    views, source_shape = _factor_views(factors), tuple(factors["source_shape"])
+    feeds = _view_matrix(views, source_shape)[0].tocoo()
+    per_input = np.asarray(delay, dtype=np.int64).reshape(-1)[feeds.row]
+    size = int(np.prod(source_shape))
+    low, high = np.full(size, np.iinfo(np.int64).max), np.zeros(size, np.int64)
+    np.minimum.at(low, feeds.col, per_input)
+    np.maximum.at(high, feeds.col, per_input)
+    if np.any((low != high) & (low != np.iinfo(np.int64).max)):
+        raise DesignRuleError(f"layer '{name}': overlapping pooling feeds one spike into inputs of different "
+                              f"axonal delays, which one Lava DelayDense synapse cannot hold")
+    rows = int(np.prod(factors["out_shape"]))
+    return np.ascontiguousarray(np.broadcast_to(high[_lava_order(source_shape)], (rows, size)), dtype=int)
+
+
 def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
     """The Dense/Sparse matrix of a synapse after its views, in Lava's order, pre-shifted: the
     artifact stores these factors (a composed matrix is up to k*k*Cin*kh*kw times larger)."""
-    views = [ir.Node(name=v["name"], op=v["op"], inputs=[], shape=tuple(v["shape"]),
-                     attrs={"kernel": v.get("kernel"), "stride": v.get("stride")}) for v in factors["views"]]
+    views = _factor_views(factors)
     synapse = ir.Node(name=name, op=factors["op"], inputs=[], shape=tuple(factors["out_shape"]),
                       attrs=dict(factors["attrs"]), weight=weight)
     source_shape = tuple(factors["source_shape"])
@@ -169,6 +208,14 @@ def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
 
 
 # --- the graph description --------------------------------------------------------------------
+
+def _matrix_entry(name: str, node: str, shape: tuple[int, int], factors: dict, message_bits: int) -> dict:
+    """A Dense, Sparse or DelayDense process as graph.json describes it: the factors its matrix is
+    composed from, its [out, in] shape and the weight mapping above."""
+    return {"name": name, "node": node, "shape": list(shape), **factors, "weight_shift": DENSE_WEIGHT_SHIFT,
+            "weight_exp": -DENSE_WEIGHT_SHIFT, "num_weight_bits": 8, "sign_mode": "mixed",
+            "num_message_bits": message_bits}
+
 
 @dataclass
 class _Producer:
@@ -256,14 +303,34 @@ class _SpecBuilder:
                 v.op == "sumpool" and v.attrs["kernel"] > v.attrs["stride"] for v in views):
             _lava_matrix(factors, weight, name)  # overlapping pools can sum weights: check now
         rows, cols = int(np.prod(synapse.shape)), int(np.prod(source.ir_shape))
-        entry = {"name": name, "node": synapse.name, "shape": [rows, cols], **factors,
-                 "weight_shift": DENSE_WEIGHT_SHIFT, "weight_exp": -DENSE_WEIGHT_SHIFT,
-                 "num_weight_bits": 8, "sign_mode": "mixed", "num_message_bits": bits}
-        # a linear layer's composed matrix is dense; an unrolled convolution is sparse
-        self.add_process(dict(entry, type="dense" if synapse.op == "linear" else "sparse"),
-                         weight=weight.astype(np.int32))
+        entry = _matrix_entry(name, synapse.name, (rows, cols), factors, bits)
+        arrays = {"weight": weight.astype(np.int32)}
+        largest = largest_delay(synapse)
+        if largest:     # Lava's DelayDense: the same matrix, with a delay per synapse
+            if largest > LAVA_MAX_DELAY:
+                raise DesignRuleError(f"layer '{synapse.name}': axonal delay of {largest} steps exceeds the "
+                                      f"{LAVA_MAX_DELAY} of Lava's DelayDense")
+            _lava_delays(factors, synapse.delay, name)   # refuse delays that views merge, now
+            kind, arrays["delay"] = "delay_dense", np.asarray(synapse.delay, dtype=np.int64)
+        else:   # a linear layer's composed matrix is dense; an unrolled convolution is sparse
+            kind = "dense" if synapse.op == "linear" else "sparse"
+        self.add_process(dict(entry, type=kind), **arrays)
         self.connect(source, name, "s_in", (cols,))
         self.connect((name, "a_out", (rows,)), target, "a_in", target_shape)
+
+    def recurrent(self, node: ir.Node, shape) -> None:
+        """The population's own spikes back into its a_in through a Dense: Lava's one-step synaptic
+        latency gives exactly the previous step's spikes (docs/lava.md)."""
+        name, size = f"{node.name}.recurrent", int(np.prod(node.shape))
+        factors = {"op": "linear", "attrs": {}, "out_shape": list(node.shape), "source_shape": list(node.shape),
+                   "views": []}
+        weight = np.asarray(node.recurrent, dtype=np.int64)
+        if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT:
+            _lava_matrix(factors, weight, name)   # refuses it, naming the layer
+        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, 1), type="dense", recurrent=True),
+                         weight=weight.astype(np.int32))
+        self.connect((node.name, "s_out", shape), name, "s_in", (size,))
+        self.connect((name, "a_out", (size,)), node.name, "a_in", shape)
 
     def neuron(self, node: ir.Node) -> None:
         if node.op in ir.SYNAPTIC_OPS:
@@ -279,7 +346,7 @@ class _SpecBuilder:
         sources = [self.trace_views(group) for group in groups]
         depth = max(source.depth for source, _ in sources) + 1
         use_conv = len(node.shape) == 3 and all(
-            group.op == "conv2d" and not views and len(source.ir_shape) == 3
+            group.op == "conv2d" and not views and len(source.ir_shape) == 3 and not group.delayed
             for group, (source, views) in zip(groups, sources))
         shape = lava_shape(node.shape) if use_conv else (int(np.prod(node.shape)),)
         n = node.neuron
@@ -292,8 +359,10 @@ class _SpecBuilder:
                          reset_amount=per_neuron(n.reset_amount),
                          initial_state=per_neuron(n.initial_state))
         for group, (source, views) in zip(groups, sources):
-            delayed = self.delayed_producer(source, depth - 1 - source.depth)
-            self.synapse(group, delayed, views, node.name, shape, use_conv)
+            aligned = self.delayed_producer(source, depth - 1 - source.depth)
+            self.synapse(group, aligned, views, node.name, shape, use_conv)
+        if node.recurrent is not None:
+            self.recurrent(node, shape)
         if node.spiking:
             self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, 1)
 
@@ -335,10 +404,19 @@ class _SpecBuilder:
                                                             "fire_rule", "current_overflow", "voltage_overflow")}
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": net.name,
                 "T": int(net.T), "readout": net.readout, "readout_process": readout.name,
-                "source": net.input_node.name, "latency": depths[readout.name],
+                "source": net.input_node.name, "latency": depths[readout.name], "gap": sample_gap(net),
                 "spiking": [node.name for node in net.spiking_nodes()],
                 "arithmetic": arithmetic, "select_tag": SELECT_TAG,
                 "processes": self.processes, "connections": self.connections}
+
+
+def sample_gap(net: ir.Network) -> int:
+    """Idle steps a sample needs after its T steps before the next may enter: what is still in
+    flight then (its largest axonal delay, its spikes on a recurrent synapse) must arrive while the
+    populations are idle, since a DelayDense or Dense holds it across the sample boundary."""
+    largest = max(largest_delay(node) for node in net.nodes)
+    recurrent = any(node.recurrent is not None for node in net.nodes)
+    return max(largest, int(recurrent))
 
 
 def lava_spec(net: ir.Network) -> tuple[dict, dict[str, np.ndarray]]:
@@ -365,8 +443,10 @@ def write_artifacts(compiled, directory, options=None) -> list[str]:
 
 # The ports each process type has: (input ports, output ports).
 PORTS = {"source": ((), ("s_out",)), "neuron": (("a_in",), ("s_out",)), "relay": (("a_in",), ("s_out",)),
-         "conv": (("s_in",), ("a_out",)), "dense": (("s_in",), ("a_out",)), "sparse": (("s_in",), ("a_out",))}
-_ARRAY_KEYS = {"conv": ("weight",), "dense": ("weight",), "sparse": ("weight",),
+         "conv": (("s_in",), ("a_out",)), "dense": (("s_in",), ("a_out",)), "sparse": (("s_in",), ("a_out",)),
+         "delay_dense": (("s_in",), ("a_out",))}
+SYNAPSE_TYPES = ("conv", "dense", "sparse", "delay_dense")
+_ARRAY_KEYS = {"conv": ("weight",), "dense": ("weight",), "sparse": ("weight",), "delay_dense": ("weight", "delay"),
                "neuron": ("threshold", "bias", "reset_amount", "initial_state")}
 
 
@@ -404,8 +484,9 @@ def _check_spec(spec, arrays: dict) -> None:
         if dst not in kinds or in_port not in PORTS[kinds[dst]][0]:
             raise InputError(f"Lava graph: connection to unknown process or port {dst}.{in_port}")
     if not isinstance(spec.get("T"), int) or spec["T"] < 1 or spec.get("readout") not in ("mean", "last") \
-            or not isinstance(spec.get("latency"), int) or spec["latency"] < 0:
-        raise InputError("Lava graph: T, readout or latency is missing or invalid")
+            or not isinstance(spec.get("latency"), int) or spec["latency"] < 0 \
+            or not isinstance(spec.get("gap", 0), int) or spec.get("gap", 0) < 0:
+        raise InputError("Lava graph: T, readout, latency or gap is missing or invalid")
 
 
 def load_artifact(export) -> tuple[dict, dict[str, np.ndarray]]:
@@ -530,7 +611,7 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
         return Conv(weight=get("weight"), input_shape=tuple(entry["input_shape"]),
                     padding=tuple(entry["padding"]), stride=tuple(entry["stride"]),
                     num_message_bits=entry["num_message_bits"], name=entry["name"])
-    if kind in ("dense", "sparse"):
+    if kind in ("dense", "sparse", "delay_dense"):
         from lava.utils.weightutils import SignMode
 
         matrix = _lava_matrix(entry, get("weight"), entry["name"])
@@ -542,6 +623,11 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
             from lava.proc.dense.process import Dense
 
             return Dense(weights=matrix.toarray(), **common)
+        if kind == "delay_dense":
+            from lava.proc.dense.process import DelayDense
+
+            return DelayDense(weights=matrix.toarray(), delays=_lava_delays(entry, get("delay"), entry["name"]),
+                              **common)
         from lava.proc.sparse.process import Sparse
 
         return Sparse(weights=matrix, **common)
@@ -586,9 +672,11 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
     steps, samples = int(inputs.shape[0]), int(inputs.shape[1])
     if samples < 1 or steps < 1:
         raise InputError("Lava backend needs at least one sample and one step")
-    period = steps if period is None else int(period)
-    if period < steps:
-        raise InputError(f"period {period} is shorter than the {steps} steps of a sample")
+    gap = int(spec.get("gap", 0))
+    period = steps + gap if period is None else int(period)
+    if period < steps + gap:
+        raise InputError(f"period {period} is shorter than the {steps} steps of a sample"
+                         + (f" and the {gap} idle steps its delays and recurrent synapses need" if gap else ""))
     num_steps = (samples - 1) * period + steps + int(spec["latency"])
     neurons = [p for p in spec["processes"] if p["type"] == "neuron"]
     unknown = set(record_voltages) - {p["name"] for p in neurons}
@@ -632,7 +720,7 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
                          f"({type(error).__name__}: {str(error)[:120]})")
     by_type = lambda kind: {p["name"]: processes[p["name"]] for p in spec["processes"] if p["type"] in kind}  # noqa: E731
     return LavaGraph(spec=spec, source=processes[spec["source"]], neurons=by_type(("neuron",)),
-                     synapses=by_type(("conv", "dense", "sparse")), relays=by_type(("relay",)),
+                     synapses=by_type(SYNAPSE_TYPES), relays=by_type(("relay",)),
                      sink=processes[spec["readout_process"]], num_steps=num_steps, samples=samples,
                      steps=steps, period=period, record_dir=record_dir,
                      record_voltages=tuple(record_voltages), files=files, _owned_dir=owned)
@@ -688,6 +776,9 @@ def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF takes one synapse group ({node.op})")
         if n.reset != "hard":
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF resets hard only")
+        if node.recurrent is not None or node.delayed:
+            raise DesignRuleError(f"layer '{node.name}': the Lava-LIF cross-check builds feed-forward Dense "
+                                  f"synapses only (no recurrent synapses, no delays)")
         thresholds, shift = np.unique(n.threshold), fixedpoint.LAVA_LIF_THRESHOLD_SHIFT
         if thresholds.size != 1 or thresholds[0] % (1 << shift) \
                 or not 0 <= thresholds[0] >> shift < 2 ** fixedpoint.LAVA_LIF_THRESHOLD_BITS:

@@ -12,8 +12,13 @@ Model, in short:
   layer of N neurons is N channels at one position. For each layer the partition with the fewest
   cores that satisfies every per-core limit is chosen (fan-in, synaptic memory, neurons, fan-out).
 - Synapses are structural (every kernel tap inside the input, zero weights included), each stored
-  as weight_bits + index_bits (index_bits = ceil(log2(neurons_per_core))); an axon's synapse list on
-  a core is packed into whole 64-bit words.
+  as weight_bits + index_bits (index_bits = ceil(log2(neurons_per_core))), plus the bits of the
+  largest delay where the synapse group has axonal delays; an axon's synapse list on a core is
+  packed into whole 64-bit words.
+- Recurrent synapses (a population reading its own spikes of the previous step): one per non-zero
+  entry of node.recurrent; every neuron of the layer is an axon into the cores holding its targets.
+  They count in fan-in, synaptic memory, fan-out and the synapses of their cores.
+- Axonal delays: at most `limits.max_delay` steps (a design rule naming the node).
 - Placement: layers in topological order on consecutive cores; cores are numbered tile by tile in
   serpentine order over the tile grid (row 0 west to east, row 1 east to west, ...), and within a
   tile row-major. A tile is `limits.tile` cores ([2, 2] when the target does not say).
@@ -57,6 +62,7 @@ class Group:
     pre_shape: tuple[int, int, int]
     sources: list[tuple[str, tuple[int, int]]]  # populations feeding X and their pooling block
     reach: sparse.csr_matrix = None
+    delay_bits: int = 0              # bits of the largest axonal delay on X (0: no delays)
 
     @property
     def channels(self) -> int:
@@ -77,6 +83,7 @@ class Layer:
     depth: int = 0
     block: tuple[int, int] = (1, 1)       # pooling that follows: aligned tiles are multiples of it
     consumers: list[tuple[str, int, tuple[int, int]]] = field(default_factory=list)  # (layer, group, block)
+    recurrent: sparse.coo_matrix = None   # [neurons, neurons] 1 per recurrent synapse (target i, source j)
 
 
 def _as_chw(shape) -> tuple[int, int, int]:
@@ -138,6 +145,30 @@ def _conv_reach(node: Node, x_hw, d_hw) -> sparse.csr_matrix:
     return reach
 
 
+def largest_delay(node: Node) -> int:
+    """The largest axonal delay (steps) on a synaptic node's input; 0 without delays."""
+    return 0 if node.delay is None else int(np.max(node.delay, initial=0))
+
+
+def recurrent_synapses(node: Node) -> sparse.coo_matrix | None:
+    """A population's recurrent synapses [target neuron, source neuron] (flat C order): one per
+    non-zero recurrent weight (a zero entry of the matrix connects nothing)."""
+    if node.recurrent is None:
+        return None
+    matrix = sparse.coo_matrix(np.asarray(node.recurrent) != 0, dtype=np.int64)
+    matrix.sum_duplicates()
+    return matrix
+
+
+def check_delays(net: Network, target) -> None:
+    """The design rule on axonal delays: none longer than the target's limits.max_delay."""
+    limit = int(target.limits["max_delay"])
+    for node in net.nodes:
+        if largest_delay(node) > limit:
+            raise DesignRuleError(f"layer '{node.name}': axonal delay of {largest_delay(node)} steps exceeds "
+                                  f"{target.name}'s max_delay of {limit} steps")
+
+
 def analyse(net: Network) -> dict[str, Layer]:
     """The populations of `net`: the input (host) first, then every neuron layer in topological
     order, with their synapse groups, synaptic depth and consumers."""
@@ -165,10 +196,11 @@ def analyse(net: Network) -> dict[str, Layer]:
                 group.reach = merged
                 group.synapses.append(syn.name)
             else:
-                groups[x] = Group(tensor=x, synapses=[syn.name], kind=kind, pre_shape=pre,
-                                  sources=_trace_sources(net, x), reach=reach)
+                group = groups[x] = Group(tensor=x, synapses=[syn.name], kind=kind, pre_shape=pre,
+                                          sources=_trace_sources(net, x), reach=reach)
+            group.delay_bits = max(group.delay_bits, largest_delay(syn).bit_length())
         layer = Layer(name=node.name, op=node.op, shape=tuple(node.shape), C=C, H=H, W=W,
-                      groups=list(groups.values()))
+                      groups=list(groups.values()), recurrent=recurrent_synapses(node))
         layer.depth = 1 + max(layers[src].depth for g in layer.groups for src, _ in g.sources)
         layers[node.name] = layer
     for layer in layers.values():
@@ -259,13 +291,14 @@ class _Packing:
         self.index_bits = max(1, math.ceil(math.log2(target.limits["neurons_per_core"])))
         self.bits = self.weight_bits + self.index_bits
 
-    def words(self, synapses: np.ndarray) -> np.ndarray:
-        return -(-(synapses * self.bits) // WORD_BITS)
+    def words(self, synapses: np.ndarray, delay_bits: int = 0) -> np.ndarray:
+        return -(-(synapses * (self.bits + delay_bits)) // WORD_BITS)
 
     def describe(self) -> dict:
         return {"model": "one synapse list per (axon, core), packed in 64-bit words",
                 "word_bits": WORD_BITS, "weight_bits": self.weight_bits, "index_bits": self.index_bits,
                 "bits_per_synapse": self.bits,
+                "delay_bits": "a synapse group with axonal delays adds the bits of its largest delay per synapse",
                 "rule": "memory bits = 64 * sum over the core's axons of ceil(synapses * bits_per_synapse / 64)"}
 
 
@@ -273,6 +306,7 @@ class _Packing:
 class _TileStats:
     """One candidate tiling of a layer: per tile what does not depend on the channel group."""
 
+    tile: tuple[int, int]
     tiles: list
     fan_in: np.ndarray          # [tiles] axons
     positions: np.ndarray       # [tiles] positions (neurons per channel)
@@ -289,7 +323,7 @@ def _tile_stats(layer: Layer, tile, mults: list[np.ndarray]) -> _TileStats:
         fan_in += group.channels * np.bincount(r.col, weights=mult[r.row], minlength=count).astype(np.int64)
         reach.append((r, mult))
     positions = np.array([(y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in tiles], np.int64)
-    return _TileStats(tiles, fan_in, positions, reach)
+    return _TileStats(tuple(tile), tiles, fan_in, positions, reach)
 
 
 def _memory_bits(layer: Layer, stats: _TileStats, g: int, packing: _Packing) -> np.ndarray:
@@ -297,7 +331,7 @@ def _memory_bits(layer: Layer, stats: _TileStats, g: int, packing: _Packing) -> 
     count = len(stats.tiles)
     words = np.zeros(count, np.int64)
     for group, (r, mult) in zip(layer.groups, stats.reach):
-        per = packing.words(g * r.data) * mult[r.row]
+        per = packing.words(g * r.data, group.delay_bits) * mult[r.row]
         words += group.channels * np.bincount(r.col, weights=per, minlength=count).astype(np.int64)
     return words * WORD_BITS
 
@@ -309,6 +343,55 @@ def _synapses(layer: Layer, stats: _TileStats) -> np.ndarray:
     for group, (r, mult) in zip(layer.groups, stats.reach):
         total += group.channels * np.bincount(r.col, weights=r.data * mult[r.row], minlength=count).astype(np.int64)
     return total
+
+
+def core_of_neurons(layer: Layer, part: Partition) -> np.ndarray:
+    """For every neuron of the layer (flat C order), the index of its core within the layer."""
+    (th, tw), groups = part.tile, len(part.channel_ranges(layer.C))
+    channel, position = np.divmod(np.arange(layer.C * layer.H * layer.W), layer.H * layer.W)
+    y, x = np.divmod(position, layer.W)
+    return ((y // th) * -(-layer.W // tw) + x // tw) * groups + channel // part.group
+
+
+@dataclass
+class _Recurrent:
+    """What a layer's recurrent synapses put on each of its cores (layer core order)."""
+
+    synapses: np.ndarray    # synapses held
+    fan_in: np.ndarray      # axons: the layer's neurons with a synapse on the core
+    memory: np.ndarray      # bits: one packed list per such axon
+    fan_out: np.ndarray     # output axons: (neuron of the core, core holding one of its targets) pairs
+
+
+def _recurrent(layer: Layer, part: Partition, packing: _Packing) -> _Recurrent:
+    cores = part.cores(layer.C, layer.H, layer.W)
+    core = core_of_neurons(layer, part)
+    synapses = layer.recurrent
+    neurons = synapses.shape[1]
+    pairs, per_pair = np.unique(core[synapses.row] * neurons + synapses.col, return_counts=True)
+    dest, source = np.divmod(pairs, neurons)     # one axon each: source neuron into dest core
+    return _Recurrent(synapses=np.bincount(core[synapses.row], minlength=cores),
+                      fan_in=np.bincount(dest, minlength=cores),
+                      memory=WORD_BITS * np.bincount(dest, weights=packing.words(per_pair),
+                                                     minlength=cores).astype(np.int64),
+                      fan_out=np.bincount(core[source], minlength=cores))
+
+
+def _core_loads(layer: Layer, stats: _TileStats, g: int, packing: _Packing,
+                out_per_channel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fan-in axons, synaptic memory bits and output axons of every core [tiles, channel groups]
+    when cores hold `g` channels of the layer (a tile's last group, which may hold fewer, is
+    counted as full), its recurrent synapses included."""
+    groups = -(-layer.C // g)
+    fan_in = np.repeat(stats.fan_in[:, None], groups, axis=1)
+    memory = np.repeat(_memory_bits(layer, stats, g, packing)[:, None], groups, axis=1)
+    fan_out = np.repeat(g * out_per_channel[:, None], groups, axis=1)
+    if layer.recurrent is not None:
+        own = _recurrent(layer, Partition(g, stats.tile), packing)
+        fan_in = fan_in + own.fan_in.reshape(fan_in.shape)
+        memory = memory + own.memory.reshape(memory.shape)
+        fan_out = fan_out + own.fan_out.reshape(fan_out.shape)
+    return fan_in, memory, fan_out
 
 
 class _FanOut:
@@ -353,8 +436,10 @@ def _search(layer: Layer, limits: dict, packing: _Packing, mults, fan_out, align
             out = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
 
             def fits(g: int) -> bool:
-                return (g * stats.positions.max() <= npc and (g * out).max() <= max_out
-                        and _memory_bits(layer, stats, g, packing).max() <= max_mem)
+                if g * stats.positions.max() > npc:
+                    return False
+                fan_in, memory, outputs = _core_loads(layer, stats, g, packing, out)
+                return fan_in.max() <= max_in and outputs.max() <= max_out and memory.max() <= max_mem
 
             lo, hi = 0, layer.C
             while lo < hi:
@@ -386,16 +471,15 @@ def _why_not(layer: Layer, limits: dict, packing: _Packing, mults, fan_out) -> s
     """The design-rule message for a layer of which not even one neuron fits a core."""
     stats = _tile_stats(layer, (1, 1), mults)
     where = f"layer '{layer.name}'"
-    fan_in = int(stats.fan_in.max())
+    out = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
+    fan_in, memory, outputs = (int(load.max()) for load in _core_loads(layer, stats, 1, packing, out))
     if fan_in > limits["fan_in_axons_per_core"]:
         return (f"{where}: fan-in {fan_in} axons exceeds the target's {limits['fan_in_axons_per_core']} "
                 f"per core (a single neuron's inputs cannot be split across cores)")
-    memory = int(_memory_bits(layer, stats, 1, packing).max())
     if memory > limits["synaptic_memory_bits_per_core"]:
         return (f"{where}: a single neuron needs {memory} bits of synaptic memory, above the target's "
                 f"{limits['synaptic_memory_bits_per_core']} per core")
-    out = int(fan_out.per_channel(stats.tiles).max()) if fan_out else 0
-    return (f"{where}: a single neuron's fan-out of {out} output axons exceeds the target's "
+    return (f"{where}: a single neuron's fan-out of {outputs} output axons exceeds the target's "
             f"{limits['fan_out_per_core']} per core")
 
 
@@ -409,11 +493,13 @@ def _mults(layer: Layer, layers: dict[str, Layer], parts: dict[str, Partition]) 
     return out
 
 
-def _fan_out_ok(layer, layers, parts, limits) -> bool:
-    if not layer.consumers:
-        return True
-    per = _FanOut(layer, layers, parts).per_channel(parts[layer.name].tiles(layer.H, layer.W))
-    return int(per.max()) * parts[layer.name].group <= limits["fan_out_per_core"]
+def _worst_fan_out(layer: Layer, layers: dict[str, Layer], parts: dict[str, Partition], packing: _Packing) -> int:
+    """The most output axons on one core of the layer under the current partitions."""
+    part = parts[layer.name]
+    stats = _tile_stats(layer, part.tile, _mults(layer, layers, parts))
+    out = (_FanOut(layer, layers, parts).per_channel(stats.tiles) if layer.consumers
+           else np.zeros(len(stats.tiles), np.int64))
+    return int(_core_loads(layer, stats, part.group, packing, out)[2].max())
 
 
 def partition_network(net: Network, target, fixed: dict[str, Partition] | None = None,
@@ -438,16 +524,14 @@ def partition_network(net: Network, target, fixed: dict[str, Partition] | None =
                 new = _partition(layer, limits, packing, _mults(layer, layers, parts), fan_out)
             changed |= parts.get(name) != new
             parts[name] = new
-        if all(_fan_out_ok(layers[name], layers, parts, limits) for name in names[1:]):
+        worst = {name: _worst_fan_out(layers[name], layers, parts, packing) for name in names[1:]}
+        if all(out <= limits["fan_out_per_core"] for out in worst.values()):
             return layers, parts
         if constrained and not changed:
             break
         constrained = True
-    bad = [name for name in names[1:] if not _fan_out_ok(layers[name], layers, parts, limits)][0]
-    layer = layers[bad]
-    per_channel = _FanOut(layer, layers, parts).per_channel(parts[bad].tiles(layer.H, layer.W))
-    worst = int(per_channel.max()) * parts[bad].group
-    raise DesignRuleError(f"layer '{bad}': fan-out {worst} output axons exceeds the target's "
+    bad = next(name for name, out in worst.items() if out > limits["fan_out_per_core"])
+    raise DesignRuleError(f"layer '{bad}': fan-out {worst[bad]} output axons exceeds the target's "
                           f"{limits['fan_out_per_core']} per core")
 
 
@@ -539,6 +623,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
     """
     limits = dict(target.limits)
     packing = _Packing(target)
+    check_delays(net, target)
     layers, parts = partition_network(net, target, fixed=partitions)
     tile = tile_shape(target)
     mesh = (int(limits["mesh"][0]), int(limits["mesh"][1]))
@@ -570,6 +655,12 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
                     "synapses": int(g * syn_per_channel[t]), "memory_bits": memory,
                     "fan_in": int(stats.fan_in[t]), "fan_out": int(g * out_per_channel[t])})
         mine = core_entries[first:]
+        if layer.recurrent is not None:
+            own = _recurrent(layer, part, packing)
+            for index, core in enumerate(mine):
+                for key, added in (("synapses", own.synapses), ("memory_bits", own.memory),
+                                   ("fan_in", own.fan_in), ("fan_out", own.fan_out)):
+                    core[key] += int(added[index])
         for key, limit in (("neurons", "neurons_per_core"), ("fan_in", "fan_in_axons_per_core"),
                            ("memory_bits", "synaptic_memory_bits_per_core"), ("fan_out", "fan_out_per_core")):
             worst = max(core[key] for core in mine)
@@ -583,7 +674,8 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
             "neurons": sum(c["neurons"] for c in mine), "synapses": sum(c["synapses"] for c in mine),
             "memory_bits": sum(c["memory_bits"] for c in mine),
             "max_fan_in": max(c["fan_in"] for c in mine), "max_fan_out": max(c["fan_out"] for c in mine),
-            "inputs": [{"tensor": g.tensor, "synapses": g.synapses, "kind": g.kind,
+            "recurrent_synapses": 0 if layer.recurrent is None else int(layer.recurrent.nnz),
+            "inputs": [{"tensor": g.tensor, "synapses": g.synapses, "kind": g.kind, "delay_bits": g.delay_bits,
                         "sources": [{"layer": src, "pool": list(block)} for src, block in g.sources]}
                        for g in layer.groups]})
     used = len(core_entries)
