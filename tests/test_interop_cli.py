@@ -231,3 +231,39 @@ def test_bad_nir_semantics_options_are_one_line_errors(tmp_path, args, code, fra
 def test_nir_semantics_on_a_checkpoint_is_a_usage_error(tmp_path):
     result = invoke("export", "models/mnist_lif.pt", "-o", tmp_path / "out", "--nir-semantics", "snntorch")
     assert_clean_failure(result, 2, "--nir-semantics and --nir-assume apply only to a NIR graph")
+
+
+@pytest.mark.slow   # verify runs Lava
+def test_recurrent_snntorch_graph_verifies_on_every_backend(tmp_path):
+    """snnTorch's RLeaky (a recurrent subgraph), exported by snnTorch, imported with its semantics:
+    every backend runs the recurrent synapses spike for spike."""
+    import producer_nets as nets
+
+    source = tmp_path / "rleaky.nir"
+    nets.PRODUCERS["snntorch"].export(nets.build("snntorch", "dense", "rleaky"), source, nets.input_shape("dense"))
+    out = tmp_path / "out"
+    result = invoke("export", source, "-o", out, "--T", 16, "--nir-semantics", "snntorch", "--data", "none")
+    assert result.exit_code == 0, result.output
+    assert any(node.recurrent is not None for node in ExportDir.open(out).network.nodes)
+    verify_on(out, "mnist5k", 6, ALL_BACKENDS, tmp_path)
+
+
+@pytest.mark.slow   # verify runs Lava
+def test_nir_delays_verify_on_every_backend(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 12
+    nodes = {"in": nir.Input(input_type=np.array([784])),
+             "fc": nir.Affine(weight=rng.normal(0, 0.3, (n, 784)), bias=np.zeros(n)),
+             "a": nir.IF(r=np.ones(n), v_threshold=np.ones(n), v_reset=np.zeros(n)),
+             "d": nir.Delay(delay=rng.integers(0, 6, n).astype(float)),
+             "fc2": nir.Affine(weight=rng.normal(0, 2, (10, n)), bias=np.zeros(10)),
+             "li": nir.LI(tau=np.full(10, 4.0), r=np.ones(10), v_leak=np.zeros(10)),
+             "out": nir.Output(output_type=np.array([10]))}
+    edges = [("in", "fc"), ("fc", "a"), ("a", "d"), ("d", "fc2"), ("fc2", "li"), ("li", "out")]
+    source = tmp_path / "delays.nir"
+    nir.write(str(source), nir.NIRGraph(nodes=nodes, edges=edges, type_check=False))
+    out = tmp_path / "out"
+    result = invoke("export", source, "-o", out, "--T", 12, "--dt", 1, "--nir-semantics", "nir", "--data", "none")
+    assert result.exit_code == 0, result.output
+    assert ExportDir.open(out).network.node("fc2").delay.max() > 0
+    verify_on(out, "mnist5k", 6, ALL_BACKENDS, tmp_path)
