@@ -401,3 +401,78 @@ def test_a_bias_into_a_current_with_memory_is_refused_at_folding():
         fold_all(net)
     graph.nodes["fc"] = nir.Affine(weight=np.ones((n, 2)), bias=np.zeros(n))
     fold_all(load_nir(graph, T=4, dt=1.0))      # a zero bias is no bias
+
+
+def _dense_cases():
+    import producer_nets as nets
+
+    return [case for case in nets.cases() if case[1] == "dense"]
+
+
+@pytest.fixture(scope="module")
+def producer_graphs(tmp_path_factory):
+    """Every producer's dense export of every variant (tests/producer_nets.py)."""
+    import producer_nets as nets
+
+    directory = tmp_path_factory.mktemp("producers")
+    paths = {}
+    for case in _dense_cases():
+        path = directory / ("_".join(case) + ".nir")
+        nets.PRODUCERS[case[0]].export(nets.build(*case), path, nets.input_shape("dense"))
+        paths[case] = path
+    return paths
+
+
+def test_every_profile_reads_every_producer_graph_or_refuses_in_one_line(producer_graphs):
+    """Whatever profile a user picks for whatever producer's graph: a network or one InputError
+    line, never another exception."""
+    from snnc.frontends.nir_semantics import PROFILES
+
+    outcomes = {"loaded": 0, "refused": 0}
+    for path in producer_graphs.values():
+        for profile in PROFILES:
+            try:
+                load_nir(path, T=4, semantics=profile)
+                outcomes["loaded"] += 1
+            except InputError as error:
+                assert "\n" not in str(error) and str(error)
+                outcomes["refused"] += 1
+    assert outcomes["loaded"] > 0 and outcomes["refused"] > 0
+
+
+def _mutations(graph):
+    """Broken variants of a producer's graph: an edge dropped, an edge added backwards, a
+    parameter of the wrong shape, a weight made 3-D."""
+    import copy
+
+    rng = np.random.default_rng(11)
+    keys = list(graph.nodes)
+    for index in range(len(graph.edges)):
+        broken = copy.deepcopy(graph)
+        del broken.edges[index]
+        yield broken
+    for _ in range(4):
+        broken = copy.deepcopy(graph)
+        a, b = rng.choice(keys, 2, replace=False)
+        broken.edges.append((str(a), str(b)))
+        yield broken
+    for key, node in graph.nodes.items():
+        for field in ("v_threshold", "tau", "weight"):
+            if hasattr(node, field):
+                broken = copy.deepcopy(graph)
+                setattr(broken.nodes[key], field, np.ones((2, 3, 5)))
+                yield broken
+
+
+def test_broken_producer_graphs_are_refused_in_one_line(producer_graphs):
+    tried = 0
+    for case, path in producer_graphs.items():
+        if case[2] not in ("leaky-subtract", "lif", "iaf-single-subtract", "if-hard"):
+            continue
+        for broken in _mutations(nir.read(str(path), type_check=False)):
+            tried += 1
+            try:
+                load_nir(broken, T=4, semantics=case[0], assume={"spikes": "single"})
+            except InputError as error:
+                assert "\n" not in str(error) and str(error)
+    assert tried > 40
