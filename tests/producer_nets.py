@@ -129,6 +129,8 @@ def snntorch_model(arch: str, variant: str, gains: tuple[float, float], seed: in
 
 
 def snntorch_simulate(model: torch.nn.Module, x: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
+    """snnTorch's own step loop over an nn.Sequential: spikes [T, B, ...] of each neuron layer, by
+    module name (float64 throughout: its spike functions return float32, cast back here)."""
     import snntorch as snn
     from snntorch import utils as snn_utils
 
@@ -142,9 +144,10 @@ def snntorch_simulate(model: torch.nn.Module, x: torch.Tensor, steps: int) -> di
                 h = layer(h)
                 if isinstance(h, tuple):
                     h = h[0]
+                h = h.double()
                 if name in records:
                     records[name].append(h.numpy().copy())
-    return {key: np.stack(r).astype(np.float64) for key, r in records.items()}
+    return {key: np.stack(r) for key, r in records.items()}
 
 
 def snntorch_export(model: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:

@@ -3,12 +3,12 @@ networks survive snnc -> NIR -> snnc exactly."""
 import warnings
 
 import netfactory
+import producer_nets
 import nir
 import numpy as np
 import pytest
 import snntorch as snn
 import torch
-from snntorch import utils as snn_utils
 from snntorch.export_nir import export_to_nir
 
 from snnc import execute, ir
@@ -41,24 +41,6 @@ def _export(model, sample, path):
     return path
 
 
-def _run_snntorch(model, x, T, spiking_indices):
-    """snnTorch's own simulation in float64; spikes of the given layers [T, B, ...]."""
-    model = model.double()
-    snn_utils.reset(model)
-    records = {i: [] for i in spiking_indices}
-    with torch.no_grad():
-        for _ in range(T):
-            h = x
-            for index, layer in enumerate(model):
-                h = layer(h)
-                if isinstance(h, tuple):
-                    h = h[0]
-                if index in records:
-                    records[index].append(h.numpy().copy())
-                h = h.double()
-    return {i: np.stack(r) for i, r in records.items()}
-
-
 def test_snntorch_dense_network_matches_spike_for_spike(tmp_path, digits):
     torch.manual_seed(0)
     hidden, T = 64, 8
@@ -75,11 +57,11 @@ def test_snntorch_dense_network_matches_spike_for_spike(tmp_path, digits):
     inputs = open_inputs("mnist5k", InputSpec.of(net), DIGITS)  # 1x28x28 digits by the layout rule
     trace = execute.run(net, inputs.network_input(net, inputs.units()))   # input current = pixel / 255
     x = torch.from_numpy(digits.reshape(DIGITS, 784).astype(np.float64) * net.encoding["scale"])
-    reference = _run_snntorch(model, x, T, (1, 3))
+    reference = producer_nets.snntorch_simulate(model.double(), x, T)
     for index, name in ((1, "0"), (3, "2")):
-        assert 0.02 < reference[index].mean() < 0.6              # the comparison is not vacuous
-        np.testing.assert_array_equal(trace.spikes[name], reference[index])
-    np.testing.assert_array_equal(trace.readout, reference[3].sum(axis=0))  # spike counts
+        assert 0.02 < reference[str(index)].mean() < 0.6              # the comparison is not vacuous
+        np.testing.assert_array_equal(trace.spikes[name], reference[str(index)])
+    np.testing.assert_array_equal(trace.readout, reference['3'].sum(axis=0))  # spike counts
 
 
 def test_snntorch_conv_and_synaptic_network_matches(tmp_path, digits):
@@ -99,10 +81,10 @@ def test_snntorch_conv_and_synaptic_network_matches(tmp_path, digits):
     assert net.nodes[4].neuron.u_decay == 0.5       # CubaLIF: u_decay = dt / tau_syn = 1 - alpha
     trace = execute.run(net, execute.encode(net, digits))
     x = torch.from_numpy(digits.astype(np.float64) * net.encoding["scale"])
-    reference = _run_snntorch(model, x, T, (1, 5))
+    reference = producer_nets.snntorch_simulate(model.double(), x, T)
     for index, name in ((1, "0"), (5, "4")):
-        assert 0.02 < reference[index].mean() < 0.6
-        np.testing.assert_array_equal(trace.spikes[name], reference[index])
+        assert 0.02 < reference[str(index)].mean() < 0.6
+        np.testing.assert_array_equal(trace.spikes[name], reference[str(index)])
 
 
 def _assert_same_network(a: ir.Network, b: ir.Network) -> None:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import snntorch as snn
 import torch
-from snntorch import utils as snn_utils
 
+import producer_nets
 from clicheck import invoke
 from snnc import execute
 from snnc.frontends.nir_frontend import load_nir
@@ -40,29 +40,12 @@ def snntorch_from_graph(graph: nir.NIRGraph) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers).double()
 
 
-def snntorch_spikes(model: torch.nn.Sequential, images: np.ndarray) -> dict[str, np.ndarray]:
-    """snnTorch's own float64 simulation: spikes [T, B, n] of each Leaky layer, by NIR key."""
-    x = torch.from_numpy(images.astype(np.float64) / 255.0)
-    records: dict[str, list[np.ndarray]] = {key: [] for key in NEURONS}
-    snn_utils.reset(model)
-    with torch.no_grad():
-        for _ in range(T):
-            h = x
-            for index, layer in enumerate(model):
-                h = layer(h)
-                if isinstance(h, tuple):
-                    h = h[0]
-                h = h.double()   # snnTorch's spike function returns float32 spikes
-                if str(index) in records:
-                    records[str(index)].append(h.numpy().copy())
-    return {key: np.stack(steps) for key, steps in records.items()}
-
-
 def test_float_import_spikes_like_snntorch():
     images = np.load(DIGITS)["inputs"][:SAMPLES]
     net = load_nir(GRAPH, T=T, semantics="snntorch")
     trace = execute.run(net, execute.encode(net, images))
-    reference = snntorch_spikes(snntorch_from_graph(nir.read(str(GRAPH))), images)
+    x = torch.from_numpy(images.astype(np.float64) / 255.0)
+    reference = producer_nets.snntorch_simulate(snntorch_from_graph(nir.read(str(GRAPH))), x, T)
     populations = net.metadata["nir"]["populations"]
     for key in NEURONS:
         assert 0.02 < reference[key].mean() < 0.6, key          # the comparison is not vacuous

@@ -74,8 +74,9 @@ PROFILES = {profile.name: profile for profile in (
     Profile("nir", "NIR's literal reading", ">", None, False, "euler", "zero", recorded_reset=True,
             notes=("Forward Euler at dt; v > v_threshold; reset to v_reset; one spike per step",)),
     Profile("snntorch", "snnTorch 1.0", ">", 1e-4, False, "euler", "subtract", subtract_at="next",
-            refused=(("CubaLIF", "zero", "its Synaptic with reset_mechanism='zero' holds the membrane at 0 "
-                      "for the whole step after a spike, dropping that step's input"),),
+            refused=(("CubaLIF", "zero", "its Synaptic with reset_mechanism='zero' (and its default "
+                      "reset_delay) holds the membrane at 0 for the whole step after a spike, dropping that "
+                      "step's input (with reset_delay=False it is NIR's literal reset: --nir-semantics nir)"),),
             notes=("its exporters write every time constant with dt = 1e-4 (beta = 1 - dt/tau)",
                    "reset_mechanism 'subtract' (its default) subtracts the threshold one step late",
                    "both resets are written as v_reset = 0")),
