@@ -29,5 +29,10 @@ python=$(find_python)
 # hardware, is not needed) and check it imports.
 .venv/bin/python -m pip install --quiet --no-deps 'sinabs==3.1.3'
 .venv/bin/python -c 'import sinabs, sinabs.layers' || { echo "error: sinabs 3.1.3 does not import" >&2; exit 1; }
+# Rockpool (another NIR producer the tests compare snnc with) pins nir<=1.0.4 too and works with nir 1.0.8:
+# install it without its dependencies (torch, numpy, scipy, nir and nirtorch are already there) and check
+# that its torch modules import.
+.venv/bin/python -m pip install --quiet --no-deps 'rockpool==3.1.0'
+.venv/bin/python -c 'import rockpool.nn.modules' || { echo "error: rockpool 3.1.0 does not import" >&2; exit 1; }
 
 echo "snnc installed in .venv"

@@ -3,7 +3,8 @@ exported by its own NIR exporter: the ground truth that tests/test_producers.py 
 import (`load_nir(..., semantics=<producer>)`) to, spike for spike.
 
 Every producer has `simulate(model, frames, T)` -> {layer key: spikes [T, B, ...] float64} (the
-producer's simulation in float64, `frames` [B, ...] = pixel/255 presented at every step) and
+producer's simulation in float64, Rockpool's in float32, `frames` [B, ...] = pixel/255 presented at
+every step) and
 `export(model, path, input_shape)` (its NIR exporter, written with nir.write). A layer key is the
 model's child name of the neuron module; `nir_key` gives the NIR node key of that neuron.
 
@@ -403,6 +404,65 @@ def spikingjelly_export(model: torch.nn.Module, path: Path, shape: tuple[int, ..
     return path
 
 
+# --- Rockpool ------------------------------------------------------------------------------------
+
+# Time constants and step exactly representable in float32, so that Rockpool's float32 simulation and
+# snnc's float64 one start from the same numbers.
+ROCKPOOL_DT = 1 / 1024
+ROCKPOOL_TAU_MEM = 1 / 64
+ROCKPOOL_TAU_SYN = 1 / 128
+
+
+def rockpool_model(arch: str, variant: str, gains: tuple[float, float], seed: int = 0) -> torch.nn.Module:
+    """variant: <cuba|lif>-<single|multi>: LIFTorch (exported as CubaLIF) or LIFNeuronTorch (LIF),
+    with max_spikes_per_dt = 1 (single) or Rockpool's default 2**16 (multi); dense only (its NIR
+    exporter writes no convolution). Rockpool's modules stay float32: after `.double()`, LIFTorch's
+    recurrent F.linear (rockpool/nn/modules/torch/lif_torch.py:691, run even without has_rec) mixes
+    float32 and float64 and fails, so the model and its simulation are float32."""
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFNeuronTorch, LIFTorch, LinearTorch
+
+    kind, _, spikes = variant.partition("-")
+    limit = {"single": 1.0, "multi": 2.0 ** 16}[spikes]
+
+    def neuron(size: int) -> torch.nn.Module:
+        common = dict(tau_mem=ROCKPOOL_TAU_MEM, dt=ROCKPOOL_DT, max_spikes_per_dt=limit)
+        if kind == "cuba":
+            return LIFTorch((size,), tau_syn=ROCKPOOL_TAU_SYN, **common)
+        return LIFNeuronTorch((size,), **common)
+
+    def linear(seeded: torch.nn.Linear) -> torch.nn.Module:
+        return LinearTorch((seeded.in_features, seeded.out_features), weight=seeded.weight.detach().T.float(),
+                           bias=seeded.bias.detach().float(), has_bias=True)
+
+    first, second = _synapses(arch, gains, seed)
+    return Sequential(linear(first), neuron(HIDDEN), linear(second), neuron(CLASSES))
+
+
+def rockpool_simulate(model: torch.nn.Module, x: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
+    """Rockpool runs [B, T, N] at once in float32 and records each module's spikes [B, T, N]."""
+    from rockpool.nn.modules import LIFNeuronTorch, LIFTorch
+
+    keys = _neuron_keys(model, (LIFTorch, LIFNeuronTorch))
+    sequence = x.float().unsqueeze(1).expand((x.shape[0], steps) + tuple(x.shape[1:])).contiguous()
+    model.reset_state()
+    with torch.no_grad():
+        _, _, record = model(sequence, record=True)
+    model.reset_state()
+    return {key: record[key]["spikes"].transpose(0, 1).numpy().astype(np.float64) for key in keys}
+
+
+def rockpool_export(model: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    """to_nir traces one step of one sample ([1, 784], the batch dimension that snnc drops)."""
+    from rockpool.nn.modules.torch.nir import to_nir
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = to_nir(model, torch.zeros((1,) + shape))
+    nir.write(str(path), graph)
+    return path
+
+
 # --- the table of cases ---------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +474,7 @@ class Producer:
     variants: tuple[str, ...]
     archs: tuple[str, ...] = ARCHS[:2]
     nir_key: Callable[[str], str] = str
+    dt: Optional[float] = None          # passed to load_nir where the profile's own dt is not exact
 
 
 PRODUCERS = {
@@ -427,6 +488,10 @@ PRODUCERS = {
     "spikingjelly": Producer("spikingjelly", spikingjelly_model, spikingjelly_simulate, spikingjelly_export,
                              ("if-hard", "if-soft", "lif-hard-decay", "lif-hard-nodecay", "lif-soft-decay",
                               "lif-soft-nodecay"), ARCHS, lambda key: f"_{key}"),
+    # dt given: the profile recovers Rockpool's dt from its float32 r to the 6 digits float32 carries,
+    # 0.000976562 for 1/1024 (tests/test_producers.py checks that recovery on its own)
+    "rockpool": Producer("rockpool", rockpool_model, rockpool_simulate, rockpool_export,
+                         ("cuba-single", "lif-single", "cuba-multi"), ("dense",), dt=ROCKPOOL_DT),
 }
 
 # What the graph does not record, per (producer, variant): the choices passed as load_nir(assume=...).
@@ -448,15 +513,30 @@ ASSUME = {
     ("spikingjelly", "lif-hard-nodecay"): {"reset": "zero"},
     ("spikingjelly", "lif-soft-decay"): {"reset": "subtract"},
     ("spikingjelly", "lif-soft-nodecay"): {"reset": "subtract"},
+    ("rockpool", "cuba-single"): {"spikes": "single"},
+    ("rockpool", "lif-single"): {"spikes": "single"},
+}
+
+# The cases snnc refuses, per (producer, variant): what the InputError must say (besides the node's
+# name). Their producers' simulations still run (and must fire), so the table stays complete.
+MULTI_SPIKE = "fires several spikes per step"
+REFUSED = {
+    ("snntorch", "synaptic-zero"): "holds the membrane at 0 for the whole step after a spike",
+    # MultiSpike: refused until graded multi-spike neurons land
+    **{("sinabs", f"{kind}-multi"): MULTI_SPIKE for kind in ("iaf", "lif")},
+    # MultiSpike: refused until graded multi-spike neurons land
+    ("rockpool", "cuba-multi"): MULTI_SPIKE,
 }
 
 # Weight gains (one factor for both synapses) per (producer, variant): the neurons that scale their
 # input down (Norse's dt/tau = 0.1, Sinabs' norm_input 1 - exp(-1/8), SpikingJelly's decay_input 1/2)
-# get larger weights, so that every spiking layer fires at 5-30 % on the 16 digits (the rates are
+# get larger weights, Rockpool's (it adds its input unscaled; LIFTorch's current settles at 7.5 times it)
+# smaller ones, so that every spiking layer fires at 5-30 % on the 16 digits (the rates are
 # printed by running this file).
 GAINS = {("norse", "lifbox"): 40.0, ("norse", "lif"): 8.0,
          **{("sinabs", f"lif-{rule}"): 30.0 for rule in ("multi", "single-reset", "single-subtract")},
-         ("spikingjelly", "lif-hard-decay"): 10.0, ("spikingjelly", "lif-soft-decay"): 10.0}
+         ("spikingjelly", "lif-hard-decay"): 10.0, ("spikingjelly", "lif-soft-decay"): 10.0,
+         **{("rockpool", f"cuba-{spikes}"): 1.0 for spikes in ("single", "multi")}, ("rockpool", "lif-single"): 3.0}
 DEFAULT_GAIN = 4.0
 
 
@@ -479,6 +559,11 @@ def build(producer: str, arch: str, variant: str) -> torch.nn.Module:
 
 def assumptions(producer: str, variant: str) -> Optional[dict]:
     return ASSUME.get((producer, variant))
+
+
+def refusal(producer: str, variant: str) -> Optional[str]:
+    """What snnc's refusal of a case says, or None where snnc must reproduce it."""
+    return REFUSED.get((producer, variant))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,21 @@ Each case builds a small network with a producer's layers (tests/producer_nets.p
 the producer's own code in float64 on 16 real digits (pixel/255 at every step, T = 16), exports it
 with the producer's own NIR exporter, loads it with `load_nir(path, T=16, semantics=<producer>,
 assume=...)` and requires snnc's float reference to give every spiking layer's spikes, and the
-output, exactly. A case whose exporter cannot write the network (a known exporter bug) is skipped
-with the reason; nothing else is. Each case takes well under a second: none is marked slow.
+output, exactly. A case in producer_nets.REFUSED (what snnc's neuron cannot express: snnTorch's
+Synaptic with reset 'zero', several spikes per step) must instead be refused with an InputError of
+one line naming a neuron and the reason. A case whose exporter cannot write the network (a known
+exporter bug) is skipped with the reason; nothing else is. Each case takes well under a second:
+none is marked slow.
 
-Producer versions (pinned in pyproject.toml's test extra; sinabs installed with --no-deps by
-scripts/setup.sh): snntorch 1.0.0, norse 1.1.0, sinabs 3.1.3, spikingjelly 0.0.0.0.14 (no NIR
-exporter in that release: producer_nets.spikingjelly_export writes what its development exporter
-writes), nir 1.0.8, nirtorch 2.6.
+Rockpool is the exception to float64: its modules stay float32 (`.double()` breaks LIFTorch's
+F.linear on its float32 spike state), so its simulation runs in float32 against snnc's float64,
+with parameters float32 represents exactly (tau_mem = 1/64, tau_syn = 1/128, dt = 1/1024; the
+weights are float32). That agrees spike for spike on these digits, but it is not float64's margin.
+
+Producer versions (pinned in pyproject.toml's test extra; sinabs and rockpool installed with
+--no-deps by scripts/setup.sh): snntorch 1.0.0, norse 1.1.0, sinabs 3.1.3, spikingjelly 0.0.0.0.14
+(no NIR exporter in that release: producer_nets.spikingjelly_export writes what its development
+exporter writes), rockpool 3.1.0, nir 1.0.8, nirtorch 2.6.
 """
 import functools
 import warnings
@@ -35,7 +43,8 @@ KNOWN_EXPORTER_BUGS = {
 # The variant whose semantics NIR's literal reading gets wrong, and the producer's step dt (given
 # to the wrong reading too, so that only the rules differ).
 WRONG_SEMANTICS = {"snntorch": ("leaky-subtract", 1e-4), "norse": ("iaf", 1e-3),
-                   "sinabs": ("iaf-multi", 1.0), "spikingjelly": ("if-soft", 1e-4)}
+                   "sinabs": ("iaf-multi", 1.0), "spikingjelly": ("if-soft", 1e-4),
+                   "rockpool": ("cuba-single", nets.ROCKPOOL_DT)}
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,8 +116,21 @@ def _differences(case, path: str, trace) -> dict[str, int]:
     return counts
 
 
+def _assert_refused(case, path: str, reason: str) -> None:
+    """snnc refuses the graph with one line naming one of its neurons and saying why."""
+    producer, _, variant = case
+    with pytest.raises(InputError) as refused:
+        _run_snnc(path, producer, nets.assumptions(producer, variant), dt=nets.PRODUCERS[producer].dt)
+    message = str(refused.value)
+    neurons = [_nir_neuron_key(path, producer, layer) for layer in _reference(case)]
+    assert "\n" not in message, f"not one line: {message!r}"
+    assert any(f"NIR node '{key}'" in message for key in neurons), f"no neuron of {neurons} named: {message}"
+    assert reason in message, f"the reason ({reason!r}) is not given: {message}"
+
+
 @pytest.mark.parametrize("case", nets.cases(), ids="-".join)
 def test_snnc_reproduces_the_producers_simulation(case, tmp_path):
+    """Spike for spike, or (nets.REFUSED) the refusal of what snnc's neuron cannot express."""
     producer, _, variant = case
     reference = _reference(case)
     for layer, spikes in reference.items():
@@ -116,11 +138,30 @@ def test_snnc_reproduces_the_producers_simulation(case, tmp_path):
     if "multi" in variant:
         assert max(s.max() for s in reference.values()) > 1, "no step with several spikes: multi is untested"
     path = _export(case, tmp_path)
+    reason = nets.refusal(producer, variant)
+    if reason is not None:
+        _assert_refused(case, path, reason)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, trace = _run_snnc(path, producer, nets.assumptions(producer, variant))
+        _, trace = _run_snnc(path, producer, nets.assumptions(producer, variant), dt=nets.PRODUCERS[producer].dt)
     differences = _differences(case, path, trace)
     assert not any(differences.values()), f"differing spikes per layer: {differences}"
+
+
+def test_rockpool_dt_is_recovered_from_r(tmp_path):
+    """Without dt, the rockpool profile recovers Rockpool's step from r = tau e^(-dt/tau) / dt
+    (float32 in the file) to 1e-6 relative: each population's membrane decay 1 - exp(-dt/tau_mem)
+    gives that dt back."""
+    case = ("rockpool", "dense", "cuba-single")
+    path = _export(case, tmp_path)
+    net = load_nir(path, T=nets.T, semantics="rockpool", assume=nets.assumptions("rockpool", "cuba-single"))
+    populations = net.metadata["nir"]["populations"]
+    assert sorted(populations) == sorted(_reference(case))
+    for key, name in populations.items():
+        v_decay = np.asarray(net.node(name).neuron.v_decay, dtype=np.float64)
+        recovered = -nets.ROCKPOOL_TAU_MEM * np.log1p(-v_decay)
+        np.testing.assert_allclose(recovered, nets.ROCKPOOL_DT, rtol=1e-6, atol=0, err_msg=key)
 
 
 @pytest.mark.parametrize("producer", sorted(WRONG_SEMANTICS))
