@@ -474,7 +474,6 @@ class Producer:
     variants: tuple[str, ...]
     archs: tuple[str, ...] = ARCHS[:2]
     nir_key: Callable[[str], str] = str
-    dt: Optional[float] = None          # passed to load_nir where the profile's own dt is not exact
 
 
 PRODUCERS = {
@@ -488,10 +487,8 @@ PRODUCERS = {
     "spikingjelly": Producer("spikingjelly", spikingjelly_model, spikingjelly_simulate, spikingjelly_export,
                              ("if-hard", "if-soft", "lif-hard-decay", "lif-hard-nodecay", "lif-soft-decay",
                               "lif-soft-nodecay"), ARCHS, lambda key: f"_{key}"),
-    # dt given: the profile recovers Rockpool's dt from its float32 r to the 6 digits float32 carries,
-    # 0.000976562 for 1/1024 (tests/test_producers.py checks that recovery on its own)
     "rockpool": Producer("rockpool", rockpool_model, rockpool_simulate, rockpool_export,
-                         ("cuba-single", "lif-single", "cuba-multi"), ("dense",), dt=ROCKPOOL_DT),
+                         ("cuba-single", "lif-single", "cuba-multi"), ("dense",)),
 }
 
 # What the graph does not record, per (producer, variant): the choices passed as load_nir(assume=...).

@@ -120,7 +120,7 @@ def _assert_refused(case, path: str, reason: str) -> None:
     """snnc refuses the graph with one line naming one of its neurons and saying why."""
     producer, _, variant = case
     with pytest.raises(InputError) as refused:
-        _run_snnc(path, producer, nets.assumptions(producer, variant), dt=nets.PRODUCERS[producer].dt)
+        _run_snnc(path, producer, nets.assumptions(producer, variant))
     message = str(refused.value)
     neurons = [_nir_neuron_key(path, producer, layer) for layer in _reference(case)]
     assert "\n" not in message, f"not one line: {message!r}"
@@ -144,24 +144,23 @@ def test_snnc_reproduces_the_producers_simulation(case, tmp_path):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _, trace = _run_snnc(path, producer, nets.assumptions(producer, variant), dt=nets.PRODUCERS[producer].dt)
+        _, trace = _run_snnc(path, producer, nets.assumptions(producer, variant))
     differences = _differences(case, path, trace)
     assert not any(differences.values()), f"differing spikes per layer: {differences}"
 
 
 def test_rockpool_dt_is_recovered_from_r(tmp_path):
-    """Without dt, the rockpool profile recovers Rockpool's step from r = tau e^(-dt/tau) / dt
-    (float32 in the file) to 1e-6 relative: each population's membrane decay 1 - exp(-dt/tau_mem)
-    gives that dt back."""
+    """Rockpool does not write its step: the rockpool profile recovers it from r = tau e^(-dt/tau)/dt
+    (float32 in the file) as the simplest number within float32's precision, 1/1024 exactly here,
+    so that each population's membrane decay is 1 - exp(-dt/tau_mem) with the true dt."""
     case = ("rockpool", "dense", "cuba-single")
     path = _export(case, tmp_path)
     net = load_nir(path, T=nets.T, semantics="rockpool", assume=nets.assumptions("rockpool", "cuba-single"))
     populations = net.metadata["nir"]["populations"]
     assert sorted(populations) == sorted(_reference(case))
+    tau_mem = float(np.float32(nets.ROCKPOOL_TAU_MEM))
     for key, name in populations.items():
-        v_decay = np.asarray(net.node(name).neuron.v_decay, dtype=np.float64)
-        recovered = -nets.ROCKPOOL_TAU_MEM * np.log1p(-v_decay)
-        np.testing.assert_allclose(recovered, nets.ROCKPOOL_DT, rtol=1e-6, atol=0, err_msg=key)
+        assert net.node(name).neuron.v_decay == 1.0 - np.exp(-nets.ROCKPOOL_DT / tau_mem), key
 
 
 @pytest.mark.parametrize("producer", sorted(WRONG_SEMANTICS))

@@ -45,7 +45,8 @@ class Profile:
     feeds (Spyx computes its spikes from the previous state; slayer's delay_shift).
     weights_transposed: Linear/Affine weights stored (in, out). threshold_written: False where the
     exporter writes 1 whatever the threshold (an assumption to warn about). refused: (node type,
-    reset, what the producer does) combinations snnc's neuron cannot express.
+    reset, what the producer does) combinations snnc's neuron cannot express. multi_spike: the
+    producer's own name for firing several spikes per step.
     """
 
     name: str
@@ -67,6 +68,7 @@ class Profile:
     weights_transposed: bool = False
     threshold_written: bool = True
     refused: tuple[tuple[str, str, str], ...] = ()
+    multi_spike: str = "MultiSpike"      # the producer's name for several spikes per step
     notes: tuple[str, ...] = ()
 
 
@@ -94,7 +96,7 @@ PROFILES = {profile.name: profile for profile in (
                    "fires on v >= threshold; hard reset written as v_reset, soft reset "
                    "(v_reset=None) exported by earlier versions with the same node")),
     Profile("rockpool", "Rockpool 3.1", ">=", "r", False, "exponential", "subtract", spikes="multi", recorded_reset=True,
-            gain="one", if_gain="r", cuba_input="decayed",
+            gain="one", if_gain="r", cuba_input="decayed", multi_spike="max_spikes_per_dt > 1",
             notes=("time constants in seconds; r = tau e^(-dt/tau) / dt gives dt back (Lambert W)",
                    "exponential decays; the input joins the current and decays with it in the same step",
                    "fires floor(v / threshold) spikes when v >= threshold (several per step) and subtracts "
@@ -247,8 +249,16 @@ def _node_dt(profile: Profile, params: dict, dt: Optional[float], key: str, reso
     if not np.all(np.isfinite(steps)) or first <= 0 or np.any(np.abs(steps - first) > 8 * resolution * first):
         raise InputError(f"NIR node '{key}': the time step recovered from r (Rockpool's r = tau e^(-dt/tau)/dt) "
                          f"is not one positive number; pass --dt")
-    digits = max(1, int(round(-np.log10(resolution))))
-    return float(f"{first:.{digits}g}")
+    return _simplest(first, resolution)
+
+
+def _simplest(value: float, resolution: float) -> float:
+    """The simplest number that `value`, known to `resolution` relative, can be: a power of two,
+    else the one with the fewest decimal digits (a time step such as 1/1024 or 1e-3 comes back
+    exactly, not as its float32 rounding)."""
+    power = 2.0 ** round(np.log2(value))
+    candidates = [power] + [float(f"{value:.{digits}g}") for digits in range(1, 17)]
+    return next(c for c in candidates if abs(c - value) <= 4 * resolution * value)
 
 
 def _decay(profile: Profile, tau, dt: float):
@@ -317,5 +327,5 @@ def check_spikes(semantics: Semantics, key: str, kind: str) -> None:
     if semantics.spikes == "multi":
         origin = "its default" if "spikes" in semantics.assumed else "as assumed"
         raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer} fires several spikes per step "
-                         f"(MultiSpike, {origin}), which snnc does not run; pass --nir-assume spikes=single if "
+                         f"({semantics.profile.multi_spike}, {origin}), which snnc does not run; pass --nir-assume spikes=single if "
                          f"the network used single spikes")
