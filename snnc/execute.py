@@ -212,8 +212,10 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
         v = (1.0 - n.v_decay) * v + n.input_gain * current + bias
         if n.kind == "spiking":
             fired = (phi(v) if phi else v) >= threshold
+            if n.max_spikes > 1:       # a count: floor(v / threshold) spikes, at most max_spikes
+                fired = fired * torch.clamp(torch.floor(v / threshold), max=n.max_spikes)
             if n.reset == "hard":
-                v = torch.where(fired, torch.zeros_like(v), v)
+                v = torch.where(fired > 0, torch.zeros_like(v), v)
             elif n.reset == "soft":
                 v = v - reset_amount * fired
             outputs.append(fired)
@@ -224,13 +226,14 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
     return torch.stack(outputs), (torch.stack(voltages) if record_voltage else None)
 
 
-for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.after_reset, fixedpoint.cuba_step):
+for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.spike_count, fixedpoint.after_reset,
+              fixedpoint.cuba_step):
     register_jitable(inline="always")(_rule)   # callable from compiled code, unchanged for numpy
 
 
 @register_jitable(inline="always")
 def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_amount, bias, keep_u, keep_v,
-                     decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
+                     decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes):
     """One step of every neuron of one sample on the integer input row x (any dtype holding
     integers): updates u and v, fills fired (and voltages and busy when recording); returns the
     numbers of spikes and of current and voltage overflow events."""
@@ -242,7 +245,7 @@ def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_a
             busy[n] = u[n] != 0 or v[n] != 0
             u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
                 np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
-                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes)
             fired[n] = spike
             voltages[n] = v[n]
             spike_count += spike
@@ -252,7 +255,7 @@ def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_a
         for n in range(u.shape[0]):
             u[n], v[n], spike, current_event, voltage_event = fixedpoint.cuba_step(
                 np.int64(x[n]), u[n], v[n], fire_level[n], reset_amount[n], bias[n], keep_u, keep_v,
-                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft)
+                decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes)
             fired[n] = spike
             spike_count += spike
             current_events += current_event
@@ -267,7 +270,7 @@ def _compile_kernel(rules_digest: str):
 
     @numba.njit(parallel=True, cache=True, nogil=True)
     def cuba_run(a, steps, initial, fire_level, reset_amount, bias, recurrent_t, spikes, voltages, busy, keep_u,
-                 keep_v, decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft):
+                 keep_v, decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes):
         """Every step of one population on [steps, batch, neurons]; returns the number of spikes and
         of current and voltage overflow events. `a` holds one step (presented at every step) or all
         of them. `recurrent_t` is the transposed recurrent matrix ([source, target], int64), or
@@ -300,14 +303,14 @@ def _compile_kernel(rules_digest: str):
                         for j in range(neurons):
                             if spikes[t - 1, b, j]:
                                 for n in range(neurons):
-                                    drive[n] += recurrent_t[j, n]
+                                    drive[n] += recurrent_t[j, n] * np.int64(spikes[t - 1, b, j])
                     counts = _population_step(drive, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
                                               fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
-                                              top, current_saturates, voltage_saturates, hard, soft)
+                                              top, current_saturates, voltage_saturates, hard, soft, max_spikes)
                 else:
                     counts = _population_step(x, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
                                               fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
-                                              top, current_saturates, voltage_saturates, hard, soft)
+                                              top, current_saturates, voltage_saturates, hard, soft, max_spikes)
                 sample_spikes += counts[0]
                 sample_current += counts[1]
                 sample_voltage += counts[2]
@@ -355,6 +358,7 @@ class FixedNeuron:
         n = node.neuron
         self.shape = tuple(node.shape)
         self.spiking = n.kind == "spiking"
+        self.max_spikes = int(n.max_spikes)
         self.hard, self.soft = int(n.reset == "hard"), int(n.reset == "soft")
         self.top, self.shift = fixedpoint.register_top(arithmetic["state_bits"]), arithmetic["activation_shift"]
         self.decay_bits = arithmetic["decay_bits"]
@@ -382,7 +386,8 @@ class FixedNeuron:
             a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_level,
             self.reset_amount, self.bias, self.recurrent_t, spikes, voltages, busy, self.keep_u, self.keep_v,
             self.decay_bits,
-            self.shift, self.top, self.current_saturates, self.voltage_saturates, self.hard, self.soft)
+            self.shift, self.top, self.current_saturates, self.voltage_saturates, self.hard, self.soft,
+            self.max_spikes)
         shape = (steps, batch) + self.shape
         voltages = torch.from_numpy(voltages).reshape(shape) if voltages.size else None
         return NeuronRun(outputs=torch.from_numpy(spikes).reshape(shape) if self.spiking else voltages,

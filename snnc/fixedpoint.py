@@ -5,8 +5,8 @@ into its numba kernel (the reference and the cycle simulator), snnc.lava_procs.m
 on numpy arrays inside Lava, snnc.onnx_graph builds its graph from the same registers, keeps and
 limits, and the bound analysis and the netx frontend read the same definitions.
 
-The functions use only `+ - * >> < <= > >=` and numpy's minimum/maximum, so one text serves three
-kinds of operand: Python integers, numpy int64 arrays and (compiled by numba) int64 scalars. This
+The functions use only `+ - * // >> < <= > >=`, numpy's minimum/maximum and branches on
+per-population constants, so one text serves three kinds of operand: Python integers, numpy int64 arrays and (compiled by numba) int64 scalars. This
 module imports numpy and snnc.errors only: Lava executes the process models, which import it, while
 it searches for models.
 
@@ -108,23 +108,33 @@ def limited(x, top, saturate):
     return y + (y <= -top) * (2 * top)
 
 
+def spike_count(v, fire_level, max_spikes):
+    """The spikes a membrane v fires: v >= fire_level (0 or 1) for a binary population; for
+    max_spikes > 1 the count min(v // fire_level, max_spikes) where v >= fire_level (the divisor
+    kept at least 1)."""
+    fired = v >= fire_level
+    if max_spikes == 1:
+        return fired
+    return fired * np.minimum(v // np.maximum(fire_level, 1), max_spikes)
+
+
 def after_reset(v, fired, reset_amount, hard, soft):
-    """v after the spike decision: 0 where fired (hard = 1), v - reset_amount where fired
-    (soft = 1), v (neither). Branch-free on `fired`."""
-    return v - fired * (hard * v + soft * reset_amount)
+    """v after the spike decision (`fired` a count, 0 or 1 for a binary population): 0 where it
+    fired (hard = 1), v - fired * reset_amount (soft = 1), v (neither). Branch-free on `fired`."""
+    return v - (fired > 0) * hard * v - fired * soft * reset_amount
 
 
 def cuba_step(x, u, v, fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift, top,
-              current_saturates, voltage_saturates, hard, soft):
+              current_saturates, voltage_saturates, hard, soft, max_spikes=1):
     """One step of the CUBA neuron on integer synaptic input x:
         u = limit(decay(u, keep_u) + (x << shift)),  v = limit(decay(v, keep_v) + u + bias),
-        fired = v >= fire_level, then the reset.
+        fired = spike_count(v, fire_level, max_spikes), then the reset.
     Returns (u, v after reset, fired, u overflowed, v overflowed)."""
     current = (x << shift) + decayed(u, keep_u, decay_bits)
     u_next = limited(current, top, current_saturates)
     voltage = decayed(v, keep_v, decay_bits) + u_next + bias
     membrane = limited(voltage, top, voltage_saturates)
-    fired = membrane >= fire_level
+    fired = spike_count(membrane, fire_level, max_spikes)
     return (u_next, after_reset(membrane, fired, reset_amount, hard, soft), fired,
             u_next != current, membrane != voltage)
 

@@ -48,6 +48,7 @@ MAX_T = 100_000                 # time steps per sample
 MAX_LAYER_SIZE = 1 << 24        # values in one node's per-sample output: neurons, input elements
 MAX_LAYER_WEIGHTS = 1 << 28     # weights of one conv2d or linear node, or of one recurrent matrix
 MAX_DELAY = 1_000               # steps of axonal delay of one input element (node.delay)
+MAX_SPIKES_PER_STEP = 255       # a multi-spike neuron's count per step (Neuron.max_spikes): traces hold uint8
 
 
 def check_steps(T, where: str) -> int:
@@ -148,6 +149,9 @@ class Neuron:
     u_decay = 1 means the current has no memory). In a fixed-point network they are the hardware
     registers dv and du of Loihi's CUBA neuron: v keeps (unit - dv)/unit, u keeps
     (unit - du - 1)/unit, unit = 2**decay_bits of the network's arithmetic (snnc.fixedpoint).
+    max_spikes > 1: the population fires a count per step, min(floor(H / threshold), max_spikes)
+    where H >= threshold (Sinabs' MultiSpike, Rockpool), and a soft reset subtracts the count times
+    reset_amount; its consumers read the counts as graded input.
     """
 
     kind: str
@@ -160,6 +164,7 @@ class Neuron:
     u_decay: float = 1.0
     input_gain: float = 1.0
     mpr: bool = False
+    max_spikes: int = 1
 
 
 @dataclass
@@ -362,6 +367,21 @@ def _validate_delay(node: Node, shapes: dict[str, tuple[int, ...]], where: str) 
                          f"{int(delay.max())}")
 
 
+def _validate_spike_count(neuron: Neuron, where: str) -> None:
+    """max_spikes: 1, or up to MAX_SPIKES_PER_STEP for a spiking population with positive
+    thresholds and no MPR (the count divides the membrane by the threshold)."""
+    count = neuron.max_spikes
+    if not is_integer(count) or not 1 <= count <= MAX_SPIKES_PER_STEP:
+        raise InputError(f"{where}: max_spikes must be an integer in 1..{MAX_SPIKES_PER_STEP}, got {count!r}")
+    if count == 1:
+        return
+    if neuron.kind != "spiking" or neuron.mpr:
+        raise InputError(f"{where}: several spikes per step (max_spikes {count}) need a spiking population "
+                         f"without MPR")
+    if not np.all(neuron.threshold > 0):
+        raise InputError(f"{where}: several spikes per step (max_spikes {count}) need thresholds above 0")
+
+
 def _validate_neuron(node: Node, net: Network, where: str) -> None:
     neuron = node.neuron
     if neuron.kind not in NEURON_KINDS or neuron.reset not in RESETS:
@@ -381,6 +401,7 @@ def _validate_neuron(node: Node, net: Network, where: str) -> None:
         value = getattr(neuron, name)
         if not _finite_number(value):
             raise InputError(f"{where}: neuron {name} must be a finite number, got {value!r}")
+    _validate_spike_count(neuron, where)
     if net.fixed:
         unity = 2 ** net.arithmetic["decay_bits"]
         if not (is_integer(neuron.v_decay) and 0 <= neuron.v_decay <= unity
@@ -416,7 +437,8 @@ def _to_parts(net: Network) -> tuple[dict, dict[str, np.ndarray]]:
             entry["neuron"] = None
         else:
             entry["neuron"] = {f.name: keep(f"{node.name}/neuron.{f.name}", getattr(node.neuron, f.name))
-                               for f in dataclasses.fields(Neuron)}
+                               for f in dataclasses.fields(Neuron)
+                               if f.name != "max_spikes" or node.neuron.max_spikes != 1}   # older files lack it
         nodes.append(entry)
     doc = {"format": "snnc-ir", "format_version": FORMAT_VERSION, "name": net.name, "T": net.T,
            "readout": net.readout, "arithmetic": net.arithmetic, "encoding": net.encoding,

@@ -511,18 +511,14 @@ ASSUME = {
     ("spikingjelly", "lif-soft-decay"): {"reset": "subtract"},
     ("spikingjelly", "lif-soft-nodecay"): {"reset": "subtract"},
     ("rockpool", "cuba-single"): {"spikes": "single"},
+    ("rockpool", "cuba-multi"): {"spikes": "multi"},
     ("rockpool", "lif-single"): {"spikes": "single"},
 }
 
 # The cases snnc refuses, per (producer, variant): what the InputError must say (besides the node's
 # name). Their producers' simulations still run (and must fire), so the table stays complete.
-MULTI_SPIKE = "fires several spikes per step"
 REFUSED = {
     ("snntorch", "synaptic-zero"): "holds the membrane at 0 for the whole step after a spike",
-    # MultiSpike: refused until graded multi-spike neurons land
-    **{("sinabs", f"{kind}-multi"): MULTI_SPIKE for kind in ("iaf", "lif")},
-    # MultiSpike: refused until graded multi-spike neurons land
-    ("rockpool", "cuba-multi"): MULTI_SPIKE,
 }
 
 # Weight gains (one factor for both synapses) per (producer, variant): the neurons that scale their

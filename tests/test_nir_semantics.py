@@ -124,10 +124,26 @@ def test_sinabs_lif_decays_exponentially():
     np.testing.assert_array_equal(_spikes(net, "lif", units), np.stack(spikes))
 
 
-def test_sinabs_multispike_is_refused_naming_the_option():
-    graph, _ = _dense_if()
-    with pytest.raises(InputError, match=r"NIR node 'if' \(IF\): Sinabs .*MultiSpike.*--nir-assume spikes=single"):
-        load_nir(graph, T=4, semantics="sinabs")
+def test_sinabs_multispike_fires_counts():
+    """Sinabs' default MultiSpike: floor(v / thr) spikes where v >= thr, the threshold subtracted
+    once per spike; assumed (and said) when the graph does not record the spike function."""
+    graph, w1 = _dense_if()
+    graph.nodes["fc"].weight = w1 * 4
+    units = RNG.integers(0, 256, (12, 6))
+    net = load_nir(graph, T=10, semantics="sinabs")
+    x = units / 255.0
+    v, counts = np.zeros((12, 5)), []
+    for _ in range(10):
+        v = v + x @ (w1 * 4).T
+        count = (v > 0) * np.trunc(v / 1.0)
+        v = v - count * 1.0
+        counts.append(count)
+    got = _spikes(net, "if", units)
+    assert got.max() > 1
+    np.testing.assert_array_equal(got, np.stack(counts))
+    warnings = net.metadata["nir"]["semantics"]["warnings"]
+    assert any("several spikes per step (MultiSpike, its default" in line and "spikes=single" in line
+               for line in warnings)
 
 
 def test_norse_time_constants_and_unscaled_current():

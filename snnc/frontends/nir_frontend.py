@@ -234,7 +234,7 @@ def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
     if kind in INTEGRATOR_TYPES:
         return Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
                       bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay), gain
-    nir_semantics.check_spikes(semantics, key, kind)
+    max_spikes = nir_semantics.spikes_per_step(semantics, key, kind)
     if kind == "Threshold":
         threshold, v_reset = params["threshold"], zeros.copy()
     else:
@@ -243,11 +243,12 @@ def _neuron_from_nir(key: str, node, shape: tuple[int, ...], dt: float,
     if semantics.reset == "zero" or kind == "Threshold":
         neuron = Neuron(kind="spiking", threshold=nir_semantics.fire_threshold(profile, threshold - v_reset),
                         reset="hard", reset_amount=None, bias=v_decay * (leak - v_reset),
-                        initial_state=0.0 - v_reset, v_decay=v_decay, u_decay=u_decay)
+                        initial_state=0.0 - v_reset, v_decay=v_decay, u_decay=u_decay, max_spikes=max_spikes)
     else:
         neuron = Neuron(kind="spiking", threshold=nir_semantics.fire_threshold(profile, threshold),
                         reset="soft", reset_amount=nir_semantics.subtract_amount(semantics, key, kind, threshold, v_decay),
-                        bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay)
+                        bias=v_decay * leak, initial_state=zeros.copy(), v_decay=v_decay, u_decay=u_decay,
+                        max_spikes=max_spikes)
     return neuron, gain
 
 

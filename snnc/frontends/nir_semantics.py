@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from snnc.errors import InputError
+from snnc.ir import MAX_SPIKES_PER_STEP
 
 RESETS = ("zero", "subtract")
 SPIKES = ("single", "multi")
@@ -213,6 +214,9 @@ def resolve(semantics: Optional[str], assume: Optional[dict], graph_metadata, ha
                                f"'{result.reset}' (its default); pass --nir-assume reset={other} otherwise")
     if "spikes" not in assume and profile.spikes != "single":
         result.assumed["spikes"] = result.spikes
+        result.warnings.append(f"{profile.producer} does not write its spike function: assumed several spikes per "
+                               f"step ({profile.multi_spike}, its default; at most {MAX_SPIKES_PER_STEP}); pass "
+                               f"--nir-assume spikes=single otherwise")
     if not profile.threshold_written:
         result.assumed["threshold"] = "as written"
         result.warnings.append(f"{profile.producer} writes every threshold as 1: the written thresholds are "
@@ -317,15 +321,12 @@ def subtract_amount(semantics: Semantics, key: str, kind: str, threshold, v_deca
     return threshold / keep
 
 
-def check_spikes(semantics: Semantics, key: str, kind: str) -> None:
-    """Refuse a spike function or reset that snnc cannot run (several spikes per step, a
-    profile's refused combinations)."""
+def spikes_per_step(semantics: Semantics, key: str, kind: str) -> int:
+    """The most spikes a neuron of this node fires in one step (snnc's Neuron.max_spikes): 1, or
+    MAX_SPIKES_PER_STEP where the producer fires several (its count is capped there, far above
+    what a step's membrane reaches in practice); refuses a profile's refused combinations."""
     for refused_kind, reset, why in semantics.profile.refused:
         if kind == refused_kind and semantics.reset == reset:
             raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer}: {why}, which snnc does "
                              f"not run; --nir-assume reset={reset} cannot be imported")
-    if semantics.spikes == "multi":
-        origin = "its default" if "spikes" in semantics.assumed else "as assumed"
-        raise InputError(f"NIR node '{key}' ({kind}): {semantics.profile.producer} fires several spikes per step "
-                         f"({semantics.profile.multi_spike}, {origin}), which snnc does not run; pass --nir-assume spikes=single if "
-                         f"the network used single spikes")
+    return MAX_SPIKES_PER_STEP if semantics.spikes == "multi" else 1

@@ -39,12 +39,13 @@ def _activation_bound(synapses: list[Node], weights: list[np.ndarray], in_max: l
 
 def recurrent_sums(node: Node) -> tuple[np.ndarray, np.ndarray]:
     """Per neuron (flattened), the largest positive and negative recurrent input one step can
-    bring (every neuron of the population spiking, spikes being 0/1): the row sums of the positive
-    and of the negative parts of node.recurrent; zeros without recurrent weights."""
+    bring (every neuron of the population firing its most spikes, max_spikes): the row sums of
+    the positive and of the negative parts of node.recurrent times that; zeros without recurrent
+    weights."""
     if node.recurrent is None:
         zeros = np.zeros(math.prod(node.shape))
         return zeros, zeros
-    recurrent = np.asarray(node.recurrent, dtype=np.float64)
+    recurrent = np.asarray(node.recurrent, dtype=np.float64) * node.neuron.max_spikes
     return np.clip(recurrent, 0, None).sum(1), np.clip(-recurrent, 0, None).sum(1)
 
 
@@ -187,22 +188,22 @@ def quantize(net: Network, target: Target) -> Network:
             rows = node.recurrent.reshape(node.shape[0], -1, node.recurrent.shape[1])
             node.recurrent = _integer_weights(rows, scale, w_limit).reshape(node.recurrent.shape)
         _quantize_neuron(node, scale, arithmetic)
-        unit[node.name], int_max[node.name] = 1.0, 1
+        unit[node.name], int_max[node.name] = 1.0, node.neuron.max_spikes
     out.arithmetic = arithmetic
     out.metadata = dict(out.metadata, target=target.name)
     return out
 
 
 def largest_outputs(net: Network) -> dict[str, int]:
-    """The largest integer each node of a fixed network can output (spikes 1, pixels 255, pooled
-    and SEW-added counts their sums). A synapse without neuron outputs a current, not a value any
-    synapse reads: it gets 0."""
+    """The largest integer each node of a fixed network can output (spikes 1, or max_spikes of a
+    multi-spike population, pixels 255, pooled and SEW-added counts their sums). A synapse without
+    neuron outputs a current, not a value any synapse reads: it gets 0."""
     largest: dict[str, int] = {}
     for node in net.nodes:
         if node.op == "input":
             largest[node.name] = int(net.encoding["max"])
         elif node.neuron is not None:
-            largest[node.name] = 1
+            largest[node.name] = int(node.neuron.max_spikes)
         elif node.op == "sumpool":
             largest[node.name] = largest[node.inputs[0]] * node.attrs["kernel"] ** 2
         elif node.op == "add":
