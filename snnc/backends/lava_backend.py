@@ -43,6 +43,7 @@ from snnc import fixedpoint, ir
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
 from snnc.passes.mapping import largest_delay, payload_bits
+from snnc.targets import is_integer
 
 NAME = "lava"
 ARTIFACT_DIR = "lava"
@@ -469,6 +470,10 @@ def _check_spec(spec, arrays: dict) -> None:
         for key in _ARRAY_KEYS.get(entry["type"], ()):
             if entry.get(key) not in arrays:
                 raise InputError(f"Lava graph: process '{entry['name']}' refers to a missing array ({key})")
+        counts = entry.get("max_spikes", 1)
+        if entry["type"] == "neuron" and not (is_integer(counts) and 1 <= counts <= ir.MAX_SPIKES_PER_STEP):
+            raise InputError(f"Lava graph: process '{entry['name']}' has max_spikes {counts!r}, not an integer in "
+                             f"1..{ir.MAX_SPIKES_PER_STEP}")
     spiking = spec.get("spiking")
     if not isinstance(spiking, list):
         raise InputError("Lava graph: 'spiking' must list the spiking processes")
