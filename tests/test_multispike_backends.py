@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from snnc import energy, fixedpoint
 from snnc.backends import cycle, lava_backend, reference
-from snnc.errors import DesignRuleError
+from snnc.errors import DesignRuleError, TargetError
 from snnc.ir import Network, Neuron, Node
 from snnc.passes import mapping as mp
 from snnc.targets import load_energy_table, load_target
@@ -361,3 +362,14 @@ def test_energy_rows_count_one_event_per_nonzero_count():
     ops = expected_synaptic_ops(net, inputs, spikes)
     for name in ("fc1", "fc2", "readout"):
         assert rows[name]["synaptic_ops_counted"] == ops[name] / samples
+
+
+def test_graded_spikes_is_checked_and_absent_means_binary(tmp_path):
+    doc = yaml.safe_load(Path(LOIHI2.source_path).read_text())
+    del doc["limits"]["graded_spikes"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(doc))
+    assert load_target(str(tmp_path / "old.yaml")).limits["graded_spikes"] is False
+    doc["limits"]["graded_spikes"] = "yes"
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(TargetError, match="field 'limits.graded_spikes' must be true or false"):
+        load_target(str(tmp_path / "bad.yaml"))
