@@ -9,6 +9,9 @@ Two conventions side by side (docs/semantics.md, section 7):
   layer adds its own firing rate x T x N^2 SOPs (its N x N recurrent matrix reads its spikes),
   the input layer's included; the counted convention has them among the cycle simulator's
   synaptic ops.
+A multi-spike population (neuron.max_spikes > 1) sends one graded message per neuron and step with
+a non-zero count: in both conventions the message drives one synaptic op per synapse whatever the
+count, so its rate is the fraction of neuron-steps that send (its `spikes` are the counts' sum).
 """
 from __future__ import annotations
 
@@ -53,11 +56,13 @@ def _source_is_input(net: Network, name: str) -> bool:
 @dataclass
 class Activity:
     """What the rates of a report are made of, summed over the chunks of samples: every spiking
-    layer's spikes and the network input's values (whose mean per element and step is its rate)."""
+    layer's spikes and messages (neuron-steps with a non-zero count; the same for a binary layer)
+    and the network input's values (whose mean per element and step is its rate)."""
 
     net: Network
     samples: int = 0
-    spikes: dict = field(default_factory=dict)   # spiking layer -> spikes over all samples
+    spikes: dict = field(default_factory=dict)     # spiking layer -> spikes (the counts' sum) over all samples
+    messages: dict = field(default_factory=dict)   # spiking layer -> messages over all samples
     input_sum: int = 0
 
     def add(self, trace, inputs: np.ndarray) -> None:
@@ -66,14 +71,16 @@ class Activity:
         self.input_sum += int(np.asarray(inputs).sum(dtype=np.int64))
         for name, spikes in trace.spikes.items():
             self.spikes[name] = self.spikes.get(name, 0) + int(spikes.sum(dtype=np.int64))
+            self.messages[name] = self.messages.get(name, 0) + int(np.count_nonzero(spikes))
 
     def rate(self, name: str) -> float:
-        """Mean real value of a node's output per element and step: a firing rate for spikes (and
-        for an input that is itself binary spikes)."""
+        """Events per element and step that a node's consumers read: a spiking layer's messages (its
+        firing rate; a multi-spike count is one message), the input's mean value (its firing rate when
+        it is itself binary spikes)."""
         node = self.net.node(name)
         elements = self.net.T * self.samples * int(np.prod(node.shape))
         if node.spiking:
-            return self.spikes[name] / elements
+            return self.messages[name] / elements
         if node.op == "input":
             return self.input_sum / elements
         if node.op in ("avgpool", "sumpool", "flatten"):
@@ -124,9 +131,9 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
 
 MODELS = {
     "synaptic_ops_counted": "events per sample from the cycle simulator: one op per synapse a spike "
-                            "(or non-zero graded input) actually drives",
+                            "(or non-zero graded input, or multi-spike count) actually drives",
     "sops_estimate": "papers' estimate per sample: input firing rate x T x FLOPs (recurrent: the layer's "
-                     "own rate x T x N^2)",
+                     "own rate x T x N^2); a multi-spike count is one event, its rate the messages'",
     "macs": "FLOPs of the non-spiking input layer (k^2 H_out W_out C_in C_out), the papers' MAC term",
     "energy_chip_pj": "counted events per sample x the target's per-operation energy (pJ)",
     "energy_45nm_estimate_pj": "E_MAC x MACs (input layer) or E_AC x SOPs estimate, 45 nm CMOS (pJ)",

@@ -174,6 +174,13 @@ def load_target(name_or_path: str) -> Target:
         _number(limits, path, "limits", key, _INT, positive=True)
     if _number(limits, path, "limits", "max_delay", _INT) < 0:
         raise TargetError(f"{path}: field 'limits.max_delay' must be >= 0 (time steps), got {limits['max_delay']}")
+    # absent (a file written before multi-spike populations, an export's copy of one): binary spikes
+    limits.setdefault("graded_spikes", False)
+    if not isinstance(limits["graded_spikes"], bool):
+        raise TargetError(f"{path}: field 'limits.graded_spikes' must be true or false (whether a spike can "
+                          f"carry a count), got {limits['graded_spikes']!r}")
+    if "graded_spike_bits" in limits:
+        _number(limits, path, "limits", "graded_spike_bits", _INT, positive=True)
     mesh = limits.get("mesh")
     if not (isinstance(mesh, list) and len(mesh) == 2 and all(isinstance(v, int) and v > 0 for v in mesh)):
         raise TargetError(f"{path}: field 'limits.mesh' must be [rows, columns]")

@@ -55,14 +55,14 @@ def _pre_flatten_name(net: Network, name: str) -> str:
     return node.name
 
 
-def _sum_pool(x: torch.Tensor, kernel: int, dtype: torch.dtype) -> torch.Tensor:
+def _sum_pool(x: torch.Tensor, kernel: int, dtype: torch.dtype, binary: bool = False) -> torch.Tensor:
     """Sum pooling with stride == kernel, as `dtype`. On integer values it gives the numbers of
     execute.synaptic_op's avg_pool2d(divisor_override=1) (integer sums are order-free), several
-    times faster on CPU; uint8 input is read as 0/1 spikes."""
+    times faster on CPU; `binary` uint8 input (0/1 spikes, not counts) is pooled two at a time."""
     B, C, H, W = x.shape
     out = torch.empty((B, C, H // kernel, W // kernel), dtype=dtype)
     x = x.contiguous().numpy()
-    if kernel == 2 and x.dtype == np.uint8 and W % 2 == 0:
+    if binary and kernel == 2 and x.dtype == np.uint8 and W % 2 == 0:
         _pool_spike_pairs_into(x.view(np.uint16), out.numpy())
     else:
         _sum_pool_into(x, kernel, out.numpy())
@@ -434,11 +434,12 @@ class _Run:
         over (steps, batch)."""
         if name not in self.values:
             node, plan = self.net.node(name), self.plan
-            if name in self.spikes:   # 0/1 spikes as float32, made when first read
+            if name in self.spikes:   # 0/1 spikes (or counts) as float32, made when first read
                 steps, out = self.T, self.spikes[name].flatten(0, 1).to(torch.float32)
-            elif name in plan.fast_pools and node.inputs[0] in self.spikes:   # spikes pooled as uint8
-                steps, out = self.T, _sum_pool(self.spikes[node.inputs[0]].flatten(0, 1), node.attrs["kernel"],
-                                               torch.float32)
+            elif name in plan.fast_pools and node.inputs[0] in self.spikes:   # spikes (or counts) pooled as uint8
+                source = node.inputs[0]
+                steps, out = self.T, _sum_pool(self.spikes[source].flatten(0, 1), node.attrs["kernel"],
+                                               torch.float32, binary=self.net.node(source).neuron.max_spikes == 1)
             elif name in plan.fast_pools:
                 steps, source = self.value(node.inputs[0])
                 out = _sum_pool(source, node.attrs["kernel"], source.dtype)
@@ -524,7 +525,7 @@ class _Run:
         the chip steps they are sent (like any route's); returns which neurons receive input for
         each logical step (the step after the spike), or None for a layer that is always active."""
         route = self.plan.recurrent[name]
-        fired = spikes.reshape(self.T, self.B, -1).to(torch.float64)
+        fired = (spikes != 0).reshape(self.T, self.B, -1).to(torch.float64)   # one message per count
         per_neuron = fired.sum((0, 1))
         self._add_messages(name, (per_neuron @ route.class_totals).tolist())
         window = slice(layer.depth, layer.depth + self.T)

@@ -42,7 +42,8 @@ import numpy as np
 from snnc import fixedpoint, ir
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
-from snnc.passes.mapping import largest_delay
+from snnc.passes.mapping import largest_delay, payload_bits
+from snnc.targets import is_integer
 
 NAME = "lava"
 ARTIFACT_DIR = "lava"
@@ -327,8 +328,8 @@ class _SpecBuilder:
         weight = np.asarray(node.recurrent, dtype=np.int64)
         if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT:
             _lava_matrix(factors, weight, name)   # refuses it, naming the layer
-        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, 1), type="dense", recurrent=True),
-                         weight=weight.astype(np.int32))
+        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, payload_bits(node)), type="dense",
+                              recurrent=True), weight=weight.astype(np.int32))
         self.connect((node.name, "s_out", shape), name, "s_in", (size,))
         self.connect((name, "a_out", (size,)), node.name, "a_in", shape)
 
@@ -354,7 +355,8 @@ class _SpecBuilder:
             np.zeros(node.shape) if values is None else values, dtype=np.int64), node.shape).reshape(shape)
         self.add_process({"type": "neuron", "name": node.name, "node": node.name, "shape": list(shape),
                           "ir_shape": list(node.shape), "depth": depth, "kind": n.kind,
-                          "reset": n.reset, "du": int(n.u_decay), "dv": int(n.v_decay)},
+                          "reset": n.reset, "du": int(n.u_decay), "dv": int(n.v_decay),
+                          "max_spikes": int(n.max_spikes)},
                          threshold=per_neuron(n.threshold), bias=per_neuron(n.bias),
                          reset_amount=per_neuron(n.reset_amount),
                          initial_state=per_neuron(n.initial_state))
@@ -364,7 +366,7 @@ class _SpecBuilder:
         if node.recurrent is not None:
             self.recurrent(node, shape)
         if node.spiking:
-            self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, 1)
+            self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, n.max_spikes)
 
     def sew_add(self, node: ir.Node) -> None:
         missing = [name for name in node.inputs if name not in self.producers]
@@ -468,6 +470,10 @@ def _check_spec(spec, arrays: dict) -> None:
         for key in _ARRAY_KEYS.get(entry["type"], ()):
             if entry.get(key) not in arrays:
                 raise InputError(f"Lava graph: process '{entry['name']}' refers to a missing array ({key})")
+        counts = entry.get("max_spikes", 1)
+        if entry["type"] == "neuron" and not (is_integer(counts) and 1 <= counts <= ir.MAX_SPIKES_PER_STEP):
+            raise InputError(f"Lava graph: process '{entry['name']}' has max_spikes {counts!r}, not an integer in "
+                             f"1..{ir.MAX_SPIKES_PER_STEP}")
     spiking = spec.get("spiking")
     if not isinstance(spiking, list):
         raise InputError("Lava graph: 'spiking' must list the spiking processes")
@@ -641,6 +647,7 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
         return SnncNeuron(shape=tuple(entry["shape"]), threshold=get("threshold"), bias=get("bias"),
                           reset_amount=get("reset_amount"), initial_state=get("initial_state"),
                           du=entry["du"], dv=entry["dv"], kind=entry["kind"], reset=entry["reset"],
+                          max_spikes=entry.get("max_spikes", 1),
                           start=entry["depth"], name=entry["name"], **schedule, **files[entry["name"]])
     raise InputError(f"Lava graph: unknown process type '{kind}'")
 
@@ -776,6 +783,9 @@ def _lif_layers(net: ir.Network) -> list[tuple[ir.Node, str, list[ir.Node]]]:
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF takes one synapse group ({node.op})")
         if n.reset != "hard":
             raise DesignRuleError(f"layer '{node.name}': Lava's LIF resets hard only")
+        if n.max_spikes > 1:
+            raise DesignRuleError(f"layer '{node.name}': Lava's LIF sends binary spikes, not counts "
+                                  f"(max_spikes {n.max_spikes})")
         if node.recurrent is not None or node.delayed:
             raise DesignRuleError(f"layer '{node.name}': the Lava-LIF cross-check builds feed-forward Dense "
                                   f"synapses only (no recurrent synapses, no delays)")

@@ -24,7 +24,8 @@ def _open(path):
 @requires(CPU)
 @tag("fixed_pt")
 class PySnncNeuronModelFixed(PyLoihiProcessModel):
-    """snnc's CUBA neuron with per-neuron threshold, bias, reset amount and initial state."""
+    """snnc's CUBA neuron with per-neuron threshold, bias, reset amount and initial state; it sends
+    0/1 spikes, or a multi-spike population's counts 0..max_spikes (graded spikes)."""
 
     a_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, np.int32, precision=24)
     s_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, np.int32, precision=24)
@@ -54,7 +55,8 @@ class PySnncNeuronModelFixed(PyLoihiProcessModel):
             shift=p["activation_shift"], top=fixedpoint.register_top(p["state_bits"]),
             current_saturates=fixedpoint.saturates(p["current_overflow"]),
             voltage_saturates=fixedpoint.saturates(p["voltage_overflow"]),
-            hard=int(spiking and p["reset"] == "hard"), soft=int(spiking and p["reset"] == "soft"))
+            hard=int(spiking and p["reset"] == "hard"), soft=int(spiking and p["reset"] == "soft"),
+            max_spikes=p["max_spikes"])
         self._initial = self.initial_state.astype(np.int64)
         self._zeros = np.zeros(self.s_out.shape, dtype=np.int32)
         self._record = _open(p.get("record_path"))
@@ -77,9 +79,9 @@ class PySnncNeuronModelFixed(PyLoihiProcessModel):
         if t == 0:
             self._u = np.zeros_like(self._u)
             self._v = self._initial.copy()
-        u, v, fired, current_events, voltage_events = fixedpoint.cuba_step(
+        u, v, counts, current_events, voltage_events = fixedpoint.cuba_step(
             a.astype(np.int64), self._u, self._v, **self._rule)
-        out = fired.astype(np.int32) if p["kind"] == "spiking" else self._zeros
+        out = counts.astype(np.int32) if p["kind"] == "spiking" else self._zeros   # a graded spike: the count
         self._u, self._v = u, v
         self.u[:] = u
         self.v[:] = v

@@ -25,26 +25,28 @@ class SnncNeuron(AbstractProcess):
     `current_overflow`; v = trunc(v * (unit - dv) / unit) + u + bias, limited by
     `voltage_overflow`; a spiking population fires where v >= threshold (v > threshold when
     fire_rule is '>') and resets v to 0 ('hard') or subtracts reset_amount ('soft'); the
-    integrator only integrates and sends v.
+    integrator only integrates and sends v. With max_spikes M > 1 a neuron sends its count
+    0..M (snnc.fixedpoint's rule) as a graded spike, and a soft reset subtracts count x
+    reset_amount.
 
     Schedule: the population is `start` steps deep in the pipeline (the number of synapses, each
     with its one-step delay, between the input and it). At step s (0-based) it works on logical
     step t of sample i where s - start = i * period + t; it restarts from u = 0, v =
     initial_state at t = 0, and is idle (no bias, no decay, sends zeros) when t >= steps, before
     `start` and after the last sample. Results go to .npy memmaps given by path:
-    record_path [samples, steps, n] (spikes as uint8, or the integrator's v as int64),
+    record_path [samples, steps, n] (spikes or counts as uint8, or the integrator's v as int64),
     voltage_path [samples, steps, n] (v after reset), overflow_path [samples, 2] (counts of
     current and voltage limit events).
     """
 
     def __init__(self, *, shape, threshold=0, bias=0, reset_amount=0, initial_state=0,
-                 du=fixedpoint.decay_unit(_LAVA["decay_bits"]) - 1, dv=0, kind="spiking", reset="hard",
+                 du=fixedpoint.decay_unit(_LAVA["decay_bits"]) - 1, dv=0, kind="spiking", reset="hard", max_spikes=1,
                  fire_rule=">=", state_bits=_LAVA["state_bits"], decay_bits=_LAVA["decay_bits"],
                  activation_shift=_LAVA["activation_shift"], current_overflow=_LAVA["current_overflow"],
                  voltage_overflow=_LAVA["voltage_overflow"], start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
                  overflow_path=None, name=None):
         shape = tuple(int(n) for n in shape)
-        super().__init__(shape=shape, kind=kind, reset=reset, fire_rule=fire_rule,
+        super().__init__(shape=shape, kind=kind, reset=reset, max_spikes=int(max_spikes), fire_rule=fire_rule,
                          state_bits=int(state_bits), decay_bits=int(decay_bits),
                          activation_shift=int(activation_shift),
                          current_overflow=current_overflow, voltage_overflow=voltage_overflow,

@@ -19,6 +19,9 @@ Model, in short:
   entry of node.recurrent; every neuron of the layer is an axon into the cores holding its targets.
   They count in fan-in, synaptic memory, fan-out and the synapses of their cores.
 - Axonal delays: at most `limits.max_delay` steps (a design rule naming the node).
+- Multi-spike populations (neuron.max_spikes > 1) send their count as one graded message: only on
+  a target with `limits.graded_spikes`, within `limits.graded_spike_bits` (a design rule naming
+  the population).
 - Placement: layers in topological order on consecutive cores; cores are numbered tile by tile in
   serpentine order over the tile grid (row 0 west to east, row 1 east to west, ...), and within a
   tile row-major. A tile is `limits.tile` cores ([2, 2] when the target does not say).
@@ -167,6 +170,28 @@ def check_delays(net: Network, target) -> None:
         if largest_delay(node) > limit:
             raise DesignRuleError(f"layer '{node.name}': axonal delay of {largest_delay(node)} steps exceeds "
                                   f"{target.name}'s max_delay of {limit} steps")
+
+
+def payload_bits(node: Node) -> int:
+    """Bits of the count a population's spike message carries: ceil(log2(max_spikes + 1)), 1 for a
+    binary population (and 0 for a node without spikes)."""
+    return node.neuron.max_spikes.bit_length() if node.spiking else 0
+
+
+def check_graded_spikes(net: Network, target) -> None:
+    """The design rule on multi-spike populations: they send counts, which needs a target whose
+    spikes carry a payload (limits.graded_spikes), of at most limits.graded_spike_bits bits."""
+    width = target.limits.get("graded_spike_bits")
+    for node in net.spiking_nodes():
+        counts = node.neuron.max_spikes
+        if counts == 1:
+            continue
+        if not target.limits["graded_spikes"]:
+            raise DesignRuleError(f"layer '{node.name}': a multi-spike population (up to {counts} spikes per "
+                                  f"step) needs graded spikes, and {target.name} sends binary spikes only")
+        if width is not None and payload_bits(node) > width:
+            raise DesignRuleError(f"layer '{node.name}': counts up to {counts} need {payload_bits(node)}-bit "
+                                  f"spike payloads, above {target.name}'s graded_spike_bits of {width}")
 
 
 def analyse(net: Network) -> dict[str, Layer]:
@@ -624,6 +649,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
     limits = dict(target.limits)
     packing = _Packing(target)
     check_delays(net, target)
+    check_graded_spikes(net, target)
     layers, parts = partition_network(net, target, fixed=partitions)
     tile = tile_shape(target)
     mesh = (int(limits["mesh"][0]), int(limits["mesh"][1]))
@@ -675,6 +701,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
             "memory_bits": sum(c["memory_bits"] for c in mine),
             "max_fan_in": max(c["fan_in"] for c in mine), "max_fan_out": max(c["fan_out"] for c in mine),
             "recurrent_synapses": 0 if layer.recurrent is None else int(layer.recurrent.nnz),
+            "spike_payload_bits": payload_bits(net.node(name)),
             "inputs": [{"tensor": g.tensor, "synapses": g.synapses, "kind": g.kind, "delay_bits": g.delay_bits,
                         "sources": [{"layer": src, "pool": list(block)} for src, block in g.sources]}
                        for g in layer.groups]})
