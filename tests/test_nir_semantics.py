@@ -492,3 +492,26 @@ def test_broken_producer_graphs_are_refused_in_one_line(producer_graphs):
             except InputError as error:
                 assert "\n" not in str(error) and str(error)
     assert tried > 40
+
+
+def test_multi_spike_networks_round_trip_through_nir_and_netx_refuses_them(tmp_path):
+    """snnc's NIR export keeps max_spikes in its node metadata (NIR cannot say it); netx refuses."""
+    from snnc.errors import DesignRuleError
+    from snnc.exporters.netx_export import export_netx
+    from snnc.exporters.nir_export import export_nir
+
+    graph, w1 = _dense_if()
+    graph.nodes["fc"].weight = w1 * 4
+    net = load_nir(graph, T=6, semantics="sinabs")
+    export_nir(net, tmp_path / "multi.nir")
+    back = load_nir(tmp_path / "multi.nir")
+    assert back.node("fc").neuron.max_spikes == net.node("fc").neuron.max_spikes > 1
+    units = RNG.integers(0, 256, (4, 6))
+    np.testing.assert_array_equal(execute.run(back, execute.encode(back, units)).spikes["fc"],
+                                  execute.run(net, execute.encode(net, units)).spikes["fc"])
+    from snnc.passes import fold_all
+    from snnc.passes.quantize import quantize
+    from snnc.targets import load_target
+
+    with pytest.raises(DesignRuleError, match="several spikes per step"):
+        export_netx(quantize(fold_all(net), load_target("loihi2")), tmp_path / "multi.net")

@@ -174,6 +174,8 @@ def export_netx(net: Network, path) -> list[str]:
             raise _fail(node, "recurrent synapses (netx layers form a feed-forward chain)")
         if node.delayed:
             raise _fail(node, "axonal delays on its input (snnc writes no netx delay)")
+        if node.neuron is not None and node.neuron.max_spikes != 1:
+            raise _fail(node, "several spikes per step (netx's graded spikes are not spike counts)")
     for node in body:
         if node.inputs != [previous.name]:
             raise _fail(node, f"input from {node.inputs} (netx layers form one chain)")

@@ -63,6 +63,8 @@ def _neuron_node(net: Network, node: Node, dt: float, bias_moved: bool = False):
     gain = float(n.input_gain)
     exact = {"kind": n.kind, "reset": n.reset, "v_decay": float(n.v_decay), "u_decay": float(n.u_decay),
              "input_gain": gain, "mpr": bool(n.mpr)}
+    if n.max_spikes != 1:   # NIR's neurons fire one spike per step
+        exact["max_spikes"] = int(n.max_spikes)
     missing = []
     if np.any(bias != 0):
         exact["bias"] = bias

@@ -264,6 +264,7 @@ def _apply_snnc_metadata(key: str, node, neuron: Neuron, shape) -> Neuron:
         neuron.u_decay = float(meta["u_decay"])
         neuron.input_gain = float(meta["input_gain"])
         neuron.mpr = bool(meta.get("mpr", False))
+        neuron.max_spikes = int(meta.get("max_spikes", 1))
     except KeyError as error:
         raise InputError(f"NIR node '{key}': snnc metadata lacks {error}")
     except (ValueError, TypeError) as error:
