@@ -267,3 +267,32 @@ def test_nir_delays_verify_on_every_backend(tmp_path):
     assert result.exit_code == 0, result.output
     assert ExportDir.open(out).network.node("fc2").delay.max() > 0
     verify_on(out, "mnist5k", 6, ALL_BACKENDS, tmp_path)
+
+
+def _sinabs_multispike_graph(path):
+    """Sinabs' default IAF (MultiSpike, MembraneSubtract), exported by Sinabs."""
+    import producer_nets as nets
+
+    nets.PRODUCERS["sinabs"].export(nets.build("sinabs", "dense", "iaf-multi"), path, nets.input_shape("dense"))
+    return path
+
+
+@pytest.mark.slow   # verify runs Lava
+def test_sinabs_multispike_graph_verifies_on_every_backend(tmp_path):
+    source = _sinabs_multispike_graph(tmp_path / "multi.nir")
+    out = tmp_path / "out"
+    result = invoke("export", source, "-o", out, "--T", 16, "--nir-semantics", "sinabs", "--data", "none")
+    assert result.exit_code == 0, result.output
+    assert "several spikes per step (MultiSpike, its default" in result.stderr
+    net = ExportDir.open(out).network
+    assert max(node.neuron.max_spikes for node in net.spiking_nodes()) > 1
+    units = verify_on(out, "mnist5k", 6, ALL_BACKENDS, tmp_path)
+    assert max(s.max() for s in execute.run(net, units).spikes.values()) > 1   # counts, not only spikes
+
+
+def test_multispike_graph_on_a_binary_spike_target_is_a_design_rule_error(tmp_path):
+    source = _sinabs_multispike_graph(tmp_path / "multi.nir")
+    result = invoke("export", source, "-o", tmp_path / "out", "--T", 16, "--nir-semantics", "sinabs",
+                    "--nir-assume", "reset=zero", "--data", "none", "--target", "loihi1")   # loihi1 resets to zero
+    assert result.exit_code == 5 and "loihi1 sends binary spikes only" in result.stderr, result.output
+    assert not (tmp_path / "out").exists()
