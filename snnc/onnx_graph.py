@@ -16,9 +16,11 @@ sum(|w|) * (largest input) per output channel. While that bound stays below 2^24
 is an integer that float32 represents exactly, so the result is exact whatever order or blocking
 the runtime uses. A weight matrix whose bound reaches 2^24 is split into digit planes
 (w = sum_i plane_i * base^i) that each stay below it, and the planes' results are combined in int64.
-Neuron state (u, v), decays, wraps, saturations, thresholds and resets run in int64, built from
-snnc.fixedpoint's registers and rules (the decay unit 2**decay_bits and the state width come from
-the network's arithmetic).
+Neuron state (u, v), decays, wraps, saturations, thresholds, spike counts and resets run in int64,
+built from snnc.fixedpoint's registers and rules (the decay unit 2**decay_bits and the state width
+come from the network's arithmetic). A multi-spike population (max_spikes M > 1) outputs its count
+0..M where a binary one outputs a bool; the synapses reading it bound their inputs by M
+(quantize.largest_outputs), which the float32 exactness bound above uses.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def state_names(node_name: str) -> tuple[str, str, str, str]:
 
 def extra_states(net: Network) -> list[tuple[str, str, np.dtype, tuple[int, ...]]]:
     """model_step.onnx's states beyond u and v, all zero before the first step, as (input name,
-    output name, dtype, per-sample shape): a recurrent layer's spikes of the previous step
+    output name, dtype, per-sample shape): a recurrent layer's spikes (counts) of the previous step
     (`.spikes`, uint8, the layer's shape) and a delayed synapse's last D input steps (`.delay`,
     float32 holding integers, [D, input elements], oldest first; D = the largest delay)."""
     states = []
@@ -174,14 +176,34 @@ def weight_planes(weight: np.ndarray, in_max: int, limit: int = FLOAT32_EXACT) -
 
 
 def _fire_and_reset(g: _Builder, reset: str, compare: str, v: str, threshold: str, reset_amount: str,
-                    zero: str, scope: str) -> tuple[str, str]:
+                    zero: str, scope: str, count: tuple[int, str, bool] | None = None) -> tuple[str, str]:
     """The spike decision and the reset, the same ops in the fixed and the float graph:
-    returns (fired, v after reset)."""
-    fired = g.op(compare, [v, threshold], scope)
+    returns (fired, v after reset); fired is bool for a binary population.
+
+    `count` = (max_spikes, divisor, floor) for a multi-spike population: fired becomes the count
+    (v's dtype), min(v / divisor, max_spikes) where v reached the threshold, else 0. Thresholds
+    are validated positive where max_spikes > 1, so the fixed graph's fire level is at least 1:
+    it is fixedpoint.spike_count's divisor max(fire level, 1), and where v >= fire level the
+    int64 Div sees non-negative operands, where its truncation is spike_count's floor division.
+    The float graph floors the float32 quotient by the threshold. The count is positive exactly
+    where v reached the threshold: the hard reset keys on that comparison as after_reset keys on
+    count > 0."""
+    reached = g.op(compare, [v, threshold], scope)
+    if count is None:
+        fired = reached
+        if reset == "soft":
+            v = g.op("Where", [reached, g.op("Sub", [v, reset_amount], scope), v], scope)
+    else:
+        most, divisor, floor = count
+        quotient = g.op("Div", [v, divisor], scope)
+        if floor:
+            quotient = g.op("Floor", [quotient], scope)
+        capped = g.op("Min", [quotient, g.const(most, np.float32 if floor else np.int64)], scope)
+        fired = g.op("Where", [reached, capped, zero], scope)
+        if reset == "soft":
+            v = g.op("Sub", [v, g.op("Mul", [fired, reset_amount], scope)], scope)
     if reset == "hard":
-        v = g.op("Where", [fired, zero, v], scope)
-    elif reset == "soft":
-        v = g.op("Where", [fired, g.op("Sub", [v, reset_amount], scope), v], scope)
+        v = g.op("Where", [reached, zero, v], scope)
     return fired, v
 
 
@@ -202,7 +224,7 @@ def _delayed_over_time(g: _Builder, x: str, node: Node, steps: int) -> str:
 
 
 def _recurrent_float(g: _Builder, node: Node, fired: str) -> str:
-    """The float model's recurrent input from one step's spikes (bool [batch, *shape])."""
+    """The float model's recurrent input from one step's spikes (bool, or float32 counts [batch, *shape])."""
     spikes = g.op("Flatten", [g.op("Cast", [fired], node.name, to=TensorProto.FLOAT)], node.name, axis=1)
     weight = g.array(np.asarray(node.recurrent, np.float32).T, f"{node.name}/recurrent")
     flat = g.op("MatMul", [spikes, weight], node.name)
@@ -349,10 +371,11 @@ class _FixedGraph:
         return g.op("Reshape", [delayed, g.const([-1] + list(node.delay.shape), np.int64)], scope)
 
     def _recurrent_input(self, node: Node, fired: str) -> str:
-        """recurrent @ one step's spikes (bool or uint8 [batch, *shape]), int64 [batch, *shape], exact."""
+        """recurrent @ one step's spikes (bool, or counts up to max_spikes: int64, uint8 from the
+        state) [batch, *shape], int64 [batch, *shape], exact."""
         g, scope = self.g, node.name
         spikes = g.op("Flatten", [g.op("Cast", [fired], scope, to=TensorProto.FLOAT)], scope, axis=1)
-        flat = self._exact_sum("linear", spikes, node.recurrent, 1, node, "recurrent")
+        flat = self._exact_sum("linear", spikes, node.recurrent, node.neuron.max_spikes, node, "recurrent")
         return g.op("Reshape", [flat, g.const([-1] + list(node.shape), np.int64)], scope)
 
     def _plain(self, node: Node, values: dict[str, str]) -> str:
@@ -393,7 +416,7 @@ class _FixedGraph:
 
     def _neuron(self, node: Node, current: str) -> str:
         """Run the layer's CUBA recurrence; returns its per-step outputs merged over time:
-        spikes (bool) for a spiking layer, v (int64) for the integrator."""
+        spikes (bool; int64 counts where max_spikes > 1) for a spiking layer, v (int64) for the integrator."""
         g, n, scope, arith = self.g, node.neuron, node.name, self.arith
         keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
         keep_v = fixedpoint.voltage_keep(n.v_decay, self.decay_bits)
@@ -415,12 +438,14 @@ class _FixedGraph:
             a_steps = None
         else:   # u step by step (a recurrent layer's input needs its spikes of the step before)
             drive, a_steps = [], self._split_steps(a, scope)
-        fire_level = reset_amount = None
+        fire_level = reset_amount = count = None
         if n.kind == "spiking":   # fires at v >= fixedpoint.fire_at(threshold, fire rule)
-            fire_level = self._per_sample(node, fixedpoint.fire_at(n.threshold, arith["fire_rule"]), np.int64,
-                                          "fire_level")
+            level = fixedpoint.fire_at(n.threshold, arith["fire_rule"])
+            fire_level = self._per_sample(node, level, np.int64, "fire_level")
             if n.reset == "soft":
                 reset_amount = self._per_sample(node, n.reset_amount, np.int64, "reset_amount")
+            if n.max_spikes > 1:   # spike_count's divisor max(fire level, 1) is the fire level (>= 1 here)
+                count = (n.max_spikes, fire_level, False)
         spike_state = f"state.{node.name}.spikes"
         fired = self._state_input(spike_state) if recurrent and self.stepwise else None   # spikes[-1] = 0
         u, v, outputs = u_state, v_state, []
@@ -440,7 +465,7 @@ class _FixedGraph:
             v = self._limit(v, arith["voltage_overflow"], scope)
             if n.kind == "spiking":
                 fired, v = _fire_and_reset(g, n.reset, "GreaterOrEqual", v, fire_level, reset_amount,
-                                           g.const(0, np.int64), scope)
+                                           g.const(0, np.int64), scope, count)
                 outputs.append(fired)
             else:
                 outputs.append(v)
@@ -605,6 +630,7 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
                 theta = mpr_inverse(theta)
             threshold = per_sample(node, theta, "threshold")
         reset_amount = per_sample(node, n.reset_amount, "reset_amount") if n.reset == "soft" else None
+        count = (n.max_spikes, threshold, True) if n.max_spikes > 1 else None   # floor(H / threshold), capped
         steps = g.op("Split", [z], scope, outputs=T, axis=0) if T > 1 else [z]
         v = per_sample(node, n.initial_state, "v0")
         current, results = None, []
@@ -623,7 +649,7 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
             v = g.op("Add", [g.op("Add", [v, drive], scope), bias], scope)
             if n.kind == "spiking":
                 fired, v = _fire_and_reset(g, n.reset, "GreaterOrEqual", v, threshold, reset_amount,
-                                           g.const(0.0, np.float32), scope)
+                                           g.const(0.0, np.float32), scope, count)
                 results.append(fired)
             else:
                 results.append(v)
