@@ -1,9 +1,10 @@
-"""What each NIR producer writes and what it actually simulates (docs/interop.md, "Producers").
+"""What each NIR producer writes and what it actually simulates (docs/interop.md, "Profiles").
 
 NIR states continuous-time equations; every producer discretizes them its own way, and some write
 values that mean something else in their own simulator (Norse's time constants, SpikingJelly's
 r = 1/dt). A `Profile` is one producer's discrete rule for every neuron node it writes; the NIR
-frontend turns a node into an snnc neuron through `discretize` and `spiking_rule`.
+frontend turns a node into an snnc neuron through `discretize`, `fire_threshold`,
+`subtract_amount` and `spikes_per_step`.
 
 Choices a producer does not record in its graph (its reset mechanism, its spike function) are
 assumptions: `resolve` takes them from the caller's `assume`, else the producer's default, and
