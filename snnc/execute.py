@@ -118,11 +118,11 @@ def samples_per_chunk(net: Network, budget: int = WORKING_SET_BYTES) -> int:
 class Trace:
     """What one execution produced, in logical time (no pipeline latency).
 
-    spikes: spiking node name -> uint8 [T, B, *shape]; readout_steps: the readout integrator's state
-    per step [T, B, classes]; readout: [B, classes] (float: the recipe's mean/last; fixed: sum over
-    steps for 'mean', i.e. T times the mean, or the last step, as integers); voltages: node name ->
-    [T, B, *shape] membrane after reset, for the nodes asked for; overflow: node name -> counts of
-    'current' and 'voltage' wrap/saturation events.
+    spikes: spiking node name -> uint8 [T, B, *shape] (0/1, or counts up to max_spikes);
+    readout_steps: the readout integrator's state per step [T, B, classes]; readout: [B, classes]
+    (float: the recipe's mean/last; fixed: sum over steps for 'mean', i.e. T times the mean, or the
+    last step, as integers); voltages: node name -> [T, B, *shape] membrane after reset, for the
+    nodes asked for; overflow: node name -> counts of 'current' and 'voltage' wrap/saturation events.
     """
 
     spikes: dict[str, np.ndarray]
@@ -332,10 +332,10 @@ def _per_neuron(array, shape) -> np.ndarray:
 
 @dataclass
 class NeuronRun:
-    """What a population did over T steps: outputs [T, B, *shape] (0/1 spikes as uint8, or the
-    integrator's v as int64), v after reset (int64, when asked), busy (uint8, when asked: u or v was
-    non-zero at the start of the step), the number of spikes, and the numbers of current and voltage
-    overflow events."""
+    """What a population did over T steps: outputs [T, B, *shape] (spikes as uint8: 0/1, or counts
+    up to max_spikes; or the integrator's v as int64), v after reset (int64, when asked), busy
+    (uint8, when asked: u or v was non-zero at the start of the step), the number of spikes (the
+    sum of the counts), and the numbers of current and voltage overflow events."""
 
     outputs: torch.Tensor
     voltages: Optional[torch.Tensor]
