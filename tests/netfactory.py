@@ -87,3 +87,16 @@ def integer_neuron(n: int, kind: str, threshold: int):
     return Neuron(kind=kind, threshold=np.full((n,), threshold, np.int64) if spiking else None,
                   reset="hard" if spiking else "none", reset_amount=None, bias=np.zeros((n,), np.int64),
                   initial_state=np.zeros((n,), np.int64), v_decay=0, u_decay=4095)
+
+
+def plain_reshape_op(node, source: np.ndarray):
+    """A flatten or sum pool of [T, B, ...] values, written out for the tests' plain step loops;
+    None for any other op."""
+    T, B = source.shape[:2]
+    if node.op == "flatten":
+        return source.reshape(T, B, -1)
+    if node.op == "sumpool":
+        k = node.attrs["kernel"]
+        c, h, w = source.shape[2:]
+        return source.reshape(T, B, c, h // k, k, w // k, k).sum(axis=(4, 6))
+    return None

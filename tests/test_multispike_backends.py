@@ -13,6 +13,7 @@ multi-spike population; mapping and energy rows say what the messages carry.
 import dataclasses
 from pathlib import Path
 
+import netfactory
 import numpy as np
 import pytest
 import torch
@@ -109,13 +110,9 @@ def stepwise(net: Network, inputs: np.ndarray) -> tuple[dict, np.ndarray]:
     outputs: dict[str, np.ndarray] = {net.input_node.name: inputs.astype(np.int64)}
     for node in net.nodes[1:]:
         source = outputs[node.inputs[0]]
-        if node.op == "flatten":
-            outputs[node.name] = source.reshape(T, B, -1)
-            continue
-        if node.op == "sumpool":
-            k = node.attrs["kernel"]
-            c, h, w = source.shape[2:]
-            outputs[node.name] = source.reshape(T, B, c, h // k, k, w // k, k).sum(axis=(4, 6))
+        reshaped = netfactory.plain_reshape_op(node, source)
+        if reshaped is not None:
+            outputs[node.name] = reshaped
             continue
         n = node.neuron
         size = int(np.prod(node.shape))

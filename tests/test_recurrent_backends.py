@@ -9,6 +9,7 @@ the mapper counts recurrent synapses and refuses delays above the target's max_d
 """
 import dataclasses
 
+import netfactory
 import numpy as np
 import pytest
 import torch
@@ -160,13 +161,9 @@ def stepwise(net: Network, inputs: np.ndarray, record: dict | None = None) -> tu
             outputs[node.name] = inputs.astype(np.float64)
             continue
         source = outputs[node.inputs[0]]
-        if node.op == "flatten":
-            outputs[node.name] = source.reshape(T, B, -1)
-            continue
-        if node.op == "sumpool":
-            k = node.attrs["kernel"]
-            c, h, w = source.shape[2:]
-            outputs[node.name] = source.reshape(T, B, c, h // k, k, w // k, k).sum(axis=(4, 6))
+        reshaped = netfactory.plain_reshape_op(node, source)
+        if reshaped is not None:
+            outputs[node.name] = reshaped
             continue
         n = node.neuron
         spiking = n.kind == "spiking"
