@@ -100,3 +100,15 @@ def plain_reshape_op(node, source: np.ndarray):
         c, h, w = source.shape[2:]
         return source.reshape(T, B, c, h // k, k, w // k, k).sum(axis=(4, 6))
     return None
+
+
+def assert_same_trace(expected, got) -> None:
+    """Two backends' traces agree: every layer's spikes (or counts), the readout per step and at
+    the end, and the overflow events."""
+    assert set(got.spikes) == set(expected.spikes)
+    for name, spikes in expected.spikes.items():
+        mismatch = np.argwhere(got.spikes[name] != spikes)
+        assert mismatch.size == 0, f"layer {name}: {len(mismatch)} values differ, first at {mismatch[0]}"
+    np.testing.assert_array_equal(got.readout_steps, expected.readout_steps)
+    np.testing.assert_array_equal(got.readout, expected.readout)
+    assert got.overflow == expected.overflow

@@ -148,16 +148,6 @@ def stepwise(net: Network, inputs: np.ndarray) -> tuple[dict, np.ndarray]:
     return spikes, outputs[net.output_node.name]
 
 
-def assert_same(expected, got):
-    assert set(got.spikes) == set(expected.spikes)
-    for name, spikes in expected.spikes.items():
-        mismatch = np.argwhere(got.spikes[name] != spikes)
-        assert mismatch.size == 0, f"layer {name}: {len(mismatch)} counts differ, first at {mismatch[0]}"
-    np.testing.assert_array_equal(got.readout_steps, expected.readout_steps)
-    np.testing.assert_array_equal(got.readout, expected.readout)
-    assert got.overflow == expected.overflow
-
-
 @pytest.fixture(scope="module", params=sorted(NETWORKS))
 def case(request):
     """(network, inputs, reference trace): the reference checked against the loop above, every
@@ -224,7 +214,7 @@ def expected_synaptic_ops(net: Network, inputs: np.ndarray, spikes: dict) -> dic
 
 def test_cycle_simulator_equals_the_reference_count_for_count(case):
     net, inputs, ref = case
-    assert_same(ref, cycle.run(net, inputs))
+    netfactory.assert_same_trace(ref, cycle.run(net, inputs))
 
 
 @pytest.mark.parametrize("limits", [{}, {"neurons_per_core": 16}])
@@ -232,7 +222,7 @@ def test_cycle_synaptic_ops_are_one_per_synapse_a_count_drives(case, limits):
     net, inputs, ref = case
     target = dataclasses.replace(LOIHI2, limits=dict(LOIHI2.limits, **limits))
     trace, counts = cycle.simulate(net, mp.map_to_cores(net, target), target, inputs)
-    assert_same(ref, trace)
+    netfactory.assert_same_trace(ref, trace)
     for name, ops in expected_synaptic_ops(net, inputs, ref.spikes).items():
         assert counts.layers[name]["synaptic_op"] == ops, name
     for node in net.spiking_nodes():   # the spikes the messages stand for: the counts' sum
@@ -284,7 +274,7 @@ def test_pooled_counts_above_a_byte_pair_are_summed_exactly():
 @pytest.mark.slow
 def test_lava_equals_the_reference_count_for_count(case):
     net, inputs, ref = case
-    assert_same(ref, lava_backend.run(net, inputs))
+    netfactory.assert_same_trace(ref, lava_backend.run(net, inputs))
 
 
 def test_lava_graph_sends_counts_as_graded_spikes():

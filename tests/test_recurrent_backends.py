@@ -208,16 +208,6 @@ def stepwise(net: Network, inputs: np.ndarray, record: dict | None = None) -> tu
     return spikes, outputs[net.output_node.name].astype(np.int64)
 
 
-def assert_same(expected, got):
-    assert set(got.spikes) == set(expected.spikes)
-    for name, spikes in expected.spikes.items():
-        mismatch = np.argwhere(got.spikes[name] != spikes)
-        assert mismatch.size == 0, f"layer {name}: {len(mismatch)} spikes differ, first at {mismatch[0]}"
-    np.testing.assert_array_equal(got.readout_steps, expected.readout_steps)
-    np.testing.assert_array_equal(got.readout, expected.readout)
-    assert got.overflow == expected.overflow
-
-
 def _without(net: Network, field: str) -> Network:
     plain = net.copy()
     for node in plain.nodes:
@@ -249,7 +239,7 @@ def case(request):
 
 def test_cycle_simulator_is_spike_exact(case):
     net, inputs, ref = case
-    assert_same(ref, cycle.run(net, inputs))
+    netfactory.assert_same_trace(ref, cycle.run(net, inputs))
 
 
 def _nonzero(values: np.ndarray) -> torch.Tensor:
@@ -296,7 +286,7 @@ def test_cycle_synaptic_ops_count_every_spike_times_its_fan_out(case, limits):
     target = dataclasses.replace(LOIHI2, limits=dict(LOIHI2.limits, **limits))
     mapping = mp.map_to_cores(net, target)
     trace, counts = cycle.simulate(net, mapping, target, inputs)
-    assert_same(ref, trace)
+    netfactory.assert_same_trace(ref, trace)
     for name, ops in _expected_synaptic_ops(net, inputs, ref).items():
         assert counts.layers[name]["synaptic_op"] == ops, name
 
@@ -350,7 +340,7 @@ def test_recurrent_messages_and_hops_by_hand():
     mapping = mp.map_to_cores(net, target)
     assert [tuple(c["position"]) for c in mapping.cores] == [(0, 0), (0, 1), (1, 1)]
     trace, counts = cycle.simulate(net, mapping, target, inputs)
-    assert_same(reference.run(net, inputs), trace)
+    netfactory.assert_same_trace(reference.run(net, inputs), trace)
     assert trace.spikes["fc"][:, 0].tolist() == [[1, 0], [1, 1], [1, 1], [1, 1]]
     fc = counts.layers["fc"]
     # 7 spikes to the readout (fc0: 1 hop east-west + 1 north-south, fc1: 1 north-south), and
@@ -369,7 +359,7 @@ def test_recurrent_messages_and_hops_by_hand():
 @pytest.mark.slow
 def test_lava_is_spike_exact(case):
     net, inputs, ref = case
-    assert_same(ref, lava_backend.run(net, inputs))
+    netfactory.assert_same_trace(ref, lava_backend.run(net, inputs))
 
 
 @pytest.mark.slow
@@ -387,7 +377,7 @@ def test_lava_graph_uses_lavas_own_processes_and_a_sample_gap():
     inputs = images(net, count=3)
     ref = reference.run(net, inputs)
     drained = lava_backend.run(net, inputs, period=net.T + spec["latency"] + spec["gap"])
-    assert_same(ref, drained)
+    netfactory.assert_same_trace(ref, drained)
     with pytest.raises(InputError, match="period"):
         lava_backend.build_lava_graph(net, inputs=inputs, period=net.T)
 
