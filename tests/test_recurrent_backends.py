@@ -262,12 +262,8 @@ def _expected_synaptic_ops(net: Network, inputs: np.ndarray, ref) -> dict[str, f
     tensors = {net.input_node.name: inputs.astype(np.float64)}
     tensors.update({name: spikes.astype(np.float64) for name, spikes in ref.spikes.items()})
     for node in net.nodes:
-        if node.op == "flatten":
-            tensors[node.name] = tensors[node.inputs[0]].reshape(inputs.shape[:2] + (-1,))
-        elif node.op == "sumpool":
-            x = torch.from_numpy(tensors[node.inputs[0]]).flatten(0, 1)
-            pooled = F.avg_pool2d(x, node.attrs["kernel"], divisor_override=1)
-            tensors[node.name] = pooled.reshape(inputs.shape[:2] + pooled.shape[1:]).numpy()
+        if node.op in ("flatten", "sumpool"):
+            tensors[node.name] = netfactory.plain_reshape_op(node, tensors[node.inputs[0]])
     expected = {}
     for node in net.nodes:
         if node.neuron is None:
