@@ -206,6 +206,7 @@ def test_nir_semantics_assumptions_are_printed_and_recorded(tmp_path):
     assert (record["profile"], record["source"], record["reset"], record["fire_rule"]) == \
         ("spikingjelly", "given", "zero", ">=")
     assert record["assumed"] == {"reset": "zero"}
+    assert any("v >= threshold" in rule for rule in record["rules"])
     result = invoke("export", source, "-o", tmp_path / "stated", "--T", 4, "--data", "none",
                     "--nir-semantics", "spikingjelly", "--nir-assume", "reset=subtract", "--dt", 1e-3)
     assert result.exit_code == 0 and "reset" not in result.stderr, result.output

@@ -12,6 +12,7 @@ returns a warning line for each assumption that changes the result, naming the o
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -131,8 +132,8 @@ class Semantics:
     def record(self) -> dict:
         """The manifest's record of what the import assumed."""
         return {"profile": self.profile.name, "source": self.source, "reset": self.reset,
-                "spikes": self.spikes, "fire_rule": self.profile.fire_rule, "assumed": dict(self.assumed),
-                "warnings": list(self.warnings)}
+                "spikes": self.spikes, "fire_rule": self.profile.fire_rule, "rules": list(self.profile.notes),
+                "assumed": dict(self.assumed), "warnings": list(self.warnings)}
 
 
 def _named_in_metadata(metadata) -> Optional[str]:
@@ -154,8 +155,6 @@ def _close(a, b) -> bool:
 def look_alike(nodes: dict) -> Optional[str]:
     """The producer whose exporter's signature the graph carries (node names, the values its
     exporter derives), for the hint in the warning only: it is never applied without the flag."""
-    import re
-
     kinds = {key: type(node).__name__ for key, node in nodes.items()}
     if any(re.fullmatch(r"\d+_\w+Torch", key) for key in nodes):
         return "rockpool"
