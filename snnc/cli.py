@@ -260,17 +260,23 @@ def _fidelity_line(summary) -> str:
                    "rockpool, spyx, lava-dl; default: the graph's metadata, else NIR's literal reading).")
 @click.option("--nir-assume", multiple=True, callback=_assumptions, metavar="KEY=VALUE",
               help="NIR: a choice the graph does not record (reset=zero|subtract, spikes=single|multi); repeatable.")
+@click.option("--netx-input", type=click.Choice(["bias", "spikes"]), default=None,
+              help="netx: input neurons take the image as their bias (default) or input spikes.")
+@click.option("--netx-timing", type=click.Choice(["layer-reset", "free-running"]), default=None,
+              help="netx: each layer starts a sample at rest (layer-reset, default: slayer, netx with "
+                   "reset_interval) or Lava's netx network runs without reset (free-running).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
 def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt, readout,
-           input_scale, input_shape, nir_semantics, nir_assume, as_json):
+           input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
     """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net) and write the
     export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
                "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
-               "nir_semantics": nir_semantics, "nir_assume": nir_assume}
+               "nir_semantics": nir_semantics, "nir_assume": nir_assume, "netx_input": netx_input,
+               "netx_timing": netx_timing}
     summary = export_source(source, output, target=target, force=force, options=options,
                             progress=_progress(as_json))
     if as_json:

@@ -65,8 +65,8 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
     """Read a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
 
     options (NIR): T, dt, readout, input_scale, nir_semantics (a producer profile) and nir_assume
-    (the choices its graph does not record); (netx) T, and input_shape for a file without an
-    input layer that starts with a conv layer. The network's input shape always comes from the
+    (the choices its graph does not record); (netx) T, netx_input (how input neurons are driven),
+    netx_timing, and input_shape for a file without an input layer that starts with a conv layer. The network's input shape always comes from the
     source itself.
     """
     options = dict(options or {})
@@ -75,6 +75,8 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
     suffix = path.suffix.lower()
     if suffix != ".nir" and (options.get("nir_semantics") or options.get("nir_assume")):
         raise UsageError("--nir-semantics and --nir-assume apply only to a NIR graph (.nir)")
+    if suffix != ".net" and (options.get("netx_input") or options.get("netx_timing")):
+        raise UsageError("--netx-input and --netx-timing apply only to a lava-dl netx file (.net)")
     if options.get("input_shape") is not None and suffix != ".net":
         raise UsageError("--input-shape applies only to a netx file (.net) without an input layer "
                          "that starts with a conv layer; this source defines its own input")
@@ -82,7 +84,9 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
         from snnc.frontends.netx import load_netx
 
         return Source(path.name, load_netx(path, T=options.get("T"), target=target,
-                                           input_shape=options.get("input_shape")), None)
+                                           input_shape=options.get("input_shape"),
+                                           input_drive=options.get("netx_input") or "bias",
+                                           timing=options.get("netx_timing")), None)
     if suffix == ".nir":
         from snnc.frontends.nir_frontend import load_nir
 
@@ -99,9 +103,13 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
 
 
 def source_semantics(network: ir.Network) -> dict | None:
-    """How an imported graph was read (a NIR graph: its producer's profile and what was assumed)."""
-    nir_info = network.metadata.get("nir")
-    return nir_info.get("semantics") if isinstance(nir_info, dict) else None
+    """How an imported graph was read (a NIR graph's producer profile, a netx file's timing and input
+    drive) and what was assumed."""
+    for key in ("nir", "netx"):
+        info = network.metadata.get(key)
+        if isinstance(info, dict) and "semantics" in info:
+            return info["semantics"]
+    return None
 
 
 def compile_read(source: Source, target: Target, bn_into: str = "neuron") -> Compiled:

@@ -3,7 +3,10 @@
 A network takes integer *units* at every step, [T, B, *input_shape]: pixels 0..max for the direct
 encoding, 0/1 for the spike encoding. A fixed-point network takes the units themselves; a float
 network takes units x encoding scale. Static frames (images) become units by being presented at
-every step, thresholded first for a spike encoding ("a pixel fires when bright enough").
+every step, thresholded first for a spike encoding ("a pixel fires when bright enough"), or mapped
+through the encoding's `pixel_transform` (units = weight x pixel // 255 + bias: the bias mantissas of
+lava-dl's bias-driven input neurons). With `present_steps`, a frame is presented at the first
+present_steps steps only and the input is 0 afterwards, while the network drains.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ def unit_max(encoding: dict) -> int:
 
 def frame_max(encoding: dict) -> int:
     """The largest value of a static frame: a pixel for a spike encoding, else one unit."""
-    return PIXEL_MAX if encoding.get("kind") == "spikes" else unit_max(encoding)
+    return PIXEL_MAX if encoding.get("kind") == "spikes" or "pixel_transform" in encoding else unit_max(encoding)
 
 
 def frame_units(encoding: dict, steps: int, frames: np.ndarray) -> np.ndarray:
@@ -27,8 +30,15 @@ def frame_units(encoding: dict, steps: int, frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if encoding.get("kind") == "spikes":
         frames = frames >= encoding["threshold"]
+    elif "pixel_transform" in encoding:
+        transform = encoding["pixel_transform"]
+        frames = transform["weight"] * frames.astype(np.int64) // PIXEL_MAX + transform["bias"]
     frames = frames.astype(np.int64, copy=False)
-    return np.broadcast_to(frames, (steps,) + frames.shape)
+    units = np.broadcast_to(frames, (steps,) + frames.shape)
+    present = encoding.get("present_steps")
+    if present is not None and present < steps:
+        units = np.concatenate([units[:present], np.zeros((steps - present,) + frames.shape, np.int64)])
+    return units
 
 
 def network_input(fixed: bool, encoding: dict, units: np.ndarray) -> np.ndarray:

@@ -121,8 +121,8 @@ class Trace:
     spikes: spiking node name -> uint8 [T, B, *shape] (0/1, or counts up to max_spikes);
     readout_steps: the readout integrator's state per step [T, B, classes]; readout: [B, classes]
     (float: the recipe's mean/last; fixed: sum over steps for 'mean', i.e. T times the mean, or the
-    last step, as integers); voltages: node name -> [T, B, *shape] membrane after reset, for the
-    nodes asked for; overflow: node name -> counts of 'current' and 'voltage' wrap/saturation events.
+    last step, as integers); voltages: node name -> [T, B, *shape] membrane after reset, and
+    (fixed point) currents: node name -> [T, B, *shape] synaptic current u, for the nodes asked for; overflow: node name -> counts of 'current' and 'voltage' wrap/saturation events.
     """
 
     spikes: dict[str, np.ndarray]
@@ -130,6 +130,7 @@ class Trace:
     readout: np.ndarray
     voltages: dict[str, np.ndarray] = field(default_factory=dict)
     overflow: dict[str, dict[str, int]] = field(default_factory=dict)
+    currents: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def predictions(self) -> np.ndarray:
@@ -232,10 +233,10 @@ for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.spike_count, fi
 
 
 @register_jitable(inline="always")
-def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_amount, bias, keep_u, keep_v,
+def _population_step(x, u, v, fired, voltages, currents, busy, record, fire_level, reset_amount, bias, keep_u, keep_v,
                      decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes):
     """One step of every neuron of one sample on the integer input row x (any dtype holding
-    integers): updates u and v, fills fired (and voltages and busy when recording); returns the
+    integers): updates u and v, fills fired (and voltages, currents and busy when recording); returns the
     numbers of spikes and of current and voltage overflow events."""
     spike_count = 0
     current_events = 0
@@ -248,6 +249,7 @@ def _population_step(x, u, v, fired, voltages, busy, record, fire_level, reset_a
                 decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes)
             fired[n] = spike
             voltages[n] = v[n]
+            currents[n] = u[n]
             spike_count += spike
             current_events += current_event
             voltage_events += voltage_event
@@ -269,14 +271,14 @@ def _compile_kernel(rules_digest: str):
     SHA-256 of snnc/fixedpoint.py) is in the closure so that editing a rule recompiles it."""
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def cuba_run(a, steps, initial, fire_level, reset_amount, bias, recurrent_t, spikes, voltages, busy, keep_u,
+    def cuba_run(a, steps, initial, fire_level, reset_amount, bias, recurrent_t, spikes, voltages, currents, busy, keep_u,
                  keep_v, decay_bits, shift, top, current_saturates, voltage_saturates, hard, soft, max_spikes):
         """Every step of one population on [steps, batch, neurons]; returns the number of spikes and
         of current and voltage overflow events. `a` holds one step (presented at every step) or all
         of them. `recurrent_t` is the transposed recurrent matrix ([source, target], int64), or
         empty: then the input row goes to the neurons as it is; else each step's input is
         a + the weights of the neurons that fired at the previous step of the same sample. Fills
-        spikes, and voltages and busy unless they have size 0 (the loop without them stores nothing
+        spikes, and voltages, currents and busy unless they have size 0 (the loop without them stores nothing
         more). A sample's state stays in two rows of its thread from the first step to the last;
         every value is formed in int64 from integers, so any dtype holding integers gives the same."""
         rules_version = rules_digest  # noqa: F841 (part of the cache key, see above)
@@ -304,11 +306,11 @@ def _compile_kernel(rules_digest: str):
                             if spikes[t - 1, b, j]:
                                 for n in range(neurons):
                                     drive[n] += recurrent_t[j, n] * np.int64(spikes[t - 1, b, j])
-                    counts = _population_step(drive, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
+                    counts = _population_step(drive, u, v, spikes[t, b], voltages[row, b], currents[row, b], busy[row, b], record,
                                               fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
                                               top, current_saturates, voltage_saturates, hard, soft, max_spikes)
                 else:
-                    counts = _population_step(x, u, v, spikes[t, b], voltages[row, b], busy[row, b], record,
+                    counts = _population_step(x, u, v, spikes[t, b], voltages[row, b], currents[row, b], busy[row, b], record,
                                               fire_level, reset_amount, bias, keep_u, keep_v, decay_bits, shift,
                                               top, current_saturates, voltage_saturates, hard, soft, max_spikes)
                 sample_spikes += counts[0]
@@ -333,12 +335,13 @@ def _per_neuron(array, shape) -> np.ndarray:
 @dataclass
 class NeuronRun:
     """What a population did over T steps: outputs [T, B, *shape] (spikes as uint8: 0/1, or counts
-    up to max_spikes; or the integrator's v as int64), v after reset (int64, when asked), busy
+    up to max_spikes; or the integrator's v as int64), v after reset and u (int64, when asked), busy
     (uint8, when asked: u or v was non-zero at the start of the step), the number of spikes (the
     sum of the counts), and the numbers of current and voltage overflow events."""
 
     outputs: torch.Tensor
     voltages: Optional[torch.Tensor]
+    currents: Optional[torch.Tensor]
     busy: Optional[torch.Tensor]
     spike_count: int
     overflow: dict[str, int]
@@ -382,9 +385,10 @@ class FixedNeuron:
         recorded = full if record_voltage or record_busy or not self.spiking else (1, batch, 0)   # empty rows
         spikes = np.empty(full, dtype=np.uint8)
         voltages, busy = np.empty(recorded, dtype=np.int64), np.empty(recorded, dtype=np.uint8)
+        currents = np.empty(recorded, dtype=np.int64)   # the kernel records u wherever it records v
         spike_count, current_events, voltage_events = _cuba_run(
             a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.fire_level,
-            self.reset_amount, self.bias, self.recurrent_t, spikes, voltages, busy, self.keep_u, self.keep_v,
+            self.reset_amount, self.bias, self.recurrent_t, spikes, voltages, currents, busy, self.keep_u, self.keep_v,
             self.decay_bits,
             self.shift, self.top, self.current_saturates, self.voltage_saturates, self.hard, self.soft,
             self.max_spikes)
@@ -392,6 +396,7 @@ class FixedNeuron:
         voltages = torch.from_numpy(voltages).reshape(shape) if voltages.size else None
         return NeuronRun(outputs=torch.from_numpy(spikes).reshape(shape) if self.spiking else voltages,
                          voltages=voltages if record_voltage else None,
+                         currents=torch.from_numpy(currents).reshape(shape) if record_voltage else None,
                          busy=torch.from_numpy(busy).reshape(shape) if record_busy else None,
                          spike_count=int(spike_count) if self.spiking else 0,
                          overflow={"current": int(current_events), "voltage": int(voltage_events)})
@@ -403,7 +408,7 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
     T, B = inputs.shape[:2]
     last = last_uses(net)
     values: dict[str, torch.Tensor] = {}
-    spikes, voltages, overflow = {}, {}, {}
+    spikes, voltages, currents, overflow = {}, {}, {}, {}
     readout_steps = None
 
     def merged(node, name, dtype):
@@ -434,6 +439,8 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
         if net.fixed:
             result = FixedNeuron(node, net.arithmetic).run(z.round_(), T, record_voltage=record)
             out, volt, overflow[node.name] = result.outputs, result.voltages, result.overflow
+            if result.currents is not None:
+                currents[node.name] = result.currents.numpy()
         else:
             out, volt = float_neuron(node, z, record)
         del z
@@ -445,7 +452,7 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
             readout_steps = out.numpy()
             if last[node.name] > index:
                 values[node.name] = out.to(torch.float64)
-    return spikes, readout_steps, voltages, overflow
+    return spikes, readout_steps, voltages, overflow, currents
 
 
 def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
@@ -458,7 +465,7 @@ def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
     chunk = samples_per_chunk(net) if chunk is None else max(1, int(chunk))
     exact = float32_ops(net)
     if inputs.shape[1] <= chunk:
-        spikes, readout_steps, voltages, overflow = _run_chunk(net, inputs, record_voltages, exact)
+        spikes, readout_steps, voltages, overflow, currents = _run_chunk(net, inputs, record_voltages, exact)
     else:
         parts = [_run_chunk(net, inputs[:, start:start + chunk], record_voltages, exact)
                  for start in range(0, inputs.shape[1], chunk)]
@@ -467,8 +474,9 @@ def run(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...] = (),
         voltages = {name: np.concatenate([p[2][name] for p in parts], axis=1) for name in parts[0][2]}
         overflow = {name: {kind: sum(p[3][name][kind] for p in parts) for kind in ("current", "voltage")}
                     for name in parts[0][3]}
+        currents = {name: np.concatenate([p[4][name] for p in parts], axis=1) for name in parts[0][4]}
     return Trace(spikes=spikes, readout_steps=readout_steps, readout=readout(net, readout_steps),
-                 voltages=voltages, overflow=overflow)
+                 voltages=voltages, overflow=overflow, currents=currents)
 
 
 def readout(net: Network, steps: np.ndarray) -> np.ndarray:

@@ -130,6 +130,13 @@ def encoding_problem(encoding, needs_scale: bool = True) -> Optional[str]:
     threshold = encoding.get("threshold")
     if kind == "spikes" and not _finite_number(threshold):
         return f"a spike encoding needs a numeric threshold, got {threshold!r}"
+    present = encoding.get("present_steps")
+    if present is not None and not (is_integer(present) and present >= 1):
+        return f"present_steps must be a positive integer, got {present!r}"
+    transform = encoding.get("pixel_transform")
+    if transform is not None and not (isinstance(transform, dict) and set(transform) == {"weight", "bias"}
+                                      and all(is_integer(v) for v in transform.values())):
+        return f"pixel_transform must be integers {{weight, bias}}, got {transform!r}"
     return None
 
 

@@ -307,11 +307,12 @@ def test_writer_refuses_snnc_networks_with_pooling_or_floats(tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"delay1": [0, 2]}, "axonal delays"),
+    ({"delay1": [0, 2], "bias1": [1, 0]}, "per-neuron delays .* without bias"),
+    ({"delay1": [[0, 1, 2], [1, 1, 0]]}, "a delay per synapse"),
+    ({"delay1": [1, 2, 3, 4]}, "delays of shape"),
     ({"n1": (1024, 128, 80, {"type": "SDNN"})}, "neuron type 'SDNN'"),
     ({"w1": np.array([[300, -50, 20], [40, 80, -256]])}, "8-bit"),
     ({"n1": (np.array([1024, 512]), 128, 80)}, "per-neuron iDecay"),
-    ({"n1": (1024, 128, 80, {"gradedSpike": True})}, "graded spikes"),
 ])
 def test_reader_refuses_unsupported_features(tmp_path, overrides, message):
     if "n1" in overrides and len(overrides["n1"]) == 4:
@@ -339,10 +340,12 @@ def test_reader_refuses_other_layouts(tmp_path):
     path = tmp_path / "input_neuron.net"
     with h5py.File(path, "w") as f:
         layers = f.create_group("layer")
-        _cuba(_layer(layers, 0, "input", [3]), 4096, 0, 10)
-        _dense(layers, 1, TINY_W1, neuron=(4096, 0, 10))
-    with pytest.raises(InputError, match="layer 0: an input layer with neurons"):
+        _cuba(_layer(layers, 0, "input", [3, 2]), 4096, 0, 10)
+        _dense(layers, 1, np.ones((2, 6)), neuron=(4096, 0, 10))
+    with pytest.raises(InputError, match="layer 0: an input layer with neurons of shape"):
         load_netx(path, T=2)
+    with pytest.raises(UsageError, match="timing"):
+        load_netx(_tiny_file(tmp_path / "t.net"), timing="late")
     (tmp_path / "plain.h5").write_bytes(b"nope")
     with pytest.raises(InputError, match="not an HDF5 file"):
         load_netx(tmp_path / "plain.h5", T=2)

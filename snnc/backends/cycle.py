@@ -419,7 +419,7 @@ class _Run:
         self.spikes: dict[str, torch.Tensor] = {}        # spiking layer -> uint8 [T, B, *shape]
         self.readout_steps = None
         self.record = set(record_voltages)
-        self.voltages, self.overflow = {}, {}
+        self.voltages, self.currents, self.overflow = {}, {}, {}
         self.received = {name: torch.zeros((self.T, self.B, layer.H * layer.W))
                          for name, layer in plan.layers.items() if not layer.always_active}
         K, n_cores = self.T + plan.max_depth, plan.n_cores
@@ -491,6 +491,7 @@ class _Run:
         self.overflow[name] = result.overflow
         if result.voltages is not None:
             self.voltages[name] = result.voltages
+            self.currents[name] = result.currents
         if layer.node.spiking:
             self.spikes[name] = result.outputs
             self.layer_counts[name]["spikes"] = float(result.spike_count)
@@ -610,7 +611,8 @@ def _chunk_result(run: _Run) -> tuple[execute.Trace, Counts]:
     trace = execute.Trace(spikes={name: value.numpy() for name, value in run.spikes.items()},
                           readout_steps=readout_steps, readout=execute.readout(plan.net, readout_steps),
                           voltages={name: value.numpy() for name, value in run.voltages.items()},
-                          overflow=run.overflow)
+                          overflow=run.overflow,
+                          currents={name: value.numpy() for name, value in run.currents.items()})
     chip = run.chip_steps()
     cores = {key: value.numpy() for key, value in chip["cores"].items()}
     layers = {name: dict(counts) for name, counts in run.layer_counts.items()}
@@ -647,7 +649,8 @@ def concatenate_traces(net: Network, parts: list[execute.Trace]) -> execute.Trac
         readout_steps=readout_steps, readout=execute.readout(net, readout_steps),
         voltages={name: np.concatenate([p.voltages[name] for p in parts], axis=1) for name in parts[0].voltages},
         overflow={name: {kind: sum(p.overflow[name][kind] for p in parts) for kind in ("current", "voltage")}
-                  for name in parts[0].overflow})
+                  for name in parts[0].overflow},
+        currents={name: np.concatenate([p.currents[name] for p in parts], axis=1) for name in parts[0].currents})
 
 
 def _plan(net: Network, mapping: Mapping, target) -> _Plan:

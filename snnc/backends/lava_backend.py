@@ -53,9 +53,11 @@ FORMAT = "snnc-lava-graph"
 FORMAT_VERSION = 1
 SELECT_TAG = "fixed_pt"
 # Lava's Dense/Sparse (bit-accurate models) clip weights to 8 bits and, in mixed-sign mode, drop
-# the least significant bit; storing 2*w with weight_exp = -1 keeps every snnc weight exact.
+# the least significant bit; storing 2*w with weight_exp = -1 keeps every weight up to 127 exact
+# (lava_weight_shift), and even weights up to 256 (slayer's exports) are stored as they are.
 DENSE_WEIGHT_SHIFT = 1
 DENSE_WEIGHT_LIMIT = 127
+MIXED_WEIGHT_RANGE = (-256, 254)   # what the mixed-sign 8-bit synapse holds after dropping its low bit
 LAVA_MAX_DELAY = 63   # the bit-accurate DelayDense holds 6-bit delays
 LAVA_RUNTIME_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
 
@@ -189,6 +191,19 @@ def _lava_delays(factors: dict, delay: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(high[_lava_order(source_shape)], (rows, size)), dtype=int)
 
 
+def lava_weight_shift(weight: np.ndarray, name: str) -> int:
+    """The exponent s with which Lava's mixed-sign 8-bit synapse holds every weight w exactly: it
+    stores w * 2^s, clipped to [-256, 255] with its lowest bit dropped, and shifts the sums by -s."""
+    weight = np.asarray(weight, dtype=np.int64)
+    for shift in (DENSE_WEIGHT_SHIFT, 0):
+        stored = weight << shift
+        if MIXED_WEIGHT_RANGE[0] <= stored.min(initial=0) and stored.max(initial=0) <= MIXED_WEIGHT_RANGE[1] \
+                and not np.any(stored & 1):
+            return shift
+    raise DesignRuleError(f"layer '{name}': weights in [{int(weight.min())}, {int(weight.max())}] do not fit Lava's "
+                          f"8-bit synapse (|w| <= {DENSE_WEIGHT_LIMIT}, or even and within {list(MIXED_WEIGHT_RANGE)})")
+
+
 def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
     """The Dense/Sparse matrix of a synapse after its views, in Lava's order, pre-shifted: the
     artifact stores these factors (a composed matrix is up to k*k*Cin*kh*kw times larger)."""
@@ -200,22 +215,24 @@ def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
     matrix = matrix[_lava_order(synapse.shape)][:, _lava_order(source_shape)].tocsr()
     matrix.sum_duplicates()
     matrix.sort_indices()
-    worst = int(np.abs(matrix.data).max()) if matrix.nnz else 0
-    if worst > DENSE_WEIGHT_LIMIT:
-        raise DesignRuleError(f"layer '{name}': composed weight {worst} does not fit Lava's 8-bit "
-                              f"synapse (limit {DENSE_WEIGHT_LIMIT})")
-    matrix.data = (matrix.data << DENSE_WEIGHT_SHIFT).astype(np.int32)
+    stored = matrix.data.astype(np.int64) << factors["weight_shift"]
+    if matrix.nnz and not (MIXED_WEIGHT_RANGE[0] <= stored.min() and stored.max() <= MIXED_WEIGHT_RANGE[1]
+                           and not np.any(stored & 1)):
+        raise DesignRuleError(f"layer '{name}': composed weight {int(np.abs(matrix.data).max())} does not fit "
+                              f"Lava's 8-bit synapse (limit {DENSE_WEIGHT_LIMIT})")
+    matrix.data = stored.astype(np.int32)
     return matrix
 
 
 # --- the graph description --------------------------------------------------------------------
 
-def _matrix_entry(name: str, node: str, shape: tuple[int, int], factors: dict, message_bits: int) -> dict:
+def _matrix_entry(name: str, node: str, shape: tuple[int, int], factors: dict, message_bits: int,
+                  weight: np.ndarray) -> dict:
     """A Dense, Sparse or DelayDense process as graph.json describes it: the factors its matrix is
     composed from, its [out, in] shape and the weight mapping above."""
-    return {"name": name, "node": node, "shape": list(shape), **factors, "weight_shift": DENSE_WEIGHT_SHIFT,
-            "weight_exp": -DENSE_WEIGHT_SHIFT, "num_weight_bits": 8, "sign_mode": "mixed",
-            "num_message_bits": message_bits}
+    shift = lava_weight_shift(weight, name)
+    return {"name": name, "node": node, "shape": list(shape), **factors, "weight_shift": shift,
+            "weight_exp": -shift, "num_weight_bits": 8, "sign_mode": "mixed", "num_message_bits": message_bits}
 
 
 @dataclass
@@ -300,11 +317,10 @@ class _SpecBuilder:
                               **({"kernel": v.attrs["kernel"], "stride": v.attrs["stride"]}
                                  if v.op == "sumpool" else {})} for v in views]}
         weight = np.asarray(synapse.weight, dtype=np.int64)
-        if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT or any(
-                v.op == "sumpool" and v.attrs["kernel"] > v.attrs["stride"] for v in views):
-            _lava_matrix(factors, weight, name)  # overlapping pools can sum weights: check now
         rows, cols = int(np.prod(synapse.shape)), int(np.prod(source.ir_shape))
-        entry = _matrix_entry(name, synapse.name, (rows, cols), factors, bits)
+        entry = _matrix_entry(name, synapse.name, (rows, cols), factors, bits, weight)
+        if any(v.op == "sumpool" and v.attrs["kernel"] > v.attrs["stride"] for v in views):
+            _lava_matrix(entry, weight, name)  # overlapping pools can sum weights: check now
         arrays = {"weight": weight.astype(np.int32)}
         largest = largest_delay(synapse)
         if largest:     # Lava's DelayDense: the same matrix, with a delay per synapse
@@ -326,10 +342,8 @@ class _SpecBuilder:
         factors = {"op": "linear", "attrs": {}, "out_shape": list(node.shape), "source_shape": list(node.shape),
                    "views": []}
         weight = np.asarray(node.recurrent, dtype=np.int64)
-        if int(np.abs(weight).max(initial=0)) > DENSE_WEIGHT_LIMIT:
-            _lava_matrix(factors, weight, name)   # refuses it, naming the layer
-        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, payload_bits(node)), type="dense",
-                              recurrent=True), weight=weight.astype(np.int32))
+        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, payload_bits(node), weight),
+                              type="dense", recurrent=True), weight=weight.astype(np.int32))
         self.connect((node.name, "s_out", shape), name, "s_in", (size,))
         self.connect((name, "a_out", (size,)), node.name, "a_in", shape)
 
@@ -470,6 +484,10 @@ def _check_spec(spec, arrays: dict) -> None:
         for key in _ARRAY_KEYS.get(entry["type"], ()):
             if entry.get(key) not in arrays:
                 raise InputError(f"Lava graph: process '{entry['name']}' refers to a missing array ({key})")
+        if entry["type"] in ("dense", "sparse", "delay_dense") and not (
+                entry.get("weight_shift") in (0, DENSE_WEIGHT_SHIFT) and entry.get("weight_exp") == -entry["weight_shift"]):
+            raise InputError(f"Lava graph: process '{entry['name']}' has weight_shift {entry.get('weight_shift')!r} / "
+                             f"weight_exp {entry.get('weight_exp')!r}, not 0 or {DENSE_WEIGHT_SHIFT} and its negative")
         counts = entry.get("max_spikes", 1)
         if entry["type"] == "neuron" and not (is_integer(counts) and 1 <= counts <= ir.MAX_SPIKES_PER_STEP):
             raise InputError(f"Lava graph: process '{entry['name']}' has max_spikes {counts!r}, not an integer in "

@@ -21,6 +21,20 @@ per step:  u = trunc(u (4096 - iDecay)/4096) + (a << 6), v = trunc(v (4096 - vDe
 (snnc's register keeps 4096 - u_decay - 1), v_decay = vDecay, threshold = vThMant << 6 with the
 fire rule '>', bias = bias << 6, weights = the file's integers (checked to pass Lava's 8-bit synapse
 unchanged). refDelay is ignored, as netx ignores it (Lava's LIF has no refractory period).
+
+Time: lava-dl's netx network runs in Lava with one step of latency per Dense/Conv synapse
+(DelayDense: 1 + d), the Input block's neurons taking the input (or the image, as their bias) directly.
+Two timings of a file lava-dl wrote are read (`timing`):
+- 'layer-reset' (default): every layer starts a sample at rest when the sample's first input reaches it,
+  as slayer trained the network and as Lava runs netx.hdf5.Network(reset_interval=...) (each layer is
+  reset one step after the one before it). That is snnc's logical time: no latency is modelled, and
+  Lava's output at step t + depth is snnc's at step t.
+- 'free-running': netx.hdf5.Network without reset, from power-on: biases act from step 0 while the input
+  is still in flight, so every synaptic node gets Node.delay = 1 (+ axonal delays) and snnc's trace equals
+  Lava's step for step.
+They differ only where a layer after the input has a bias (or input neurons feed spiking layers with
+memory of the early steps); without a --netx-timing choice such a file prints a warning. A file snnc
+wrote (it has an `snnc` group) is in snnc's logical time.
 """
 from __future__ import annotations
 
@@ -208,11 +222,68 @@ def lava_dense_weights(weight: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 # --- layers ---------------------------------------------------------------------------------------
 
+LAVA_MAX_DELAY = 62         # netx clamps longer delays to 62 steps (with a warning), as Loihi holds them
+INPUT_DRIVES = ("bias", "spikes")
+TIMINGS = ("layer-reset", "free-running")
+PIXEL_TRANSFORM = {"weight": 64, "bias": 0}   # netx's Input block defaults (weight 1.0, bias 0 in 1/64 units)
+
+
+def _identity_weight(shape: tuple[int, ...], where: str) -> tuple[str, np.ndarray, dict]:
+    """(op, weight, attrs) of a synapse that passes each input element to one neuron: how snnc holds
+    netx's Input block, whose neurons take the input without a synapse."""
+    if len(shape) == 3:
+        return "conv2d", np.eye(shape[0], dtype=np.int64)[:, :, None, None], \
+            {"kernel": [1, 1], "stride": [1, 1], "padding": [0, 0]}
+    if len(shape) == 1:
+        check_weight_count(shape[0] ** 2, f"{where}: input neurons")
+        return "linear", np.eye(shape[0], dtype=np.int64), {}
+    raise InputError(f"{where}: an input layer with neurons of shape {list(shape)} (netx input neurons are "
+                     f"(C, H, W) or (N,))")
+
+
+def _synapse_delays(group, out_size: int, in_size: int, where: str) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """A dense layer's netx delays as (per output neuron, per input element), read as netx reads them:
+    truncated to integers, clamped to 0..62, one value, one per output neuron (checked first, as netx
+    does), one per input, or a matrix [out, in] whose rows or columns are all equal."""
+    delay = _value(group, "delay")
+    if delay is None:
+        return None, None
+    delay = np.asarray(delay)
+    if not np.all(np.isfinite(delay)):
+        raise InputError(f"{where}: delays must be finite numbers")
+    delay = delay.astype(np.int64)
+    if np.any(delay < 0):
+        raise InputError(f"{where}: negative delay {int(delay.min())}")
+    delay = np.minimum(delay, LAVA_MAX_DELAY)
+    if delay.size == 1:
+        return np.full(out_size, int(delay.ravel()[0])), None
+    if delay.ndim == 1 and delay.size == out_size:
+        return delay, None
+    if delay.ndim == 1 and delay.size == in_size:
+        return None, delay
+    if delay.shape == (out_size, in_size):
+        if np.all(delay == delay[:, :1]):
+            return delay[:, 0].copy(), None
+        if np.all(delay == delay[:1, :]):
+            return None, delay[0].copy()
+        raise InputError(f"{where}: a delay per synapse that is neither per neuron nor per input cannot be held "
+                         f"(snnc's delays are per input element)")
+    raise InputError(f"{where}: delays of shape {list(delay.shape)} fit neither the {out_size} neurons nor the "
+                     f"{in_size} inputs")
+
+
 class _Reader:
-    def __init__(self, path: Path):
+    """Builds the node chain. `lag` is the synapse latency modelled (1 for files lava-dl wrote, 0 for
+    snnc's own); `axonal` holds, per node, the delay its outputs take to every consumer (netx's
+    per-neuron delays of a layer, which snnc holds on the consumer's inputs)."""
+
+    def __init__(self, path: Path, lag: int):
         self.path = path
+        self.lag = lag
         self.nodes: list[Node] = []
         self.notes: list[str] = []
+        self.axonal: dict[str, np.ndarray] = {}
+        self.transform: Optional[dict] = None
 
     def where(self, index: int) -> str:
         return f"{self.path.name}: layer {index}"
@@ -223,6 +294,30 @@ class _Reader:
     def add(self, node: Node) -> Node:
         self.nodes.append(node)
         return node
+
+    def flattened(self, index: int, note: bool) -> Node:
+        """The last node as a dense layer reads it: flattened in (C, H, W) order, as netx's
+        transpose([2, 1, 0]).flatten() of Lava's (x, y, c) order."""
+        source = self.last()
+        if len(source.shape) == 1:
+            return source
+        node = self.add(Node(name=f"flatten{index}", op="flatten", inputs=[source.name],
+                             shape=(int(np.prod(source.shape)),)))
+        if source.name in self.axonal:
+            self.axonal[node.name] = self.axonal[source.name].reshape(-1)
+        if note:
+            self.notes.append(f"layer {index}: flatten inserted before the dense layer")
+        return node
+
+    def input_delay(self, source: Node, own: Optional[np.ndarray], lag: int) -> Optional[np.ndarray]:
+        """Node.delay of a synapse reading `source`: the latency, the source neurons' axonal delays and
+        the synapse's own per-input delays; None when all are 0."""
+        delay = np.full(source.shape, lag, dtype=np.int64)
+        if source.name in self.axonal:
+            delay = delay + self.axonal[source.name].reshape(source.shape)
+        if own is not None:
+            delay = delay + own.reshape(source.shape)
+        return delay if np.any(delay) else None
 
     def neuron(self, config: Optional[dict], shape: tuple[int, ...], bias, index: int, last: bool) -> Neuron:
         where = self.where(index)
@@ -237,9 +332,10 @@ class _Reader:
         for key in ("iDecay", "vDecay", "vThMant"):
             if key not in config:
                 raise InputError(f"{where}: neuron has no {key}")
-        graded = bool(np.any(config.get("gradedSpike", False))) or int(np.max(config.get("messageBits", 0))) > 0
-        if graded:
-            raise InputError(f"{where}: graded spikes from CUBA neurons are not supported")
+        bits = int(np.max(config.get("messageBits", 0)))
+        if bool(np.any(config.get("gradedSpike", False))) or bits > 0:
+            self.notes.append(f"layer {index}: graded spikes ({bits} message bits) read as the spikes Lava's LIF "
+                              f"sends, 0 or 1 (netx only widens the next synapse's messages)")
         decays = {}
         for key in ("iDecay", "vDecay"):
             values = np.asarray(config[key]).astype(np.int64)
@@ -284,13 +380,22 @@ class _Reader:
             return values.reshape(shape).copy()
         raise InputError(f"{self.where(index)}: array of {values.size} values does not fit the layer {list(shape)}")
 
-    def check_delay(self, group, index: int) -> None:
-        delay = _value(group, "delay")
-        if delay is not None and np.any(np.floor(delay) != 0):
-            raise InputError(f"{self.where(index)}: axonal delays ({int(np.count_nonzero(np.floor(delay)))} "
-                             f"non-zero) are not supported: snnc's IR has no per-neuron delay")
+    def input_neurons(self, group, index: int, drive: str) -> None:
+        """netx's Input block: neurons that take the network input directly (drive 'spikes'), or
+        the image as their bias (drive 'bias': bias_mant = the input unit, so u holds no memory);
+        the block's weight and bias are the transform lava-dl leaves to the user (pixel -> bias_mant)."""
+        where = self.where(index)
+        source = self.last()
+        op, weight, attrs = _identity_weight(source.shape, where)
+        neuron = self.neuron(_neuron_config(group, where), source.shape, None, index, last=False)
+        if drive == "bias":
+            neuron.u_decay = DECAY_UNITY - 1
+        self.transform = {key: int(np.asarray(_value(group, key, default)).ravel()[0])
+                          for key, default in PIXEL_TRANSFORM.items()}
+        self.add(Node(name=f"{source.name}_neurons", op=op, inputs=[source.name], shape=source.shape,
+                      weight=weight, attrs=attrs, neuron=neuron))
 
-    def dense(self, group, index: int, last: bool) -> None:
+    def dense(self, group, index: int, last: bool, recurrent: bool = False) -> None:
         where = self.where(index)
         if "weight" not in group:
             raise InputError(f"{where}: dense layer without weight (complex weights are not supported)")
@@ -300,26 +405,34 @@ class _Reader:
             if weight.size % out_features:
                 raise InputError(f"{where}: {weight.size} weights do not connect to {out_features} neurons")
             weight = weight.reshape(out_features, -1)
-        source = self.last()
-        if len(source.shape) != 1:
-            source = self.add(Node(name=f"flatten{index}", op="flatten", inputs=[source.name],
-                                   shape=(int(np.prod(source.shape)),)))
-            self.notes.append(f"layer {index}: flatten inserted before the dense layer")
+        source = self.flattened(index, note=True)
         if weight.shape != (out_features, source.shape[0]):
             raise InputError(f"{where}: weight {list(weight.shape)} does not connect {source.shape[0]} inputs "
                              f"to {out_features} neurons")
-        effective, bits, exponent = lava_dense_weights(weight)
-        if effective is None or not np.array_equal(effective, weight):
-            raise InputError(f"{where}: weights in [{weight.min()}, {weight.max()}] do not pass Lava's 8-bit "
+        feedback = None
+        if recurrent:
+            feedback = _int_array(group, "weight_rec").reshape(out_features, -1)
+            if feedback.shape != (out_features, out_features):
+                raise InputError(f"{where}: weight_rec {list(feedback.shape)} is not [{out_features}, {out_features}]")
+        together = weight if feedback is None else np.hstack([weight, feedback])   # netx scales them together
+        effective, bits, exponent = lava_dense_weights(together)
+        if effective is None or not np.array_equal(effective, together):
+            raise InputError(f"{where}: weights in [{together.min()}, {together.max()}] do not pass Lava's 8-bit "
                              f"synapse unchanged (netx weight exponent {exponent})")
-        self.check_delay(group, index)
+        per_neuron, per_input = _synapse_delays(group, out_features, source.shape[0], where)
         shape = (out_features,)
         config = _neuron_config(group, where)
         if last and config is not None and bool(group.attrs.get("snnc_integrator", False)):
             config = dict(config, integrator=True)
         neuron = self.neuron(config, shape, _value(group, "bias"), index, last)
-        self.add(Node(name=_name(group, f"dense{index}"), op="linear", inputs=[source.name], shape=shape, weight=weight,
-                      neuron=neuron))
+        name = _name(group, f"dense{index}")
+        if per_neuron is not None and np.any(per_neuron):
+            if np.any(neuron.bias) or neuron.kind != "spiking" or recurrent:
+                raise InputError(f"{where}: per-neuron delays are held as axonal delays of the layer's spikes, "
+                                 f"exact only for a spiking layer without bias or recurrence")
+            self.axonal[name] = per_neuron.reshape(shape)
+        self.add(Node(name=name, op="linear", inputs=[source.name], shape=shape, weight=weight,
+                      neuron=neuron, recurrent=feedback, delay=self.input_delay(source, per_input, self.lag)))
 
     def conv(self, group, index: int, last: bool) -> None:
         where = self.where(index)
@@ -343,11 +456,39 @@ class _Reader:
         shape = conv_output_shape(source.shape, int(weight.shape[0]), kernel, stride, padding, where)
         if "shape" in group and _shape(group) != shape:
             raise InputError(f"{where}: stored shape {list(_shape(group))} differs from the computed {list(shape)}")
-        self.check_delay(group, index)
+        if "delay" in group:
+            self.notes.append(f"layer {index}: conv delays ignored, as netx ignores them")
         neuron = self.neuron(_neuron_config(group, where), shape, _value(group, "bias"), index, last)
         self.add(Node(name=_name(group, f"conv{index}"), op="conv2d", inputs=[source.name], shape=shape, weight=weight,
                       attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
-                      neuron=neuron))
+                      neuron=neuron, delay=self.input_delay(source, None, self.lag)))
+
+    def readout(self, name: str, weight: np.ndarray) -> Node:
+        """An snnc readout integrator on the last spiking layer: it counts what reaches it (x 64),
+        after the layer's axonal delays; no latency (netx has no such layer: its user counts the
+        output spikes themselves)."""
+        source = self.flattened(len(self.nodes), note=False)
+        size = int(weight.shape[0])
+        check_weight_count(weight.size, f"{self.path}: readout")
+        shape = (size,)
+        return self.add(Node(name=name, op="linear", inputs=[source.name], shape=shape, weight=weight,
+                             delay=self.input_delay(source, None, 0),
+                             neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
+                                           bias=np.zeros(shape, dtype=np.int64),
+                                           initial_state=np.zeros(shape, dtype=np.int64),
+                                           v_decay=0, u_decay=_current_decay(DECAY_UNITY))))
+
+    def average(self, group, index: int) -> None:
+        """slayer's Average block, the readout of population-coded outputs: class c is the mean of the
+        c-th of `classes` equal, consecutive groups of the last layer's neurons. snnc reads out each
+        group's spike sum (x 64), which orders the classes as the mean does."""
+        classes = int(np.prod(_shape(group)))
+        size = int(np.prod(self.last().shape))
+        if not self.last().spiking or size % classes:
+            raise InputError(f"{self.where(index)}: an average of {classes} classes needs a spiking layer whose "
+                             f"neurons split into {classes} equal groups (it has {size})")
+        weight = np.kron(np.eye(classes, dtype=np.int64), np.ones((1, size // classes), dtype=np.int64))
+        self.readout(_name(group, f"average{index}"), weight)
 
 
 def _refuse_input_shape(path: Path, input_shape, why: str) -> None:
@@ -356,20 +497,48 @@ def _refuse_input_shape(path: Path, input_shape, why: str) -> None:
                          f"starts with a conv layer; {why}")
 
 
+def _input_encoding(reader: _Reader, drive: str, t_sample: Optional[int], T: int) -> dict:
+    """What the network's input takes: binary spikes, or for bias-driven input neurons the integer
+    bias mantissas (static images become them through the file's transform, docs/interop.md);
+    a lava-dl file presents a static frame for its tSample steps, then lets the network drain."""
+    if reader.transform is not None and drive == "bias":
+        weight, bias = reader.transform["weight"], reader.transform["bias"]
+        encoding = {"kind": "direct", "max": max(1, weight + bias), "bits": max(1, (weight + bias).bit_length()),
+                    "pixel_transform": dict(reader.transform),
+                    "description": f"bias-driven input neurons: bias_mant = {weight} x pixel / 255 + {bias} "
+                                   f"(rounded down) for images; data files give bias_mant per step"}
+    else:
+        encoding = dict(SPIKE_ENCODING)
+    if reader.lag and t_sample is not None and T > t_sample:
+        encoding["present_steps"] = int(t_sample)
+    return encoding
+
+
+LAYER_TYPES = ("input", "dense", "dense_rec", "conv", "flatten", "average")
+
+
 def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optional[dict] = None,
-              input_shape: Optional[tuple[int, ...]] = None) -> Network:
+              input_shape: Optional[tuple[int, ...]] = None, input_drive: str = "bias",
+              timing: Optional[str] = None) -> Network:
     """A fixed-point snnc Network from a lava-dl netx HDF5 file (bit-exact netx/Lava LIF semantics).
 
-    T: steps per sample (default: the file's simulation/tSample, else required). target: whose
-    register widths to use (must be Lava's CUBA widths). encoding: what the input receives (default
-    SPIKE_ENCODING, binary spikes). The input's shape is the file's: its input layer, else the
-    first dense layer's inFeatures; input_shape (C, H, W) is only for a file without an input layer
-    that starts with a conv layer, and refused for any other.
+    T: steps per sample (default: the file's simulation/tSample, plus for a file lava-dl wrote the
+    steps its pipeline needs to drain; else required). target: whose register widths to use (must be
+    Lava's CUBA widths). encoding: what the input receives (default: binary spikes, or the bias
+    mantissas of bias-driven input neurons). input_drive: how input neurons are driven, 'bias' (the
+    image as their bias, lava-dl's usual way) or 'spikes' (input spikes into their a_in). timing:
+    'layer-reset' (default) or 'free-running', see the module docstring. The input's
+    shape is the file's: its input layer, else the first dense layer's inFeatures; input_shape
+    (C, H, W) is only for a file without an input layer that starts with a conv layer.
     """
     import h5py
 
     from snnc.targets import Target, load_target
 
+    if input_drive not in INPUT_DRIVES:
+        raise UsageError(f"netx input drive must be one of {INPUT_DRIVES}, got {input_drive!r}")
+    if timing is not None and timing not in TIMINGS:
+        raise UsageError(f"netx timing must be one of {TIMINGS}, got {timing!r}")
     target = target if isinstance(target, Target) else load_target(target)
     path = Path(path)
     if not path.is_file():
@@ -389,40 +558,42 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
         if indices != list(range(len(indices))) or not indices:
             raise InputError(f"{path}: layers must be numbered 0..n-1")
         snnc_attrs = dict(handle["snnc"].attrs) if "snnc" in handle else {}
-        if T is None:
-            if "simulation" in handle and "tSample" in handle["simulation"]:
-                T = _integer(handle["simulation"], "tSample")
-            else:
-                raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
-        T = check_steps(T, f"{path}: netx network")
-        reader = _Reader(path)
+        simulation = handle["simulation"] if "simulation" in handle else {}
+        t_sample = _integer(simulation, "tSample") if "tSample" in simulation else None
+        if "Ts" in simulation and _numbers(simulation, "Ts").ravel()[0] != 1:
+            raise InputError(f"{path}: simulation/Ts = {_numbers(simulation, 'Ts').ravel()[0]}: netx runs one "
+                             f"Lava step per sample step, so only Ts = 1 is read")
+        if T is None and t_sample is None:
+            raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
+        lava_dl_file = "snnc" not in handle
+        reader = _Reader(path, lag=int(lava_dl_file and timing == "free-running"))
+        kinds = []
         for index in indices:
             kind = _text(layers[str(index)]["type"]).lower() if "type" in layers[str(index)] else "(none)"
-            if kind not in ("input", "dense", "conv", "flatten"):
+            if kind not in LAYER_TYPES:
                 raise InputError(f"{reader.where(index)}: netx layer type '{kind}' is not supported "
-                                 f"(lava-dl netx itself implements input, dense, conv and flatten)")
-        synaptic = [i for i in indices if _text(layers[str(i)]["type"]).lower() in ("dense", "conv")]
+                                 f"(snnc reads {', '.join(LAYER_TYPES)})")
+            kinds.append(kind)
+        synaptic = [i for i, kind in enumerate(kinds) if kind in ("dense", "dense_rec", "conv")]
         if not synaptic:
             raise InputError(f"{path}: no dense or conv layer")
         for index in indices:
-            group = layers[str(index)]
-            kind = _text(group["type"]).lower() if "type" in group else ""
-            where = reader.where(index)
+            group, kind, where = layers[str(index)], kinds[index], reader.where(index)
             last = index == synaptic[-1]
-            if index > synaptic[-1]:
-                raise InputError(f"{where}: '{kind}' after the last dense/conv layer is not supported")
+            if index > synaptic[-1] and not (kind == "average" and index == len(indices) - 1):
+                raise InputError(f"{where}: '{kind}' after the last dense/conv layer is not supported "
+                                 f"(only an average readout may follow it)")
             if kind == "input":
                 if index != 0:
                     raise InputError(f"{where}: input layer must be layer 0")
-                if "neuron" in group:
-                    raise InputError(f"{where}: an input layer with neurons (lava-dl Input block, driven "
-                                     f"through its bias) is not supported")
                 shape = _shape(group)
                 _refuse_input_shape(path, input_shape, f"its input layer is {list(shape)}")
                 reader.add(Node(name=_name(group, "input"), op="input", inputs=[], shape=shape))
+                if "neuron" in group:
+                    reader.input_neurons(group, index, input_drive)
                 continue
             if not reader.nodes:
-                if kind == "dense":
+                if kind in ("dense", "dense_rec"):
                     width = _integer(group, "inFeatures") if "inFeatures" in group \
                         else _numbers(group, "weight").shape[-1]
                     shape = check_shape([width], where)
@@ -432,46 +603,51 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                 else:
                     raise InputError(f"{path}: no input layer and no dense layer first: pass --input-shape C,H,W")
                 reader.add(Node(name="input", op="input", inputs=[], shape=shape))
-            if kind == "dense":
-                reader.dense(group, index, last)
+            if kind in ("dense", "dense_rec"):
+                reader.dense(group, index, last, recurrent=kind == "dense_rec")
             elif kind == "conv":
                 reader.conv(group, index, last)
             elif kind == "flatten":
-                source = reader.last()
-                if len(source.shape) > 1:
-                    reader.add(Node(name=_name(group, f"flatten{index}"), op="flatten", inputs=[source.name],
-                                    shape=(int(np.prod(source.shape)),)))
-            else:
-                raise InputError(f"{where}: netx layer type '{kind}' is not supported "
-                                 f"(lava-dl netx itself implements input, dense, conv and flatten)")
+                reader.flattened(index, note=False)
+            elif kind == "average":
+                reader.average(group, index)
+        if T is None:   # free-running: the steps the last input takes to reach the output, too
+            T = t_sample + reader.lag * sum(int(node.delay.max()) for node in reader.nodes if node.delay is not None)
+        T = check_steps(T, f"{path}: netx network")
     nodes = reader.nodes
-    last = nodes[-1]
     readout = str(snnc_attrs.get("readout", "last"))
-    if last.neuron.kind == "spiking":
+    if kinds[-1] == "average":
+        readout_rule = "average readout: the spike count of each class's group of neurons (x 64)"
+        readout = "last"
+    elif nodes[-1].neuron.kind == "spiking":
         # netx networks classify by counting output spikes: an identity readout counts them.
-        size = last.shape[0] if len(last.shape) == 1 else None
-        if size is None:
-            raise InputError(f"{path}: the last layer must be dense (1-D) to be read out")
-        check_weight_count(size * size, f"{path}: identity readout")
-        nodes.append(Node(name=str(snnc_attrs.get("count_readout", "readout")), op="linear", inputs=[last.name],
-                          shape=last.shape,
-                          weight=np.eye(size, dtype=np.int64),
-                          neuron=Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None,
-                                        bias=np.zeros(last.shape, dtype=np.int64),
-                                        initial_state=np.zeros(last.shape, dtype=np.int64),
-                                        v_decay=0, u_decay=_current_decay(DECAY_UNITY))))
+        size = int(np.prod(nodes[-1].shape))
+        reader.readout(str(snnc_attrs.get("count_readout", "readout")), np.eye(size, dtype=np.int64))
         readout_rule = "identity readout appended: readout = 64 x spike count of the last layer"
         readout = "last"
     else:
         readout_rule = "the last dense layer has no neuron: netx's non-leaky integrator is the readout"
-        if len(last.shape) != 1:
+        if len(nodes[-1].shape) != 1:
             raise InputError(f"{path}: the readout layer must be dense")
+    if reader.axonal.keys() - {name for node in nodes for name in node.inputs}:
+        raise InputError(f"{path}: the output layer's per-neuron delays reach no consumer snnc can delay")
     if readout not in ("mean", "last"):
         raise InputError(f"{path}: snnc readout attribute {readout!r} is not 'mean' or 'last'")
+    warnings = []
+    if lava_dl_file and timing is None and any(np.any(node.neuron.bias) for node in nodes[1:] if node.neuron):
+        warnings.append("netx timing: 'layer-reset' assumed (each layer starts a sample at rest, as slayer "
+                        "and netx.hdf5.Network(reset_interval=...) run it); pass --netx-timing free-running "
+                        "for netx.hdf5.Network without reset, whose biases act while the input is in flight")
     name = str(snnc_attrs.get("name", path.stem))
+    semantics = {"profile": "lava-dl netx" if lava_dl_file else "snnc netx",
+                 "timing": (timing or "layer-reset") if lava_dl_file else "snnc logical time",
+                 "assumed": ["timing"] if warnings else [], "warnings": warnings,
+                 **({"input_drive": input_drive, "transform": reader.transform} if reader.transform else {})}
     metadata = {"source": "netx", "target": target.name,
-                "netx": {"file": path.name, "readout": readout_rule, "notes": reader.notes}}
+                "netx": {"file": path.name, "readout": readout_rule, "notes": reader.notes, "tSample": t_sample,
+                         "semantics": semantics}}
+    chosen = encoding or _stored_encoding(snnc_attrs) or _input_encoding(reader, input_drive, t_sample, T)
     net = Network(name=name, T=int(T), readout=readout, nodes=nodes, arithmetic=netx_arithmetic(target),
-                  encoding=dict(encoding or _stored_encoding(snnc_attrs) or SPIKE_ENCODING), metadata=metadata)
+                  encoding=dict(chosen), metadata=metadata)
     net.validate()
     return net
