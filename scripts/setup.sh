@@ -34,5 +34,10 @@ python=$(find_python)
 # that its torch modules import.
 .venv/bin/python -m pip install --quiet --no-deps 'rockpool==3.1.0'
 .venv/bin/python -c 'import rockpool.nn.modules' || { echo "error: rockpool 3.1.0 does not import" >&2; exit 1; }
+# lava-dl 0.6.0 (its netx networks and golden files are what the netx tests compare snnc with) pins
+# torch 2.3, numpy < 2 and Lava 0.10.0's neighbours; install it without its dependencies beside lava-nc
+# 0.10.0, with the one its slayer imports that snnc lacks (OpenCV, headless, a numpy-1 build).
+.venv/bin/python -m pip install --quiet --no-deps 'lava-dl==0.6.0' 'opencv-python-headless==4.10.0.84'
+.venv/bin/python -c 'from lava.lib.dl import netx' 2>/dev/null || { echo "error: lava-dl 0.6.0's netx does not import" >&2; exit 1; }
 
 echo "snnc installed in .venv"

@@ -8,6 +8,7 @@ synaptic latency), pilotnet_lif from Loihi hardware run with a 17-step reset int
 reset one step after the one before it (layer k at chip step t is snnc's logical step (t - k) mod 17;
 the hardware reports v = 128 for a neuron that spiked, whose register snnc, like Lava, holds at 0).
 """
+import json
 from importlib import metadata
 
 import h5py
@@ -15,6 +16,7 @@ import netfactory
 import numpy as np
 import pytest
 import yaml
+from clicheck import invoke
 
 from snnc import execute
 from snnc.backends import cycle, lava_backend
@@ -174,3 +176,40 @@ def test_ntidigits_delays_on_lava():
     net = load_netx(GOLDEN / "ntidigits" / "ntidigits.net", T=400)
     events = np.load(GOLDEN / "ntidigits" / "input.npy").T[:400].reshape((400, 1) + net.input_node.shape).astype(int)
     netfactory.assert_same_trace(execute.run(net, events), lava_backend.run(net, events))
+
+
+# --- the golden inputs as data files, through the CLI --------------------------------------------
+
+@pytest.mark.slow
+def test_golden_inputs_through_export_verify_simulate_energy(tmp_path):
+    """The conversion docs/interop.md shows, then export, verify (every backend), simulate and
+    energy on lava-dl's own inputs: the exported network's spikes are the goldens'."""
+    steps = 400                                              # where the events are; all 3000 are tested above
+    spikes = np.load(GOLDEN / "ntidigits" / "input.npy")[:, :steps]
+    data = tmp_path / "ntidigits.npz"
+    np.savez(data, inputs=np.ascontiguousarray(spikes.T.reshape(1, steps, 1, 1, 64), np.uint8))
+    out = tmp_path / "out"
+    result = invoke("export", str(NETX_TESTS / "gts" / "ntidigits" / "ntidigits.net"), "-o", str(out),
+                    "--data", str(data), "--T", str(steps), "--json")
+    assert result.exit_code == 0, result.output
+    result = invoke("verify", str(out), "--data", str(data), "--backends", "reference,onnx,onnx-step,cycle",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["equivalent"]
+    simulated = invoke("simulate", str(out), "--data", str(data), "--json")
+    assert simulated.exit_code == 0, simulated.output
+    golden = np.load(GOLDEN / "ntidigits" / "output.npy")[:, 4:steps + 4]      # slayer: four steps later
+    expected = int(golden.sum(axis=1).reshape(11, 22).sum(axis=1).argmax())   # the golden output's class
+    assert json.loads(simulated.stdout)["predictions"] == [expected]
+    energy = invoke("energy", str(out), "--data", str(data), "--format", "json")
+    assert energy.exit_code == 0, energy.output
+
+    image = np.load(GOLDEN / "tinynet" / "input_bias.npy").transpose(2, 1, 0)
+    data = tmp_path / "tinynet.npz"
+    np.savez(data, inputs=np.ascontiguousarray(np.broadcast_to(image, (1, 64) + image.shape), np.int16))
+    result = invoke("export", str(NETX_TESTS / "tiny.net"), "-o", str(tmp_path / "tiny"), "--data", str(data),
+                    "--json")
+    assert result.exit_code == 0, result.output
+    result = invoke("verify", str(tmp_path / "tiny"), "--data", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["equivalent"]
