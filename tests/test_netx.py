@@ -195,9 +195,9 @@ def _netx_dense(weights):
 @pytest.mark.slow   # runs Lava
 def test_reader_matches_lavas_own_lif_and_dense(tmp_path):
     """The network netx would build (Lava's Dense + LIF, bit-accurate models) spikes like snnc's reference."""
-    from snnc.backends.lava_backend import _import_lava_runtime
+    from snnc.backends.lava_backend import import_lava_runtime
 
-    _import_lava_runtime()   # Lava must set the start method that numba's kernels already fixed
+    import_lava_runtime()   # Lava must set the start method that numba's kernels already fixed
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense

@@ -62,7 +62,7 @@ LAVA_MAX_DELAY = 63   # the bit-accurate DelayDense holds 6-bit delays
 LAVA_RUNTIME_MODULE = "lava.magma.runtime.message_infrastructure.multiprocessing"
 
 
-def _import_lava_runtime():
+def import_lava_runtime():
     """Import Lava's multiprocessing runtime before Lava does. On first import it calls
     multiprocessing.set_start_method('fork'), which fails once anything has fixed the start method,
     as numba does when it starts the thread pool of snnc's integer kernels. Lava needs fork: the
@@ -683,7 +683,7 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
     directory owned by the graph when None). Run with `graph.run()` or Lava's own
     `graph.source.run(RunSteps(graph.num_steps), Loihi2SimCfg(select_tag="fixed_pt"))`, then
     `graph.read()`."""
-    _import_lava_runtime()
+    import_lava_runtime()
     spec, arrays = lava_spec(network) if isinstance(network, ir.Network) else network
     source_entry = next(p for p in spec["processes"] if p["type"] == "source")
     if inputs is None:
@@ -834,7 +834,7 @@ def run_lava_lif(net: ir.Network, inputs: np.ndarray, record_dir=None) -> dict[s
     its depth by Var.set: its bias mantissa and v (u too when du < 4095) are written at its start
     step and the bias cleared after its T steps; samples are `T + L` steps apart (drained).
     """
-    _import_lava_runtime()
+    import_lava_runtime()
     from lava.magma.core.run_conditions import RunSteps
     from lava.magma.core.run_configs import Loihi2SimCfg
     from lava.proc.dense.process import Dense

@@ -112,6 +112,35 @@ def _write_readout_neuron(group, node: Node) -> None:
     neuron.create_dataset("gradedSpike", data=np.bool_(False))
 
 
+def _bias_driven_input_neurons(net: Network, nodes: list[Node]) -> Node | None:
+    """The node load_netx makes of a bias-driven netx input layer with neurons (an identity synapse
+    into neurons, the image arriving through the encoding's pixel_transform), else None."""
+    if "pixel_transform" not in net.encoding:
+        return None
+    node = nodes[1] if len(nodes) > 1 else None
+    if node is None or node.neuron is None or node.inputs != [nodes[0].name] or node.op not in ("linear", "conv2d"):
+        raise DesignRuleError(f"network '{net.name}': a pixel_transform encoding needs netx's input neurons "
+                              f"(an identity layer with neurons right after the input)")
+    weight = np.asarray(node.weight)
+    size = weight.shape[0]
+    if weight.reshape(size, -1).shape != (size, size) or not np.array_equal(weight.reshape(size, size), np.eye(size)):
+        raise _fail(node, "input neurons behind a synapse that is not the identity")
+    if node.op == "conv2d" and (list(node.attrs["stride"]) != [1, 1] or list(node.attrs["padding"]) != [0, 0]):
+        raise _fail(node, "input neurons behind a strided or padded identity convolution")
+    if np.any(np.asarray(node.neuron.bias) != 0):
+        raise _fail(node, "input neurons with a bias of their own (netx's input bias is the image)")
+    return node
+
+
+def _synapse_latency(nodes: list[Node], input_neurons: Node | None) -> int:
+    """1 where every synaptic layer takes its input one step late, as lava-dl's netx network runs
+    in Lava (each Dense/Conv adds a step: load_netx's free-running timing), so that the file needs
+    no delay and is marked `snnc/latency = 1`; else 0."""
+    synaptic = [node for node in nodes[1:] if node.op in ("linear", "conv2d") and node is not input_neurons]
+    one_step = [node.delay is not None and np.all(np.asarray(node.delay) == 1) for node in synaptic]
+    return int(bool(synaptic) and all(one_step))
+
+
 def _type(group, name: str) -> None:
     group.create_dataset("type", (1,), "S10", [name.encode("ascii")])
 
@@ -161,6 +190,7 @@ def export_netx(net: Network, path) -> list[str]:
                                   f"the network has {net.arithmetic[key]!r}")
     nodes = list(net.nodes)
     readout = nodes[-1]
+    input_neurons = _bias_driven_input_neurons(net, nodes)
     layers: list[tuple[str, Node]] = [("input", nodes[0])]
     if _is_count_readout(net, readout):
         body, readout_kind = nodes[1:-1], "count"
@@ -168,11 +198,14 @@ def export_netx(net: Network, path) -> list[str]:
         body, readout_kind = nodes[1:], "default"
     else:
         body, readout_kind = nodes[1:], "cuba"
-    previous = nodes[0]
+    if input_neurons is not None:
+        body.remove(input_neurons)
+    previous = input_neurons or nodes[0]
+    latency = _synapse_latency(nodes, input_neurons)
     for node in nodes[1:]:
         if node.recurrent is not None:
             raise _fail(node, "recurrent synapses (netx layers form a feed-forward chain)")
-        if node.delayed:
+        if node.delayed and not latency:
             raise _fail(node, "axonal delays on its input (snnc writes no netx delay)")
         if node.neuron is not None and node.neuron.max_spikes != 1:
             raise _fail(node, "several spikes per step (netx's graded spikes are not spike counts)")
@@ -207,6 +240,10 @@ def export_netx(net: Network, path) -> list[str]:
             _type(group, kind)
             if kind == "input":
                 group.create_dataset("shape", data=np.array(node.shape, dtype=np.int64))
+                if input_neurons is not None:   # netx's Input block: bias_mant = transform of the image
+                    _write_neuron(group, net, input_neurons)
+                    for key, value in net.encoding["pixel_transform"].items():
+                        group.create_dataset(key, data=np.array([value], dtype=np.float32))
             elif kind == "flatten":
                 group.create_dataset("shape", data=np.array([int(np.prod(node.shape)), 1, 1], dtype=np.int64))
             elif kind == "dense":
@@ -248,6 +285,7 @@ def export_netx(net: Network, path) -> list[str]:
         meta.attrs["readout"] = net.readout
         meta.attrs["snnc_version"] = __version__
         meta.attrs["encoding"] = json.dumps(net.encoding, sort_keys=True)
+        meta.attrs["latency"] = latency
         # netx.hdf5.Network(input_message_bits=...): graded input (pixels) needs the payload width
         graded = int(net.encoding.get("max", 1)) > 1
         meta.attrs["input_message_bits"] = int(net.encoding.get("bits", 8)) if graded else 0

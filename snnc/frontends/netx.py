@@ -34,7 +34,7 @@ Two timings of a file lava-dl wrote are read (`timing`):
   Lava's step for step.
 They differ only where a layer after the input has a bias (or input neurons feed spiking layers with
 memory of the early steps); without a --netx-timing choice such a file prints a warning. A file snnc
-wrote (it has an `snnc` group) is in snnc's logical time.
+wrote (it has an `snnc` group) is in snnc's logical time, or free-running where its `snnc/latency` is 1.
 """
 from __future__ import annotations
 
@@ -566,7 +566,9 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
         if T is None and t_sample is None:
             raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
         lava_dl_file = "snnc" not in handle
-        reader = _Reader(path, lag=int(lava_dl_file and timing == "free-running"))
+        # a file snnc wrote says whether each synapse takes a step (snnc/latency: free-running timing)
+        lag = int(timing == "free-running") if lava_dl_file else int(snnc_attrs.get("latency", 0))
+        reader = _Reader(path, lag=lag)
         kinds = []
         for index in indices:
             kind = _text(layers[str(index)]["type"]).lower() if "type" in layers[str(index)] else "(none)"
@@ -611,9 +613,9 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                 reader.flattened(index, note=False)
             elif kind == "average":
                 reader.average(group, index)
-        if T is None:   # free-running: the steps the last input takes to reach the output, too
+        if T is None and lava_dl_file:   # free-running: the steps the last input takes to reach the output
             T = t_sample + reader.lag * sum(int(node.delay.max()) for node in reader.nodes if node.delay is not None)
-        T = check_steps(T, f"{path}: netx network")
+        T = check_steps(t_sample if T is None else T, f"{path}: netx network")
     nodes = reader.nodes
     readout = str(snnc_attrs.get("readout", "last"))
     if kinds[-1] == "average":
@@ -640,7 +642,7 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
                         "for netx.hdf5.Network without reset, whose biases act while the input is in flight")
     name = str(snnc_attrs.get("name", path.stem))
     semantics = {"profile": "lava-dl netx" if lava_dl_file else "snnc netx",
-                 "timing": (timing or "layer-reset") if lava_dl_file else "snnc logical time",
+                 "timing": (timing or "layer-reset") if lava_dl_file else ("free-running" if lag else "snnc logical time"),
                  "assumed": ["timing"] if warnings else [], "warnings": warnings,
                  **({"input_drive": input_drive, "transform": reader.transform} if reader.transform else {})}
     metadata = {"source": "netx", "target": target.name,
