@@ -277,6 +277,8 @@ def _encoding(text):
     ({"edit": _encoding("[1, 2]")}, ["encoding must be a mapping"]),
     ({"edit": _encoding('{"kind": "direct", "scale": "x", "max": 255}')}, ["input scale"]),
     ({"edit": _encoding(np.void(b"\xff\xfe{"))}, ["malformed snnc/encoding"]),
+    ({"edit": lambda h: h.create_group("snnc").attrs.__setitem__("latency", 7)}, ["snnc/latency", "0 or 1", "7"]),
+    ({"edit": lambda h: h.create_group("snnc").attrs.__setitem__("latency", "one")}, ["snnc/latency", "'one'"]),
 ])
 def test_malformed_netx_refused(tmp_path, options, fragments):
     path = _netx_file(tmp_path / "bad.net", **options)

@@ -155,6 +155,14 @@ def _name(group, default: str) -> str:
         raise InputError(f"netx {group.name}: attribute snnc_name is not UTF-8 text") from None
 
 
+def _stored_latency(attrs: dict) -> int:
+    """snnc/latency of a file snnc wrote: 1 where every synapse takes a step (free-running), else 0."""
+    raw = attrs.get("latency", 0)
+    if not isinstance(raw, (int, np.integer)) or int(raw) not in (0, 1):
+        raise InputError(f"netx file: snnc/latency attribute must be 0 or 1, got {raw!r}")
+    return int(raw)
+
+
 def _stored_encoding(attrs: dict) -> Optional[dict]:
     raw = attrs.get("encoding")
     if raw is None:
@@ -566,8 +574,7 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
         if T is None and t_sample is None:
             raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
         lava_dl_file = "snnc" not in handle
-        # a file snnc wrote says whether each synapse takes a step (snnc/latency: free-running timing)
-        lag = int(timing == "free-running") if lava_dl_file else int(snnc_attrs.get("latency", 0))
+        lag = int(timing == "free-running") if lava_dl_file else _stored_latency(snnc_attrs)
         reader = _Reader(path, lag=lag)
         kinds = []
         for index in indices:
