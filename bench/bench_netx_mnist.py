@@ -45,23 +45,24 @@ def dense_torch_model(net):
         if node.op != "linear":
             raise SystemExit(f"node '{node.name}': the dense model takes linear layers only, not {node.op}")
         rule = execute.FixedNeuron(node, net.arithmetic)
-        layers.append((torch.from_numpy(np.asarray(node.weight, np.float32)), rule))
+        per_neuron = [torch.from_numpy(array) for array in (rule.fire_level, rule.reset_amount, rule.bias)]
+        layers.append((torch.from_numpy(np.asarray(node.weight, np.float32)), rule, per_neuron))
 
     def run(inputs: np.ndarray):
         steps, batch = inputs.shape[:2]
         x0 = torch.from_numpy(inputs.reshape(steps, batch, -1).astype(np.float32))
-        state = [(torch.from_numpy(np.broadcast_to(rule.initial, (batch, rule.initial.size)).copy()),) * 2
-                 for _, rule in layers]
+        state = [(torch.zeros((batch, rule.initial.size), dtype=torch.int64),                # u
+                  torch.from_numpy(np.broadcast_to(rule.initial, (batch, rule.initial.size)).copy()))   # v
+                 for _, rule, _ in layers]
         hidden, voltages = [], []
         for t in range(steps):
             x = x0[t]
-            for i, (weight, rule) in enumerate(layers):
+            for i, (weight, rule, (fire_level, reset_amount, bias)) in enumerate(layers):
                 a = (x @ weight.T).to(torch.int64)
                 u, v = state[i]
                 u, v, fired, _, _ = fixedpoint.cuba_step(
-                    a, u, v, torch.from_numpy(rule.fire_level), torch.from_numpy(rule.reset_amount),
-                    torch.from_numpy(rule.bias), rule.keep_u, rule.keep_v, rule.decay_bits, rule.shift, rule.top,
-                    rule.current_saturates, rule.voltage_saturates, rule.hard, rule.soft)
+                    a, u, v, fire_level, reset_amount, bias, rule.keep_u, rule.keep_v, rule.decay_bits,
+                    rule.shift, rule.top, rule.current_saturates, rule.voltage_saturates, rule.hard, rule.soft)
                 state[i] = (u, v)
                 if i == len(layers) - 2:
                     hidden.append(fired.to(torch.uint8))
