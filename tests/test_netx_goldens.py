@@ -9,7 +9,6 @@ reset one step after the one before it (layer k at chip step t is snnc's logical
 the hardware reports v = 128 for a neuron that spiked, whose register snnc, like Lava, holds at 0).
 """
 import json
-from importlib import metadata
 
 import h5py
 import netfactory
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from clicheck import invoke
+from lavadl import NETX_TESTS
 
 from snnc import execute
 from snnc.backends import cycle, lava_backend
@@ -25,7 +25,6 @@ from snnc.frontends.netx import load_netx
 from snnc.passes.mapping import map_to_cores
 from snnc.targets import TARGETS_DIR, load_target
 
-NETX_TESTS = metadata.distribution("lava-dl").locate_file("tests/lava/lib/dl/netx")
 GOLDEN = NETX_TESTS / "gts"
 HARDWARE_SPIKE_MARK = 128   # what pilotnet_lif's recordings hold as v for a neuron that spiked
 
