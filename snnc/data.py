@@ -214,13 +214,13 @@ def _random(text: str, spec: InputSpec, samples: Optional[int]) -> InputSet:
     seed = numbers[1] if len(numbers) > 1 else 0
     count = sample_count(count, samples)
     spiking = spec.encoding.get("kind") == "spikes"
-    top = units_of.unit_max(spec.encoding)
+    low, top = units_of.unit_min(spec.encoding), units_of.unit_max(spec.encoding)
 
     def draw(index):
         rng = np.random.default_rng([seed, index])
         if spiking:
             return rng.integers(0, top, size=(spec.T,) + spec.shape, endpoint=True, dtype=np.int64)
-        return np.broadcast_to(rng.integers(0, top, size=spec.shape, endpoint=True, dtype=np.int64),
+        return np.broadcast_to(rng.integers(low, top, size=spec.shape, endpoint=True, dtype=np.int64),
                                (spec.T,) + spec.shape)
 
     def read_units(start, stop):

@@ -145,8 +145,8 @@ def rows_per_read(array) -> int:
     return max(1, CHECK_CHUNK_BYTES // max(1, row_bytes))
 
 
-def _check_values(where: str, array, count: int, top: int) -> None:
-    """Every value of rows 0..count-1 is a whole number in 0..top (read in chunks)."""
+def _check_values(where: str, array, count: int, low: int, top: int) -> None:
+    """Every value of rows 0..count-1 is a whole number in low..top (read in chunks)."""
     kind = array.dtype.kind
     if kind not in "biuf" or array.dtype.names is not None:
         raise InputError(f"{where} holds {array.dtype}; snnc takes integers (or whole floats)")
@@ -162,10 +162,10 @@ def _check_values(where: str, array, count: int, top: int) -> None:
             if fractional.any():
                 raise InputError(f"{where}: sample {start + int(np.argwhere(fractional)[0][0])} holds "
                                  f"{block[fractional][0]}, which is not a whole number")
-        outside = (block < 0) | (block > top)
+        outside = (block < low) | (block > top)
         if outside.any():
             raise InputError(f"{where}: sample {start + int(np.argwhere(outside)[0][0])} holds "
-                             f"{block[outside][0]}; the network takes 0..{top} (docs/data.md, 'Values')")
+                             f"{block[outside][0]}; the network takes {low}..{top} (docs/data.md, 'Values')")
 
 
 def labels_of(source: _File, count_in_file: int, samples: Optional[int], spec: InputSpec):
@@ -199,9 +199,9 @@ def _inputs_set(source: _File, inputs, spec: InputSpec, samples: Optional[int]) 
     count, labels = labels_of(source, shape[0], samples, spec)
     origin = str(source.path)
     if frames_fit:
-        _check_values(where, inputs, count, units_of.frame_max(spec.encoding))
+        _check_values(where, inputs, count, units_of.frame_min(spec.encoding), units_of.frame_max(spec.encoding))
         return frames_set(origin, spec, count, labels, lambda start, stop: _integers(inputs[start:stop]))
-    _check_values(where, inputs, count, units_of.unit_max(spec.encoding))
+    _check_values(where, inputs, count, units_of.unit_min(spec.encoding), units_of.unit_max(spec.encoding))
 
     def read_units(start, stop):
         steps = _integers(inputs[start:stop]).reshape((stop - start, spec.T) + spec.shape)

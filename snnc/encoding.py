@@ -1,7 +1,7 @@
 """How data reaches a network's input: the one definition of input units (docs/data.md).
 
 A network takes integer *units* at every step, [T, B, *input_shape]: pixels 0..max for the direct
-encoding, 0/1 for the spike encoding. A fixed-point network takes the units themselves; a float
+encoding (min..max where the encoding has a negative min), 0/1 for the spike encoding. A fixed-point network takes the units themselves; a float
 network takes units x encoding scale. Static frames (images) become units by being presented at
 every step, thresholded first for a spike encoding ("a pixel fires when bright enough"), or mapped
 through the encoding's `pixel_transform` (units = weight x pixel // 255 + bias: the bias mantissas of
@@ -18,6 +18,22 @@ PIXEL_MAX = 255  # frames given to a spike-encoded network are 8-bit images, thr
 def unit_max(encoding: dict) -> int:
     """The largest unit the network's input takes at one step."""
     return int(encoding["max"])
+
+
+def unit_min(encoding: dict) -> int:
+    """The smallest unit the network's input takes at one step: 0, or the encoding's negative
+    `min` (signed inputs, as a sigma-delta network's Delta encoder takes them)."""
+    return int(encoding.get("min", 0))
+
+
+def unit_magnitude(encoding: dict) -> int:
+    """The largest magnitude of one input unit."""
+    return max(unit_max(encoding), -unit_min(encoding))
+
+
+def frame_min(encoding: dict) -> int:
+    """The smallest value of a static frame: 0 for pixels, else one unit."""
+    return 0 if encoding.get("kind") == "spikes" or "pixel_transform" in encoding else unit_min(encoding)
 
 
 def frame_max(encoding: dict) -> int:

@@ -12,6 +12,8 @@ Two conventions side by side (docs/semantics.md, section 7):
 A multi-spike population (neuron.max_spikes > 1) sends one graded message per neuron and step with
 a non-zero count: in both conventions the message drives one synaptic op per synapse whatever the
 count, so its rate is the fraction of neuron-steps that send (its `spikes` are the counts' sum).
+A sigma-delta population likewise sends one graded message per non-zero delta (its `spikes` are
+those messages).
 """
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ class Activity:
 
     net: Network
     samples: int = 0
-    spikes: dict = field(default_factory=dict)     # spiking layer -> spikes (the counts' sum) over all samples
+    spikes: dict = field(default_factory=dict)     # spiking layer -> spikes (the counts' sum; a sigma-delta layer's messages)
     messages: dict = field(default_factory=dict)   # spiking layer -> messages over all samples
     input_sum: int = 0
 
@@ -70,8 +72,10 @@ class Activity:
         self.samples += int(inputs.shape[1])
         self.input_sum += int(np.asarray(inputs).sum(dtype=np.int64))
         for name, spikes in trace.spikes.items():
-            self.spikes[name] = self.spikes.get(name, 0) + int(spikes.sum(dtype=np.int64))
-            self.messages[name] = self.messages.get(name, 0) + int(np.count_nonzero(spikes))
+            messages = int(np.count_nonzero(spikes))
+            counted = messages if self.net.node(name).neuron.kind == "sigma_delta" else int(spikes.sum(dtype=np.int64))
+            self.spikes[name] = self.spikes.get(name, 0) + counted
+            self.messages[name] = self.messages.get(name, 0) + messages
 
     def rate(self, name: str) -> float:
         """Events per element and step that a node's consumers read: a spiking layer's messages (its

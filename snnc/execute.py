@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from numba.extending import register_jitable
 
 from snnc import encoding, fixedpoint
-from snnc.ir import Network, Node
+from snnc.ir import Network, Node, conv_dilation, conv_groups
 
 MAX_CHUNK = 256               # samples per chunk for the smallest networks
 WORKING_SET_BYTES = 1 << 30   # what one chunk of samples may hold while it runs (docs/benchmarks.md)
@@ -118,7 +118,8 @@ def samples_per_chunk(net: Network, budget: int = WORKING_SET_BYTES) -> int:
 class Trace:
     """What one execution produced, in logical time (no pipeline latency).
 
-    spikes: spiking node name -> uint8 [T, B, *shape] (0/1, or counts up to max_spikes);
+    spikes: spiking node name -> uint8 [T, B, *shape] (0/1, or counts up to max_spikes), int32 for
+    a sigma-delta population's messages;
     readout_steps: the readout integrator's state per step [T, B, classes]; readout: [B, classes]
     (float: the recipe's mean/last; fixed: sum over steps for 'mean', i.e. T times the mean, or the
     last step, as integers); voltages: node name -> [T, B, *shape] membrane after reset, and
@@ -149,8 +150,7 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
     if node.op == "conv2d":
         weight = _param(node.weight, dtype)
         bias = _param(node.bias, dtype) if with_bias and node.bias is not None else None
-        return F.conv2d(inputs[0], weight, bias, stride=tuple(node.attrs["stride"]),
-                        padding=tuple(node.attrs["padding"]))
+        return conv2d(node, inputs[0], weight, bias)
     if node.op == "linear":
         out = inputs[0] @ _param(node.weight, dtype).T
         if with_bias and node.bias is not None:
@@ -167,6 +167,12 @@ def synaptic_op(node: Node, inputs: list[torch.Tensor], with_bias: bool) -> torc
             total += other
         return total
     raise ValueError(f"node '{node.name}': op '{node.op}' cannot be executed")
+
+
+def conv2d(node: Node, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A conv2d node's convolution with all its attributes (the cycle simulator's too)."""
+    return F.conv2d(x, weight, bias, stride=tuple(node.attrs["stride"]), padding=tuple(node.attrs["padding"]),
+                    dilation=conv_dilation(node.attrs), groups=conv_groups(node.attrs))
 
 
 def _param(array, dtype) -> torch.Tensor:
@@ -228,7 +234,7 @@ def float_neuron(node: Node, z: torch.Tensor, record_voltage: bool):
 
 
 for _rule in (fixedpoint.decayed, fixedpoint.limited, fixedpoint.spike_count, fixedpoint.after_reset,
-              fixedpoint.cuba_step):
+              fixedpoint.cuba_step, fixedpoint.sigma_delta_step):
     register_jitable(inline="always")(_rule)   # callable from compiled code, unchanged for numpy
 
 
@@ -324,7 +330,55 @@ def _compile_kernel(rules_digest: str):
     return cuba_run
 
 
-_cuba_run = _compile_kernel(hashlib.sha256(Path(fixedpoint.__file__).read_bytes()).hexdigest())
+def _compile_sigma_delta_kernel(rules_digest: str):
+    """The sigma-delta population kernel, compiled from fixedpoint.sigma_delta_step (cache key as
+    in _compile_kernel)."""
+
+    @numba.njit(parallel=True, cache=True, nogil=True)
+    def sigma_delta_run(a, steps, initial, threshold, bias, messages, acts, sigmas, busy, accumulate, relu,
+                        input_shift, message_shift, top):
+        """Every step of one sigma-delta population on [steps, batch, neurons]: fills messages (int32),
+        and acts, sigmas and busy unless they have size 0; returns the number of non-zero messages
+        and of sigma and act values beyond the state registers (|x| >= top)."""
+        rules_version = rules_digest  # noqa: F841 (part of the cache key)
+        neurons = initial.shape[0]
+        record = acts.size > 0
+        events = 0
+        sigma_events = 0
+        act_events = 0
+        for b in numba.prange(a.shape[1]):
+            sigma = initial.copy()
+            act = np.zeros(neurons, dtype=np.int64)
+            residue = np.zeros(neurons, dtype=np.int64)
+            sample_events = 0
+            sample_sigma = 0
+            sample_act = 0
+            for t in range(steps):
+                x = a[t if a.shape[0] > 1 else 0, b]
+                for n in range(neurons):
+                    if record:
+                        busy[t, b, n] = sigma[n] != 0 or act[n] != 0 or residue[n] != 0
+                    sigma[n], act[n], residue[n], message = fixedpoint.sigma_delta_step(
+                        np.int64(x[n]), sigma[n], act[n], residue[n], threshold[n], bias[n], accumulate, relu,
+                        input_shift, message_shift)
+                    messages[t, b, n] = message
+                    sample_events += message != 0
+                    sample_sigma += sigma[n] >= top or sigma[n] <= -top
+                    sample_act += act[n] >= top or act[n] <= -top
+                    if record:
+                        acts[t, b, n] = act[n]
+                        sigmas[t, b, n] = sigma[n]
+            events += sample_events
+            sigma_events += sample_sigma
+            act_events += sample_act
+        return events, sigma_events, act_events
+
+    return sigma_delta_run
+
+
+_RULES_DIGEST = hashlib.sha256(Path(fixedpoint.__file__).read_bytes()).hexdigest()
+_cuba_run = _compile_kernel(_RULES_DIGEST)
+_sigma_delta_run = _compile_sigma_delta_kernel(_RULES_DIGEST)
 
 
 def _per_neuron(array, shape) -> np.ndarray:
@@ -363,7 +417,8 @@ class FixedNeuron:
         self.spiking = n.kind == "spiking"
         self.max_spikes = int(n.max_spikes)
         self.hard, self.soft = int(n.reset == "hard"), int(n.reset == "soft")
-        self.top, self.shift = fixedpoint.register_top(arithmetic["state_bits"]), arithmetic["activation_shift"]
+        self.top = fixedpoint.register_top(arithmetic["state_bits"])
+        self.shift = fixedpoint.input_shift(n.input_shift, arithmetic["activation_shift"])
         self.decay_bits = arithmetic["decay_bits"]
         self.current_saturates = fixedpoint.saturates(arithmetic["current_overflow"])
         self.voltage_saturates = fixedpoint.saturates(arithmetic["voltage_overflow"])
@@ -402,6 +457,48 @@ class FixedNeuron:
                          overflow={"current": int(current_events), "voltage": int(voltage_events)})
 
 
+class SigmaDeltaNeuron:
+    """One sigma-delta population's rule (snnc.fixedpoint.sigma_delta_step), compiled; the same
+    interface as FixedNeuron. Its outputs are the signed messages (int32), its recorded voltages
+    act and its currents sigma; overflow counts sigma ('current') and act ('voltage') values beyond
+    the state registers, which Lava's model keeps in int32 and Loihi would not hold."""
+
+    def __init__(self, node: Node, arithmetic: dict):
+        n = node.neuron
+        self.shape = tuple(node.shape)
+        self.spiking = True
+        self.top = fixedpoint.register_top(arithmetic["state_bits"])
+        self.threshold = _per_neuron(n.threshold, self.shape)
+        self.bias = _per_neuron(n.bias, self.shape)
+        self.initial = _per_neuron(n.initial_state, self.shape)
+        self.accumulate, self.relu = int(n.accumulate), int(n.activation == "relu")
+        self.input_shift, self.message_shift = int(n.input_shift), int(n.message_shift)
+
+    def run(self, a: torch.Tensor, steps: int, record_voltage: bool = False,
+            record_busy: bool = False) -> NeuronRun:
+        batch, neurons = a.shape[1], len(self.initial)
+        full = (steps, batch, neurons)
+        recorded = full if record_voltage or record_busy else (1, batch, 0)
+        messages = np.empty(full, dtype=np.int32)
+        acts, sigmas = np.empty(recorded, dtype=np.int64), np.empty(recorded, dtype=np.int64)
+        busy = np.empty(recorded, dtype=np.uint8)
+        events, sigma_events, act_events = _sigma_delta_run(
+            a.contiguous().reshape(a.shape[0], batch, neurons).numpy(), steps, self.initial, self.threshold,
+            self.bias, messages, acts, sigmas, busy, self.accumulate, self.relu, self.input_shift,
+            self.message_shift, self.top)
+        shape = (steps, batch) + self.shape
+        return NeuronRun(outputs=torch.from_numpy(messages).reshape(shape),
+                         voltages=torch.from_numpy(acts).reshape(shape) if record_voltage else None,
+                         currents=torch.from_numpy(sigmas).reshape(shape) if record_voltage else None,
+                         busy=torch.from_numpy(busy).reshape(shape) if record_busy else None,
+                         spike_count=int(events), overflow={"current": int(sigma_events), "voltage": int(act_events)})
+
+
+def fixed_neuron(node: Node, arithmetic: dict):
+    """The compiled rule of a fixed population: SigmaDeltaNeuron or FixedNeuron."""
+    return (SigmaDeltaNeuron if node.neuron.kind == "sigma_delta" else FixedNeuron)(node, arithmetic)
+
+
 def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...], exact: set[str]):
     """One chunk through every node in order. A value is dropped after the last node that reads
     it; spikes are kept once, as the trace's uint8, and read from there. `exact`: float32_ops."""
@@ -437,7 +534,7 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
             continue
         record = node.name in record_voltages
         if net.fixed:
-            result = FixedNeuron(node, net.arithmetic).run(z.round_(), T, record_voltage=record)
+            result = fixed_neuron(node, net.arithmetic).run(z.round_(), T, record_voltage=record)
             out, volt, overflow[node.name] = result.outputs, result.voltages, result.overflow
             if result.currents is not None:
                 currents[node.name] = result.currents.numpy()
@@ -446,8 +543,8 @@ def _run_chunk(net: Network, inputs: np.ndarray, record_voltages: tuple[str, ...
         del z
         if volt is not None:
             voltages[node.name] = volt.numpy()
-        if node.spiking:
-            spikes[node.name] = out.to(torch.uint8).numpy()
+        if node.spiking:   # fixed: uint8 spikes or counts, int32 sigma-delta messages
+            spikes[node.name] = out.numpy() if net.fixed else out.to(torch.uint8).numpy()
         else:
             readout_steps = out.numpy()
             if last[node.name] > index:

@@ -83,6 +83,12 @@ def fire_offset(fire_rule: str) -> int:
     return int(fire_rule == ">")
 
 
+def input_shift(own, activation_shift: int) -> int:
+    """The left shift a population's input takes: its own input_shift, else the arithmetic's
+    activation_shift."""
+    return int(activation_shift if own is None else own)
+
+
 def fire_at(threshold, fire_rule: str):
     """The integer the membrane must reach to fire (int64): the threshold register under '>=', one
     more under '>'."""
@@ -137,6 +143,22 @@ def cuba_step(x, u, v, fire_level, reset_amount, bias, keep_u, keep_v, decay_bit
     fired = spike_count(membrane, fire_level, max_spikes)
     return (u_next, after_reset(membrane, fired, reset_amount, hard, soft), fired,
             u_next != current, membrane != voltage)
+
+
+def sigma_delta_step(x, sigma, act, residue, threshold, bias, accumulate, relu, input_shift, message_shift):
+    """One step of Lava's fixed-point sigma-delta neuron (lava.proc.sdn, PySigmaDeltaModelFixed;
+    with accumulate = 0, relu = 0 and bias 0 its Delta encoder) on integer input x:
+        sigma = sigma * accumulate + (x << input_shift),  act = relu?(sigma + bias),
+        delta = act - act_before + residue,  sent = delta where |delta| >= threshold else 0,
+        residue = delta - sent,  message = sent >> message_shift (an arithmetic shift).
+    Returns (sigma, act, residue, message). No register limit applies: Lava's model keeps the
+    state in int32 (the executors count values beyond the target's state_bits as overflow)."""
+    sigma_next = sigma * accumulate + (x << input_shift)
+    value = sigma_next + bias
+    act_next = np.maximum(value, 0) if relu else value
+    delta = act_next - act + residue
+    sent = delta * (np.maximum(delta, -delta) >= threshold)
+    return sigma_next, act_next, delta - sent, sent >> message_shift
 
 
 # --- readout -------------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ and every backend executes the fixed-point form. The on-disk form is documented 
 
 Semantics of one node per time step (float arithmetic; the fixed-point rules are in
 snnc/execute.py and docs/ir.md):
-    z = op(inputs)                              conv2d / linear (+ op bias), sumpool, avgpool, flatten, add
+    z = op(inputs)                              conv2d (stride, padding, dilation, groups) / linear (+ op bias),
+                                                sumpool, avgpool, flatten, add
     z = op(inputs delayed)                      with node.delay: input element j read at t - delay[j]
     z = bn.scale * z + bn.shift                 if bn (per channel; removed by fold_bn)
     z = z + recurrent @ flatten(O[t - 1])       with node.recurrent: the population's own spikes (O[-1] = 0)
@@ -15,6 +16,11 @@ snnc/execute.py and docs/ir.md):
     H = (1 - v_decay) * U + input_gain * I + neuron.bias
     O = phi(H) >= threshold  (phi = MPR if neuron.mpr else identity)
     U = H * (1 - O) (hard) | H - reset_amount * O (soft) | H (integrator)
+A sigma-delta population (kind 'sigma_delta', fixed point only: lava-dl's SDNN) sends graded
+messages instead: sigma = sigma + (z << input_shift) (or z << input_shift alone where it does not
+accumulate), act = relu?(sigma + bias), delta = act - act_before + residue, sent = delta where
+|delta| >= threshold else 0, residue = delta - sent, message = sent >> message_shift
+(snnc.fixedpoint.sigma_delta_step).
 """
 from __future__ import annotations
 
@@ -36,11 +42,15 @@ from snnc.targets import arithmetic_problem, is_integer
 FORMAT_VERSION = 1
 OPS = ("input", "conv2d", "linear", "avgpool", "sumpool", "flatten", "add")
 SYNAPTIC_OPS = ("conv2d", "linear")
-NEURON_KINDS = ("spiking", "integrator")
+NEURON_KINDS = ("spiking", "integrator", "sigma_delta")
+EVENT_KINDS = ("spiking", "sigma_delta")   # populations whose outputs are events other nodes read
+ACTIVATIONS = ("identity", "relu")
 RESETS = ("hard", "soft", "none")
 READOUTS = ("mean", "last")
 ENCODING_KINDS = ("direct", "spikes")
 OPTIONAL_ARRAYS = ("recurrent", "delay")   # Node arrays that files before them lack (absent = None)
+# Neuron fields that files before them lack: written only where they differ from their default
+LATER_NEURON_FIELDS = ("max_spikes", "input_shift", "activation", "accumulate", "message_shift")
 
 # Limits on what one network may ask for (docs/errors.md, "Limits"). Frontends check them against
 # the numbers a file states before allocating anything, so that a small file cannot claim gigabytes.
@@ -87,17 +97,33 @@ def _int_pair(value, what: str, where: str, low: int = 1) -> tuple[int, int]:
     return int(value[0]), int(value[1])
 
 
+def conv_dilation(attrs: dict) -> tuple[int, int]:
+    """A conv2d's dilation (attrs 'dilation', default [1, 1]): kernel taps dilation steps apart."""
+    return tuple(int(d) for d in attrs.get("dilation", (1, 1)))
+
+
+def conv_groups(attrs: dict) -> int:
+    """A conv2d's groups (attrs 'groups', default 1): output channel block g reads input block g only."""
+    return int(attrs.get("groups", 1))
+
+
 def conv_output_shape(source: tuple[int, ...], out_channels: int, kernel, stride, padding,
-                      where: str) -> tuple[int, ...]:
-    """(C, H, W) of a conv2d on `source`, checked (kernel and stride >= 1, padding >= 0, the output
-    neither empty nor above the limits) before anything of that size exists."""
+                      where: str, dilation=(1, 1), groups=1) -> tuple[int, ...]:
+    """(C, H, W) of a conv2d on `source`, checked (kernel, stride and dilation >= 1, padding >= 0,
+    groups dividing both channel counts, the output neither empty nor above the limits) before
+    anything of that size exists."""
     if len(source) != 3:
         raise InputError(f"{where}: a conv2d needs a (C, H, W) input, got {list(source)}")
     (kh, kw), (sh, sw) = _int_pair(kernel, "kernel", where), _int_pair(stride, "stride", where)
     ph, pw = _int_pair(padding, "padding", where, low=0)
-    height, width = (source[1] + 2 * ph - kh) // sh + 1, (source[2] + 2 * pw - kw) // sw + 1
+    dh, dw = _int_pair(dilation, "dilation", where)
+    if not is_integer(groups) or groups < 1 or source[0] % groups or int(out_channels) % groups:
+        raise InputError(f"{where}: groups {groups!r} must be an integer >= 1 dividing the {source[0]} input "
+                         f"and {out_channels} output channels")
+    height = (source[1] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    width = (source[2] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     shape = check_shape((int(out_channels), height, width), where)
-    check_weight_count(int(out_channels) * source[0] * kh * kw, where)
+    check_weight_count(int(out_channels) * (source[0] // int(groups)) * kh * kw, where)
     return shape
 
 
@@ -127,6 +153,9 @@ def encoding_problem(encoding, needs_scale: bool = True) -> Optional[str]:
         return f"the input scale must be a finite number > 0, got {scale!r}"
     if not is_integer(encoding.get("max")) or encoding["max"] < 1:
         return f"the encoding's max must be a positive integer, got {encoding.get('max')!r}"
+    low = encoding.get("min", 0)
+    if not is_integer(low) or low > 0:
+        return f"the encoding's min must be an integer <= 0, got {low!r}"
     threshold = encoding.get("threshold")
     if kind == "spikes" and not _finite_number(threshold):
         return f"a spike encoding needs a numeric threshold, got {threshold!r}"
@@ -159,6 +188,11 @@ class Neuron:
     max_spikes > 1: the population fires a count per step, min(floor(H / threshold), max_spikes)
     where H >= threshold (Sinabs' MultiSpike, Rockpool), and a soft reset subtracts the count times
     reset_amount; its consumers read the counts as graded input.
+    input_shift: the fixed-point input enters as x << input_shift (None: the arithmetic's
+    activation_shift; Lava's Sigma readout takes x as it is). The sigma-delta fields (kind
+    'sigma_delta', docstring of this module): activation on sigma + bias, accumulate (sigma sums
+    its input, Lava's SigmaDelta; or is the input, Lava's Delta encoder), message_shift; threshold
+    is the delta threshold and bias is in the units of sigma.
     """
 
     kind: str
@@ -172,6 +206,15 @@ class Neuron:
     input_gain: float = 1.0
     mpr: bool = False
     max_spikes: int = 1
+    input_shift: Optional[int] = None
+    activation: str = "identity"
+    accumulate: bool = True
+    message_shift: int = 0
+
+    @property
+    def graded(self) -> bool:
+        """Whether the population sends values rather than binary spikes (counts or sigma-delta messages)."""
+        return self.kind == "sigma_delta" or self.max_spikes > 1
 
 
 @dataclass
@@ -193,7 +236,8 @@ class Node:
 
     @property
     def spiking(self) -> bool:
-        return self.neuron is not None and self.neuron.kind == "spiking"
+        """Whether the node's neurons send events (spikes, counts or sigma-delta messages)."""
+        return self.neuron is not None and self.neuron.kind in EVENT_KINDS
 
     @property
     def delayed(self) -> bool:
@@ -294,12 +338,14 @@ def _expected_shape(node: Node, shapes: dict[str, tuple[int, ...]], where: str) 
         if weight.ndim != 2 or len(source) != 1 or weight.shape[1] != source[0]:
             raise InputError(f"{where}: linear weight {list(weight.shape)} does not fit its input {list(source)}")
         return (int(weight.shape[0]),)
-    if weight.ndim != 4 or len(source) != 3 or weight.shape[1] != source[0]:
-        raise InputError(f"{where}: conv2d weight {list(weight.shape)} does not fit its input {list(source)}")
+    groups = attrs.get("groups", 1)
+    if weight.ndim != 4 or len(source) != 3 or not is_integer(groups) or weight.shape[1] * groups != source[0]:
+        raise InputError(f"{where}: conv2d weight {list(weight.shape)} (groups {groups!r}) does not fit its input "
+                         f"{list(source)}")
     if list(attrs.get("kernel", [])) != list(weight.shape[2:]):
         raise InputError(f"{where}: kernel {attrs.get('kernel')!r} differs from the weight's {list(weight.shape[2:])}")
     return conv_output_shape(source, weight.shape[0], attrs.get("kernel"), attrs.get("stride"),
-                             attrs.get("padding"), where)
+                             attrs.get("padding"), where, attrs.get("dilation", (1, 1)), groups)
 
 
 def _validate_node(node: Node, shapes: dict[str, tuple[int, ...]], net: Network) -> None:
@@ -344,8 +390,8 @@ def _validate_node(node: Node, shapes: dict[str, tuple[int, ...]], net: Network)
 def _validate_recurrent(node: Node, net: Network, where: str) -> None:
     """recurrent: [N, N] finite weights of a spiking population onto itself (integers once fixed)."""
     recurrent, size = node.recurrent, math.prod(node.shape)
-    if not node.spiking:
-        raise InputError(f"{where}: recurrent weights need a spiking neuron population on the node")
+    if node.neuron is None or node.neuron.kind != "spiking":
+        raise InputError(f"{where}: recurrent weights need a spiking (not sigma-delta) neuron population on the node")
     if not isinstance(recurrent, np.ndarray) or recurrent.dtype.kind not in "iuf":
         raise InputError(f"{where}: recurrent weights must be a numeric array")
     if tuple(recurrent.shape) != (size, size):
@@ -389,12 +435,37 @@ def _validate_spike_count(neuron: Neuron, where: str) -> None:
         raise InputError(f"{where}: several spikes per step (max_spikes {count}) need thresholds above 0")
 
 
+def _validate_shifts(neuron: Neuron, net: Network, where: str) -> None:
+    """input_shift (any fixed population) and the sigma-delta fields: a sigma-delta population is
+    fixed point, without reset, MPR or counts, with thresholds >= 0 and shifts within the registers."""
+    top = net.arithmetic.get("state_bits", 32) if net.fixed else 32
+    shifts = {"input_shift": neuron.input_shift, "message_shift": neuron.message_shift}
+    for name, value in shifts.items():
+        if value is not None and not (is_integer(value) and 0 <= value < top):
+            raise InputError(f"{where}: neuron {name} must be an integer in 0..{top - 1}, got {value!r}")
+    if neuron.kind != "sigma_delta":
+        if neuron.input_shift is not None and not net.fixed:
+            raise InputError(f"{where}: input_shift is a fixed-point register rule; the network is float")
+        if (neuron.activation, neuron.accumulate, neuron.message_shift) != ("identity", True, 0):
+            raise InputError(f"{where}: activation, accumulate and message_shift belong to sigma-delta neurons")
+        return
+    if not net.fixed:
+        raise InputError(f"{where}: sigma-delta neurons are defined in fixed point only")
+    if neuron.reset != "none" or neuron.mpr or neuron.max_spikes != 1 or neuron.input_shift is None:
+        raise InputError(f"{where}: a sigma-delta population has reset 'none', no MPR, max_spikes 1 and an "
+                         f"input_shift")
+    if neuron.activation not in ACTIVATIONS or not isinstance(neuron.accumulate, bool):
+        raise InputError(f"{where}: sigma-delta activation must be one of {ACTIVATIONS} and accumulate a boolean")
+    if not np.all(neuron.threshold >= 0):
+        raise InputError(f"{where}: sigma-delta thresholds must be >= 0")
+
+
 def _validate_neuron(node: Node, net: Network, where: str) -> None:
     neuron = node.neuron
     if neuron.kind not in NEURON_KINDS or neuron.reset not in RESETS:
         raise InputError(f"{where}: bad neuron kind/reset")
     arrays = [neuron.bias, neuron.initial_state]
-    if neuron.kind == "spiking":
+    if neuron.kind in EVENT_KINDS:
         arrays.append(neuron.threshold)
     if neuron.reset == "soft":
         arrays.append(neuron.reset_amount)
@@ -409,7 +480,8 @@ def _validate_neuron(node: Node, net: Network, where: str) -> None:
         if not _finite_number(value):
             raise InputError(f"{where}: neuron {name} must be a finite number, got {value!r}")
     _validate_spike_count(neuron, where)
-    if net.fixed:
+    _validate_shifts(neuron, net, where)
+    if net.fixed and neuron.kind != "sigma_delta":   # a sigma-delta population has no decays
         unity = 2 ** net.arithmetic["decay_bits"]
         if not (is_integer(neuron.v_decay) and 0 <= neuron.v_decay <= unity
                 and is_integer(neuron.u_decay) and -1 <= neuron.u_decay < unity):
@@ -445,7 +517,7 @@ def _to_parts(net: Network) -> tuple[dict, dict[str, np.ndarray]]:
         else:
             entry["neuron"] = {f.name: keep(f"{node.name}/neuron.{f.name}", getattr(node.neuron, f.name))
                                for f in dataclasses.fields(Neuron)
-                               if f.name != "max_spikes" or node.neuron.max_spikes != 1}   # older files lack it
+                               if f.name not in LATER_NEURON_FIELDS or getattr(node.neuron, f.name) != f.default}
         nodes.append(entry)
     doc = {"format": "snnc-ir", "format_version": FORMAT_VERSION, "name": net.name, "T": net.T,
            "readout": net.readout, "arithmetic": net.arithmetic, "encoding": net.encoding,

@@ -20,7 +20,10 @@ Neuron state (u, v), decays, wraps, saturations, thresholds, spike counts and re
 built from snnc.fixedpoint's registers and rules (the decay unit 2**decay_bits and the state width
 come from the network's arithmetic). A multi-spike population (max_spikes M > 1) outputs its count
 0..M where a binary one outputs a bool; the synapses reading it bound their inputs by M
-(quantize.largest_outputs), which the float32 exactness bound above uses.
+(quantize.largest_outputs), which the float32 exactness bound above uses. A sigma-delta population
+(fixedpoint.sigma_delta_step) runs sigma, act and residue in int64 and outputs signed int32 messages,
+which can be large: where even 1-bit weight planes would reach 2^24 with them, the synapse also
+splits its input into digits (split_sum), one float32 op per (digit, plane) pair.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from snnc import __version__, fixedpoint
 from snnc.errors import DesignRuleError, InputError
-from snnc.ir import Network, Node
+from snnc.ir import Network, Node, conv_dilation, conv_groups
 from snnc.passes.quantize import largest_outputs
 
 OPSET = 17
@@ -45,12 +48,21 @@ STATE_BATCH = "state_batch"  # model_step.onnx's state inputs: batch, or 1 for t
 FLOAT32_EXACT = 2 ** 24   # float32 holds every integer of magnitude up to 2^24 exactly
 
 _ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int64): TensorProto.INT64,
-              np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.bool_): TensorProto.BOOL}
+              np.dtype(np.int32): TensorProto.INT32, np.dtype(np.uint8): TensorProto.UINT8,
+              np.dtype(np.bool_): TensorProto.BOOL}
 
 
-def state_names(node_name: str) -> tuple[str, str, str, str]:
-    """(u input, v input, u output, v output) names of a neuron layer's state in model_step.onnx."""
-    return (f"state.{node_name}.u", f"state.{node_name}.v", f"next.{node_name}.u", f"next.{node_name}.v")
+def neuron_states(node: Node) -> list[tuple[str, str, np.ndarray]]:
+    """A neuron layer's registers in model_step.onnx as (input name, output name, value before the
+    first step, int64 [1, *shape]): u = 0 and v = the initial state of a CUBA layer; sigma = the
+    initial state, act = 0 and residue = 0 of a sigma-delta layer (fixedpoint.sigma_delta_step)."""
+    shape = (1,) + tuple(node.shape)
+    zeros = np.zeros(shape, np.int64)
+    initial = np.asarray(node.neuron.initial_state, np.int64).reshape(shape)
+    registers = {"sigma": initial, "act": zeros, "residue": zeros} if node.neuron.kind == "sigma_delta" \
+        else {"u": zeros, "v": initial}
+    return [(f"state.{node.name}.{register}", f"next.{node.name}.{register}", value)
+            for register, value in registers.items()]
 
 
 def extra_states(net: Network) -> list[tuple[str, str, np.dtype, tuple[int, ...]]]:
@@ -175,6 +187,30 @@ def weight_planes(weight: np.ndarray, in_max: int, limit: int = FLOAT32_EXACT) -
                           f"1-bit weight planes: not exact in float32 (limit {limit})")
 
 
+def split_sum(weight: np.ndarray, in_max: int,
+              limit: int = FLOAT32_EXACT) -> tuple[int, int, list[tuple[np.ndarray, int]]]:
+    """(digits, digit bits, weight planes): how to apply integer weights to inputs |x| <= in_max
+    with every partial sum below `limit`: x written as `digits` signed digits of base 2^bits, each
+    digit times each of weight_planes(weight, largest digit). One digit (x itself) wherever weight
+    planes alone suffice; else the fewest digits that make them suffice (large graded inputs, such
+    as sigma-delta messages)."""
+    bits = max(int(in_max).bit_length(), 1)
+    widths = sorted({-(-bits // digits) for digits in range(1, bits + 1)}, reverse=True)   # fewest digits first
+    for width in widths[:-1]:
+        try:
+            return -(-bits // width), width, weight_planes(weight, min(int(in_max), (1 << width) - 1), limit)
+        except DesignRuleError:
+            pass
+    return bits, 1, weight_planes(weight, min(int(in_max), 1), limit)   # raises where 1-bit digits fail too
+
+
+def _conv_attributes(node: Node) -> dict:
+    """ONNX Conv attributes of a conv2d node (stride, padding, dilation, groups)."""
+    return {"kernel_shape": list(node.weight.shape[2:]), "strides": list(node.attrs["stride"]),
+            "pads": list(node.attrs["padding"]) * 2, "dilations": list(conv_dilation(node.attrs)),
+            "group": conv_groups(node.attrs)}
+
+
 def _fire_and_reset(g: _Builder, reset: str, compare: str, v: str, threshold: str, reset_amount: str,
                     zero: str, scope: str, count: tuple[int, str, bool] | None = None) -> tuple[str, str]:
     """The spike decision and the reset, the same ops in the fixed and the float graph:
@@ -245,7 +281,7 @@ class _FixedGraph:
         reserved |= {node.name for node in net.spiking_nodes()}
         for node in net.nodes:
             if node.neuron is not None:
-                reserved |= set(state_names(node.name))
+                reserved |= {name for entry in neuron_states(node) for name in entry[:2]}
         self.extra_states = {entry[0]: entry for entry in extra_states(net)}
         reserved |= {name for entry in self.extra_states.values() for name in entry[:2]}
         self.g = _Builder(reserved)
@@ -318,26 +354,45 @@ class _FixedGraph:
         return self._exact_sum(node.op, x, node.weight, self.largest[node.inputs[0]], node, "weight")
 
     def _exact_sum(self, op: str, x: str, weight: np.ndarray, in_max: int, node: Node, hint: str) -> str:
-        """Integer weights applied to the integer-valued float32 x by a conv2d (node's attrs) or a
-        linear ([out, in] weights), exact: float32 on weight planes (weight_planes), combined in int64."""
+        """Integer weights applied to the integer-valued float32 x (|x| <= in_max) by a conv2d
+        (node's attrs) or a linear ([out, in] weights), exact: float32 on every (input digit,
+        weight plane) pair of split_sum, combined in int64."""
         g, scope = self.g, node.name
-        planes = weight_planes(weight, in_max, self.limit)
+        digits, digit_bits, planes = split_sum(weight, in_max, self.limit)
+        xs = [x] if digits == 1 else self._digits(x, digits, digit_bits, scope)
         total = None
         for index, (plane, factor) in enumerate(planes):
             suffix = "" if len(planes) == 1 else f".plane{index}"
             if op == "conv2d":
                 stored = g.integers(plane, np.float32, f"{scope}/{hint}{suffix}", scope)
-                pads = list(node.attrs["padding"]) * 2
-                out = g.op("Conv", [x, stored], scope, kernel_shape=list(weight.shape[2:]),
-                           strides=list(node.attrs["stride"]), pads=pads)
             else:
                 stored = g.integers(plane.T, np.float32, f"{scope}/{hint}{suffix}", scope)
-                out = g.op("MatMul", [x, stored], scope)
-            out = g.op("Cast", [out], scope, to=TensorProto.INT64)
-            if factor != 1:
-                out = g.op("Mul", [out, g.const(factor, np.int64)], scope)
-            total = out if total is None else g.op("Add", [total, out], scope)
+            for position, digit in enumerate(xs):
+                if op == "conv2d":
+                    out = g.op("Conv", [digit, stored], scope, **_conv_attributes(node))
+                else:
+                    out = g.op("MatMul", [digit, stored], scope)
+                out = g.op("Cast", [out], scope, to=TensorProto.INT64)
+                scale = factor << (digit_bits * position)
+                if scale != 1:
+                    out = g.op("Mul", [out, g.const(scale, np.int64)], scope)
+                total = out if total is None else g.op("Add", [total, out], scope)
         return total
+
+    def _digits(self, x: str, digits: int, digit_bits: int, scope: str) -> list[str]:
+        """x (float32 integers below 2^24) as signed digits of base 2^digit_bits, lowest first:
+        sign(x) * (floor(|x| / base^j) mod base), the last without the mod, so x = sum digit_j * base^j.
+        Exact in float32: scaling by a power of two, Floor and these integer products and
+        differences all stay integers below 2^24."""
+        g = self.g
+        base = 1 << digit_bits
+        sign, rest, out = g.op("Sign", [x], scope), g.op("Abs", [x], scope), []
+        for _ in range(digits - 1):
+            high = g.op("Floor", [g.op("Mul", [rest, g.const(1.0 / base, np.float32)], scope)], scope)
+            low = g.op("Sub", [rest, g.op("Mul", [high, g.const(base, np.float32)], scope)], scope)
+            out.append(g.op("Mul", [sign, low], scope))
+            rest = high
+        return out + [g.op("Mul", [sign, rest], scope)]
 
     def _state_input(self, name: str) -> str:
         """One of extra_states as a graph input with its zero default (model_step.onnx)."""
@@ -399,20 +454,24 @@ class _FixedGraph:
         raise InputError(f"layer '{node.name}': op '{node.op}' has no ONNX form")
 
     # --- neurons --------------------------------------------------------------------------------
-    def _state_inputs(self, node: Node) -> tuple[str, str]:
-        """Initial (u, v): constants in the T-step graph, graph inputs (defaulting to them) stepwise."""
-        n = node.neuron
-        zeros = np.zeros((1,) + tuple(node.shape), np.int64)
-        initial = np.asarray(n.initial_state, np.int64).reshape((1,) + tuple(node.shape))
+    def _state_inputs(self, node: Node, read: tuple[bool, ...]) -> list[str | None]:
+        """The layer's registers before the first step (neuron_states): constants in the T-step
+        graph (None for those the rule does not `read`), graph inputs defaulting to them stepwise."""
+        states = neuron_states(node)
         if not self.stepwise:
-            keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
-            u0 = self._per_sample(node, zeros, np.int64, "u0") if keep_u else None  # unused without memory
-            return u0, self._per_sample(node, initial, np.int64, "v0")
-        u_name, v_name = state_names(node.name)[:2]
-        for name, value in ((u_name, zeros), (v_name, initial)):
+            return [self._per_sample(node, value, np.int64, name.rsplit(".", 1)[1] + "0") if used else None
+                    for (name, _, value), used in zip(states, read)]
+        for name, _, value in states:
             self.g.initializers.append(numpy_helper.from_array(value, name))
             self.inputs.append(_value_info(name, np.int64, [STATE_BATCH] + list(node.shape)))
-        return u_name, v_name
+        return [name for name, _, _ in states]
+
+    def _state_outputs(self, node: Node, values: list[str]) -> None:
+        """The layer's registers after the step, named as neuron_states says (model_step.onnx)."""
+        for (_, output, _), value in zip(neuron_states(node), values):
+            self.g.op("Identity", [value], node.name, outputs=[output])
+        self.outputs += [_value_info(output, np.int64, [BATCH] + list(node.shape))
+                         for _, output, _ in neuron_states(node)]
 
     def _neuron(self, node: Node, current: str) -> str:
         """Run the layer's CUBA recurrence; returns its per-step outputs merged over time:
@@ -420,8 +479,9 @@ class _FixedGraph:
         g, n, scope, arith = self.g, node.neuron, node.name, self.arith
         keep_u = fixedpoint.current_keep(n.u_decay, self.decay_bits)
         keep_v = fixedpoint.voltage_keep(n.v_decay, self.decay_bits)
-        u_state, v_state = self._state_inputs(node)
-        shift = g.const(2 ** arith["activation_shift"], np.int64)
+        u_state, v_state = self._state_inputs(node, (keep_u != 0, True))   # u0 is unused without memory
+        shift_bits = fixedpoint.input_shift(n.input_shift, arith["activation_shift"])
+        shift = g.const(2 ** shift_bits, np.int64)
         a = g.op("Mul", [current, shift], scope)
         bias = self._per_sample(node, n.bias, np.int64, "bias")
         recurrent = node.recurrent is not None
@@ -429,7 +489,7 @@ class _FixedGraph:
         if keep_u == 0 and not recurrent:
             # no current memory: u[t] = limit(a[t] << shift) for every step at once; the limit is
             # the identity (and left out) when |a| << shift can never leave the register
-            if self.current_bound[node.name] * 2 ** arith["activation_shift"] < self.top:
+            if self.current_bound[node.name] * 2 ** shift_bits < self.top:
                 u_all = a
             else:
                 u_all = self._limit(a, arith["current_overflow"], scope)
@@ -472,12 +532,36 @@ class _FixedGraph:
         if self.stepwise and recurrent:
             self._state_output(spike_state, g.op("Cast", [fired], scope, to=TensorProto.UINT8), scope)
         if self.stepwise:
-            names = state_names(node.name)
-            g.op("Identity", [u_steps[-1]], scope, outputs=[names[2]])
-            g.op("Identity", [v], scope, outputs=[names[3]])
-            self.outputs += [_value_info(names[2], np.int64, [BATCH] + list(node.shape)),
-                             _value_info(names[3], np.int64, [BATCH] + list(node.shape))]
+            self._state_outputs(node, [u_steps[-1], v])
         return self._merge_steps(outputs, scope)
+
+    def _sigma_delta(self, node: Node, current: str) -> str:
+        """Run the layer's sigma-delta rule (fixedpoint.sigma_delta_step) in int64, unrolled over
+        the steps; returns its messages (int64) merged over time. The arithmetic shift of the
+        message is (sent - sent mod 2^shift) / 2^shift: Mod with fmod = 0 takes the divisor's sign,
+        so the division is exact and its rounding convention never matters."""
+        g, n, scope = self.g, node.neuron, node.name
+        sigma, act, residue = self._state_inputs(node, (n.accumulate, True, True))
+        x = self._split_steps(g.op("Mul", [current, g.const(2 ** n.input_shift, np.int64)], scope), scope)
+        bias = self._per_sample(node, n.bias, np.int64, "bias")
+        threshold = self._per_sample(node, n.threshold, np.int64, "threshold")
+        zero, sent_steps = g.const(0, np.int64), []
+        for x_t in x:
+            sigma = g.op("Add", [sigma, x_t], scope) if n.accumulate else x_t
+            value = g.op("Add", [sigma, bias], scope)
+            act_t = g.op("Max", [value, zero], scope) if n.activation == "relu" else value
+            delta = g.op("Add", [g.op("Sub", [act_t, act], scope), residue], scope)
+            reached = g.op("GreaterOrEqual", [g.op("Abs", [delta], scope), threshold], scope)
+            sent = g.op("Where", [reached, delta, zero], scope)
+            residue, act = g.op("Sub", [delta, sent], scope), act_t
+            sent_steps.append(sent)
+        if self.stepwise:
+            self._state_outputs(node, [sigma, act, residue])
+        sent = self._merge_steps(sent_steps, scope)
+        if n.message_shift == 0:
+            return sent
+        unit = g.const(2 ** n.message_shift, np.int64)
+        return g.op("Div", [g.op("Sub", [sent, g.op("Mod", [sent, unit], scope)], scope), unit], scope)
 
     # --- whole graph ----------------------------------------------------------------------------
     def build(self) -> onnx.ModelProto:
@@ -509,7 +593,7 @@ class _FixedGraph:
             if node.neuron is None:
                 currents[node.name] = current
                 continue
-            out = self._neuron(node, current)
+            out = (self._sigma_delta if node.neuron.kind == "sigma_delta" else self._neuron)(node, current)
             if node.spiking:
                 values[node.name] = g.op("Cast", [out], node.name, to=TensorProto.FLOAT)
                 if self.spikes:
@@ -526,13 +610,15 @@ class _FixedGraph:
         return _model(g, f"snnc_{kind}", doc, self.inputs, self.outputs, metadata)
 
     def _spike_output(self, node: Node, fired: str) -> onnx.ValueInfoProto:
+        """A layer's events as execute.Trace holds them: uint8 spikes (counts), int32 messages."""
         g, shape = self.g, list(node.shape)
+        dtype = np.dtype(np.int32 if node.neuron.kind == "sigma_delta" else np.uint8)
         if self.stepwise:
-            g.op("Cast", [fired], node.name, outputs=[node.name], to=TensorProto.UINT8)
-            return _value_info(node.name, np.uint8, [BATCH] + shape)
-        spikes = g.op("Cast", [fired], node.name, to=TensorProto.UINT8)
+            g.op("Cast", [fired], node.name, outputs=[node.name], to=_ONNX_TYPE[dtype])
+            return _value_info(node.name, dtype, [BATCH] + shape)
+        spikes = g.op("Cast", [fired], node.name, to=_ONNX_TYPE[dtype])
         g.op("Reshape", [spikes, g.const([self.net.T, -1] + shape, np.int64)], node.name, outputs=[node.name])
-        return _value_info(node.name, np.uint8, [self.net.T, BATCH] + shape)
+        return _value_info(node.name, dtype, [self.net.T, BATCH] + shape)
 
     def _readout(self, node: Node, v: str) -> None:
         g, classes = self.g, list(node.shape)
@@ -593,8 +679,7 @@ def float_model(net: Network, spikes: bool = False) -> onnx.ModelProto:
             args = [ins[0], g.array(node.weight.astype(np.float32), f"{scope}/weight")]
             if node.bias is not None:
                 args.append(g.array(node.bias.astype(np.float32), f"{scope}/bias"))
-            z = g.op("Conv", args, scope, kernel_shape=list(node.weight.shape[2:]),
-                     strides=list(node.attrs["stride"]), pads=list(node.attrs["padding"]) * 2)
+            z = g.op("Conv", args, scope, **_conv_attributes(node))
         elif node.op == "linear":
             args = [ins[0], g.array(node.weight.astype(np.float32), f"{scope}/weight")]
             if node.bias is not None:

@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 
-from snnc.ir import Network, Node
+from snnc.ir import Network, Node, conv_dilation
 
 
-def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int) -> int:
+def _valid_taps(size: int, kernel: int, stride: int, padding: int, out_size: int, dilation: int = 1) -> int:
     """Sum over output positions of the kernel taps that land inside the input, along one axis."""
-    starts = np.arange(out_size) * stride - padding
-    return int(np.sum(np.clip(starts + kernel, 0, size) - np.clip(starts, 0, size)))
+    taps = (np.arange(out_size) * stride - padding)[:, None] + np.arange(kernel)[None, :] * dilation
+    return int(np.count_nonzero((taps >= 0) & (taps < size)))
 
 
 def synapse_count(net: Network, node: Node) -> int:
@@ -26,8 +26,9 @@ def synapse_count(net: Network, node: Node) -> int:
     out_channels, in_channels, kh, kw = node.weight.shape
     _, height, width = net.node(node.inputs[0]).shape
     (sh, sw), (ph, pw) = node.attrs["stride"], node.attrs["padding"]
-    rows = _valid_taps(height, kh, sh, ph, node.shape[1])
-    cols = _valid_taps(width, kw, sw, pw, node.shape[2])
+    dh, dw = conv_dilation(node.attrs)
+    rows = _valid_taps(height, kh, sh, ph, node.shape[1], dh)
+    cols = _valid_taps(width, kw, sw, pw, node.shape[2], dw)
     return out_channels * in_channels * rows * cols + recurrent
 
 
@@ -55,6 +56,8 @@ def _neuron_text(node: Node, fixed: bool) -> str:
         return "-"
     if n.kind == "integrator":
         return "integrator"
+    if n.kind == "sigma_delta":
+        return f"sigma-delta {n.activation}" if n.accumulate else "delta encoder"
     reset = "soft" if n.reset == "soft" else "hard"
     leak = (f"dv={n.v_decay}" if fixed else f"leak={n.v_decay:.3g}") if n.v_decay else "IF"
     extras = [reset, leak]

@@ -8,12 +8,16 @@ import numpy as np
 NETX_TESTS = Path(metadata.distribution("lava-dl").locate_file("tests/lava/lib/dl/netx"))
 
 
-def run_lava_dl(path, bias: np.ndarray, steps: int, loads=None, reset_interval=None, record=None):
+def run_lava_dl(path, bias, steps: int, loads=None, reset_interval=None, record=None, frames=None,
+                num_layers=None):
     """Run lava-dl's `netx.hdf5.Network(path, reset_interval=...)` for `steps` chip steps with the
     input layer's bias mantissas `bias` [N] at the start; `loads` = (interval, offset, [bias, ...])
     has lava-dl's StateDataloader write the next bias after every step t with (t - 1) % interval
-    == offset. Returns (layer index -> its output spikes [steps, N] for the layers in `record`
-    (default all), the output layer's voltage [steps, classes], both in chip time, the seconds of
+    == offset. `frames` [*Lava input shape, n] (with bias None) feed the input layer's neurons'
+    a_in (or the first synapse) from a RingBuffer instead, cycling through them, as lava-dl's SDNN
+    and ntidigits tests do; `num_layers` reads only the first layers, as its ntidigits test does
+    (netx does not read an `average` layer). Returns (layer index -> its output spikes [steps, N] for the layers in `record`
+    (default all), the output layer's voltage (a Sigma's sigma) [steps, classes], both in chip time, the seconds of
     the run itself)."""
     import time
 
@@ -27,8 +31,13 @@ def run_lava_dl(path, bias: np.ndarray, steps: int, loads=None, reset_interval=N
     from lava.proc import io
     from lava.proc.monitor.process import Monitor
 
-    network = netx.hdf5.Network(net_config=str(path), reset_interval=reset_interval)
-    network.in_layer.neuron.bias_mant.init = bias
+    network = netx.hdf5.Network(net_config=str(path), reset_interval=reset_interval, num_layers=num_layers)
+    if frames is not None:   # into the Input block's neurons, else into the network's input port
+        source = io.source.RingBuffer(data=frames)
+        has_neurons = isinstance(network.in_layer, netx.blocks.process.Input)
+        source.s_out.connect(network.in_layer.neuron.a_in if has_neurons else network.inp)
+    else:
+        network.in_layer.neuron.bias_mant.init = bias
     if loads is not None:
         interval, offset, dataset = loads
         loader = io.dataloader.StateDataloader(dataset=[(b, 0) for b in dataset], interval=interval, offset=offset)
@@ -38,13 +47,14 @@ def run_lava_dl(path, bias: np.ndarray, steps: int, loads=None, reset_interval=N
         sinks[index] = io.sink.RingBuffer(shape=network.layers[index].out.shape, buffer=steps)
         network.layers[index].out.connect(sinks[index].a_in)
     monitor = Monitor()
-    monitor.probe(network.out_layer.neuron.v, steps)
+    state = "v" if hasattr(network.out_layer.neuron, "v") else "sigma"   # Lava's Sigma readout holds sigma
+    monitor.probe(getattr(network.out_layer.neuron, state), steps)
     try:
         started = time.perf_counter()
         network.run(condition=RunSteps(num_steps=steps), run_cfg=Loihi2SimCfg(select_tag="fixed_pt"))
         run_s = time.perf_counter() - started
         spikes = {index: sink.data.get().T.astype(np.int64) for index, sink in sinks.items()}
-        voltage = np.asarray(monitor.get_data()[network.out_layer.neuron.name]["v"], dtype=np.int64)
+        voltage = np.asarray(monitor.get_data()[network.out_layer.neuron.name][state], dtype=np.int64)
     finally:
         network.stop()
     return spikes, voltage, run_s

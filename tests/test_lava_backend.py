@@ -353,3 +353,20 @@ assert np.array_equal(lava_backend.run(net, inputs).readout, expected.readout)
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_unrolled_conv_matrix_holds_dilation_and_groups():
+    """The matrix a Sparse or DelayDense holds for a conv2d (a conv after a pool view, or with
+    delays that differ per input) is the convolution itself, dilated and grouped."""
+    import torch
+
+    from snnc.ir import Node
+
+    rng = np.random.default_rng(9)
+    weight = rng.integers(-5, 6, (6, 2, 3, 3))
+    node = Node(name="conv", op="conv2d", inputs=["x"], shape=(6, 5, 7), weight=weight,
+                attrs={"kernel": [3, 3], "stride": [1, 2], "padding": [1, 2], "dilation": [2, 1], "groups": 3})
+    x = rng.integers(0, 2, (6, 7, 11))
+    expected = execute.synaptic_op(node, [torch.from_numpy(x[None].astype(np.float64))], with_bias=False)
+    got = lava_backend._conv_matrix(node, x.shape) @ x.reshape(-1)
+    np.testing.assert_array_equal(got, expected.numpy().reshape(-1).astype(np.int64))

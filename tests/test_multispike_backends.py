@@ -305,8 +305,8 @@ def test_loihi1_refuses_a_multispike_population_naming_it():
 def test_payload_wider_than_the_target_carries_is_refused():
     net = multispike_dense("hard")
     narrow = dataclasses.replace(LOIHI2, limits=dict(LOIHI2.limits, graded_spike_bits=2))
-    with pytest.raises(DesignRuleError, match="layer 'fc2': counts up to 4 need 3-bit spike payloads, above "
-                                              "loihi2's graded_spike_bits of 2"):
+    with pytest.raises(DesignRuleError, match=r"layer 'fc2': a multi-spike population \(up to 4 spikes per step\) needs "
+                                              r"3-bit spike payloads, above loihi2's graded_spike_bits of 2"):
         mp.map_to_cores(net, narrow)
 
 

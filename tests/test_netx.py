@@ -120,18 +120,23 @@ def _lava_lif_numpy(layers, spikes):
     return layers
 
 
-def _correlate(weight, stride, padding):
-    """PyTorch-style conv2d (correlation) on a batch [B, C, H, W], by explicit loops."""
+def _correlate(weight, stride, padding, dilation=1, groups=1):
+    """PyTorch-style conv2d (correlation) on a batch [B, C, H, W], by explicit loops: output
+    channel block g reads input channel block g, kernel taps `dilation` apart."""
     def apply(x):
         padded = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
         kh, kw = weight.shape[2:]
-        height = (padded.shape[2] - kh) // stride + 1
-        width = (padded.shape[3] - kw) // stride + 1
+        span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
+        height = (padded.shape[2] - span_h) // stride + 1
+        width = (padded.shape[3] - span_w) // stride + 1
         out = np.zeros((x.shape[0], weight.shape[0], height, width), dtype=np.int64)
-        for i in range(height):
-            for j in range(width):
-                patch = padded[:, :, i * stride:i * stride + kh, j * stride:j * stride + kw]
-                out[:, :, i, j] = np.einsum("bchw,ochw->bo", patch, weight)
+        per_in, per_out = weight.shape[1], weight.shape[0] // groups
+        for o in range(weight.shape[0]):
+            block = slice((o // per_out) * per_in, (o // per_out + 1) * per_in)
+            for i in range(height):
+                for j in range(width):
+                    patch = padded[:, block, i * stride:i * stride + span_h:dilation, j * stride:j * stride + span_w:dilation]
+                    out[:, o, i, j] = np.einsum("bchw,chw->b", patch, weight[o])
         return out
     return apply
 
@@ -310,7 +315,7 @@ def test_writer_refuses_snnc_networks_with_pooling_or_floats(tmp_path):
     ({"delay1": [0, 2], "bias1": [1, 0]}, "per-neuron delays .* without bias"),
     ({"delay1": [[0, 1, 2], [1, 1, 0]]}, "a delay per synapse"),
     ({"delay1": [1, 2, 3, 4]}, "delays of shape"),
-    ({"n1": (1024, 128, 80, {"type": "SDNN"})}, "neuron type 'SDNN'"),
+    ({"n1": (1024, 128, 80, {"type": "RF_IZ"})}, "neuron type 'RF_IZ'"),
     ({"w1": np.array([[300, -50, 20], [40, 80, -256]])}, "8-bit"),
     ({"n1": (np.array([1024, 512]), 128, 80)}, "per-neuron iDecay"),
 ])
@@ -432,3 +437,47 @@ def test_the_file_says_its_input_and_input_shape_is_only_for_a_conv_first_file(t
     np.testing.assert_array_equal(execute.run(given, spikes).readout, execute.run(stored, spikes).readout)
     with pytest.raises(InputError, match="conv layer after an input of shape"):
         load_netx(conv_first, T=10, input_shape=(50,))
+
+
+def _grouped_file(path):
+    """input 4x7x7 -> conv 6 channels in 2 groups, 3x3 taps 2 apart, stride 1, padding 2 -> flatten
+    -> dense 3."""
+    with h5py.File(path, "w") as f:
+        layers = f.create_group("layer")
+        _layer(layers, 0, "input", [4, 7, 7])
+        conv = _layer(layers, 1, "conv", [6, 7, 7])
+        for key, value in (("inChannels", 4), ("outChannels", 6), ("kernelSize", [3, 3]), ("stride", [1, 1]),
+                           ("padding", [2, 2]), ("dilation", [2, 2]), ("groups", 2)):
+            conv.create_dataset(key, data=np.array(value))
+        conv.create_dataset("weight", data=GROUPED_W.astype(np.float32))
+        _cuba(conv, 1024, 256, 60)
+        _layer(layers, 2, "flatten", [294, 1, 1])
+        _dense(layers, 3, GROUPED_DENSE_W, neuron=(2048, 64, 200))
+    return path
+
+
+GROUPED_W = CONV_RNG.integers(-60, 61, (6, 2, 3, 3)) * 2
+GROUPED_DENSE_W = CONV_RNG.integers(-40, 41, (3, 294)) * 2
+
+
+@pytest.mark.parametrize("backend", ["reference", "cycle", "onnx"])
+def test_dilated_grouped_conv_matches_lava_lif_semantics(tmp_path, backend):
+    """A conv with dilation 2 and 2 groups (netx's dilation and groups) on every backend but Lava
+    (tests/test_netx_lavadl.py runs one in lava-dl's own Network), against the numpy loop."""
+    from snnc.backends import cycle, onnx_backend
+
+    net = load_netx(_grouped_file(tmp_path / "grouped.net"), T=8)
+    conv = net.node("conv1")
+    assert conv.attrs["dilation"] == [2, 2] and conv.attrs["groups"] == 2 and conv.weight.shape == (6, 2, 3, 3)
+    assert any("grouped convolution" in note for note in net.metadata["netx"]["notes"])
+    spikes = (np.random.default_rng(6).uniform(size=(8, 3, 4, 7, 7)) < 0.5).astype(np.int64)
+    run = {"reference": execute.run, "cycle": cycle.run, "onnx": onnx_backend.run}[backend]
+    trace = run(net, spikes)
+    expected = _lava_lif_numpy([
+        {"synapse": _correlate(GROUPED_W, 1, 2, dilation=2, groups=2), "iDecay": 1024, "vDecay": 256,
+         "vThMant": 60},
+        {"synapse": lambda s: s.reshape(s.shape[0], -1) @ GROUPED_DENSE_W.T, "iDecay": 2048, "vDecay": 64,
+         "vThMant": 200}], spikes)
+    for layer, name in zip(expected, ("conv1", "dense3")):
+        assert 0.05 < layer["spikes"].mean() < 0.95, name
+        np.testing.assert_array_equal(trace.spikes[name], layer["spikes"], err_msg=name)

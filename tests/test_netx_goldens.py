@@ -177,6 +177,41 @@ def test_ntidigits_delays_on_lava():
     netfactory.assert_same_trace(execute.run(net, events), lava_backend.run(net, events))
 
 
+# --- pilotnet_sdnn: sigma-delta neurons (Delta encoder, ReLU SigmaDelta layers, Sigma readout) -----
+
+SDNN = GOLDEN / "pilotnet_sdnn"
+
+
+def _pilotnet_sdnn(steps: int):
+    """lava-dl runs the network free (no reset) on one frame, presented at every step."""
+    net = load_netx(SDNN / "network.net", T=steps, timing="free-running")
+    frame = np.load(SDNN / "input.npy")[..., 0].transpose(2, 1, 0)   # (x, y, c) -> (c, y, x)
+    return net, np.broadcast_to(frame, (steps, 1) + frame.shape).astype(np.int64)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cycle", pytest.param("lava", marks=pytest.mark.slow)])
+def test_pilotnet_sdnn_output(backend):
+    """gts/pilotnet_sdnn/output.npy: the Sigma readout over the 9 steps lava-dl's test runs."""
+    net, inputs = _pilotnet_sdnn(9)
+    assert [node.neuron.kind for node in net.nodes if node.neuron] == ["sigma_delta"] * 8 + ["integrator"]
+    run = {"reference": execute.run, "cycle": cycle.run, "lava": lava_backend.run}[backend]
+    trace = run(net, inputs)
+    _assert_equal("output", trace.readout_steps[:, 0, :].T, np.load(SDNN / "output.npy").astype(np.int64))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cycle"])
+def test_pilotnet_sdnn_layers_as_loihi_computed_them(backend):
+    """The Loihi 2 recordings next to it: the Delta encoder's messages (act0) and the sigma of the
+    first two conv layers (sigma1, sigma2), every step of 20, for the same frame."""
+    net, inputs = _pilotnet_sdnn(20)
+    run = {"reference": execute.run, "cycle": cycle.run}[backend]
+    trace = run(net, inputs, record_voltages=("conv1", "conv2"))
+    _assert_equal("input messages", trace.spikes["input_neurons"][:, 0],
+                  _steps_first(np.load(SDNN / "act0.npy"), net.node("input_neurons").shape))
+    for name, file in (("conv1", "sigma1.npy"), ("conv2", "sigma2.npy")):
+        _assert_equal(f"{name} sigma", trace.currents[name][:, 0], _steps_first(np.load(SDNN / file), net.node(name).shape))
+
+
 # --- the golden inputs as data files, through the CLI --------------------------------------------
 
 @pytest.mark.slow

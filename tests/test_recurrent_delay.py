@@ -457,13 +457,16 @@ def test_nir_refuses_a_recurrent_conv_population():
         export_nir(conv_net(False, recurrent=True))
 
 
-@pytest.mark.parametrize("recurrent, delay, message", [(True, False, "recurrent"), (False, True, "delays")])
-def test_netx_refuses_recurrence_and_delays(tmp_path, recurrent, delay, message):
+@pytest.mark.parametrize("recurrent, delay, message", [(True, False, "recurrent synapses outside a spiking dense"),
+                                                       (False, True, "axonal delays that netx holds neither")])
+def test_netx_refuses_recurrence_and_delays_on_a_conv(tmp_path, recurrent, delay, message):
+    """netx holds recurrence only as dense_rec and delays only on dense layers (it ignores conv
+    delays); tests/test_netx_lavadl.py writes both where netx holds them."""
     from snnc.errors import DesignRuleError
     from snnc.exporters.netx_export import export_netx
 
-    net = dense_net(True, recurrent=recurrent, delay=delay)
-    with pytest.raises(DesignRuleError, match=f"layer 'fc': .*{message}"):
+    net = conv_net(True, recurrent=recurrent, delay=delay)
+    with pytest.raises(DesignRuleError, match=f"layer 'conv': {message}"):
         export_netx(net, tmp_path / "network.net")
     assert not (tmp_path / "network.net").exists()
 

@@ -29,7 +29,6 @@ import numba
 import numpy as np
 import scipy.sparse
 import torch
-import torch.nn.functional as F
 
 from snnc import execute
 from snnc.data import InputSet
@@ -207,7 +206,7 @@ class _Plan:
                                        entry["cores"], part, synapses, torch.from_numpy(core_map.reshape(-1)),
                                        tile_core, group_sizes, torch.from_numpy(bias.copy()), bool(bias.all()),
                                        self.core_neurons[entry["first_core"]:entry["first_core"] + entry["cores"]])
-        self.rules = {name: execute.FixedNeuron(layer.node, net.arithmetic)
+        self.rules = {name: execute.fixed_neuron(layer.node, net.arithmetic)
                       for name, layer in self.layers.items()}   # stateless: shared by every chunk
         # routes: (source, destination group) pairs with their per-class counting tables
         self.routes_out: dict[str, list[_Route]] = {name: [] for name in layers}
@@ -416,7 +415,7 @@ class _Run:
             inputs = inputs[:1]
         # tensor name -> (steps it holds: 1 when it depends on a static input alone, or T; [steps * B, ...])
         self.values: dict[str, tuple[int, torch.Tensor]] = {plan.input_name: (len(inputs), inputs.flatten(0, 1))}
-        self.spikes: dict[str, torch.Tensor] = {}        # spiking layer -> uint8 [T, B, *shape]
+        self.spikes: dict[str, torch.Tensor] = {}        # spiking layer -> [T, B, *shape] (execute.Trace's)
         self.readout_steps = None
         self.record = set(record_voltages)
         self.voltages, self.currents, self.overflow = {}, {}, {}
@@ -439,7 +438,7 @@ class _Run:
             elif name in plan.fast_pools and node.inputs[0] in self.spikes:   # spikes (or counts) pooled as uint8
                 source = node.inputs[0]
                 steps, out = self.T, _sum_pool(self.spikes[source].flatten(0, 1), node.attrs["kernel"],
-                                               torch.float32, binary=self.net.node(source).neuron.max_spikes == 1)
+                                               torch.float32, binary=not self.net.node(source).neuron.graded)
             elif name in plan.fast_pools:
                 steps, source = self.value(node.inputs[0])
                 out = _sum_pool(source, node.attrs["kernel"], source.dtype)
@@ -473,8 +472,7 @@ class _Run:
                 steps, x = self.T, self.delayed(syn.node, steps, x)
             x = x.to(syn.dtype)
             if syn.node.op == "conv2d":
-                z = F.conv2d(x, syn.weight, None, stride=tuple(syn.node.attrs["stride"]),
-                             padding=tuple(syn.node.attrs["padding"]))
+                z = execute.conv2d(syn.node, x, syn.weight)
             else:
                 z = x @ syn.weight.T
             sums.append((steps, z))

@@ -43,6 +43,7 @@ from snnc import fixedpoint, ir
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
 from snnc.passes.mapping import largest_delay, payload_bits
+from snnc.passes.quantize import largest_outputs
 from snnc.targets import is_integer
 
 NAME = "lava"
@@ -108,23 +109,26 @@ def _conv_matrix(node: ir.Node, in_shape) -> "object":
     import scipy.sparse as sp
 
     weight = np.asarray(node.weight, dtype=np.int64)
-    co, ci, kh, kw = weight.shape
-    _, height, width = in_shape
+    co, ci, kh, kw = weight.shape   # ci: the input channels of one group
+    channels, height, width = in_shape
     _, out_h, out_w = node.shape
     sh, sw = node.attrs["stride"]
     ph, pw = node.attrs["padding"]
+    dh, dw = ir.conv_dilation(node.attrs)
+    per_group = co // ir.conv_groups(node.attrs)
     o_c, o_y, o_x, i_c, k_y, k_x = np.meshgrid(np.arange(co), np.arange(out_h), np.arange(out_w),
                                                np.arange(ci), np.arange(kh), np.arange(kw),
                                                indexing="ij", sparse=True)
-    iy, ix = o_y * sh - ph + k_y, o_x * sw - pw + k_x
+    iy, ix = o_y * sh - ph + k_y * dh, o_x * sw - pw + k_x * dw
     shape6 = (co, out_h, out_w, ci, kh, kw)
     valid = np.broadcast_to((iy >= 0) & (iy < height) & (ix >= 0) & (ix < width), shape6)
     rows = np.broadcast_to((o_c * out_h + o_y) * out_w + o_x, shape6)[valid]
-    cols = np.broadcast_to((i_c * height + iy) * width + ix, shape6)[valid]
+    source_channel = (o_c // per_group) * ci + i_c    # output channel block g reads input block g
+    cols = np.broadcast_to((source_channel * height + iy) * width + ix, shape6)[valid]
     vals = np.broadcast_to(weight[:, None, None, :, :, :], shape6)[valid]
     keep = vals != 0
     return sp.csr_matrix((vals[keep], (rows[keep], cols[keep])),
-                         shape=(co * out_h * out_w, ci * height * width), dtype=np.int64)
+                         shape=(co * out_h * out_w, channels * height * width), dtype=np.int64)
 
 
 def _pool_matrix(node: ir.Node, in_shape) -> "object":
@@ -226,6 +230,15 @@ def _lava_matrix(factors: dict, weight: np.ndarray, name: str):
 
 # --- the graph description --------------------------------------------------------------------
 
+def _uniform_delay(node: ir.Node) -> int | None:
+    """The delay every input element of a synaptic node takes (0 without delays), or None where
+    they differ (a DelayDense then holds one per synapse)."""
+    if node.delay is None:
+        return 0
+    values = np.unique(node.delay)
+    return int(values[0]) if values.size == 1 else None
+
+
 def _matrix_entry(name: str, node: str, shape: tuple[int, int], factors: dict, message_bits: int,
                   weight: np.ndarray) -> dict:
     """A Dense, Sparse or DelayDense process as graph.json describes it: the factors its matrix is
@@ -254,6 +267,7 @@ class _SpecBuilder:
         self.arrays: dict[str, np.ndarray] = {}
         self.producers: dict[str, _Producer] = {}
         self.delayed: dict[tuple[str, int], _Producer] = {}
+        self.largest = largest_outputs(net)   # what each producer sends: its synapses' message bits
 
     def connect(self, source: _Producer | tuple, target: str, port: str, shape) -> None:
         name, out_port, out_shape = ((source.process, "s_out", source.shape)
@@ -307,6 +321,8 @@ class _SpecBuilder:
                               "input_shape": list(in_shape),
                               "padding": list(reversed(synapse.attrs["padding"])),
                               "stride": list(reversed(synapse.attrs["stride"])),
+                              "dilation": list(reversed(ir.conv_dilation(synapse.attrs))),
+                              "groups": ir.conv_groups(synapse.attrs),
                               "num_message_bits": bits}, weight=lava_weight)
             self.connect(source, name, "s_in", in_shape)
             self.connect((name, "a_out", lava_shape(synapse.shape)), target, "a_in", target_shape)
@@ -342,7 +358,7 @@ class _SpecBuilder:
         factors = {"op": "linear", "attrs": {}, "out_shape": list(node.shape), "source_shape": list(node.shape),
                    "views": []}
         weight = np.asarray(node.recurrent, dtype=np.int64)
-        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, payload_bits(node), weight),
+        self.add_process(dict(_matrix_entry(name, node.name, (size, size), factors, payload_bits(node, self.net), weight),
                               type="dense", recurrent=True), weight=weight.astype(np.int32))
         self.connect((node.name, "s_out", shape), name, "s_in", (size,))
         self.connect((name, "a_out", (size,)), node.name, "a_in", shape)
@@ -361,7 +377,7 @@ class _SpecBuilder:
         sources = [self.trace_views(group) for group in groups]
         depth = max(source.depth for source, _ in sources) + 1
         use_conv = len(node.shape) == 3 and all(
-            group.op == "conv2d" and not views and len(source.ir_shape) == 3 and not group.delayed
+            group.op == "conv2d" and not views and len(source.ir_shape) == 3 and _uniform_delay(group) is not None
             for group, (source, views) in zip(groups, sources))
         shape = lava_shape(node.shape) if use_conv else (int(np.prod(node.shape)),)
         n = node.neuron
@@ -370,17 +386,22 @@ class _SpecBuilder:
         self.add_process({"type": "neuron", "name": node.name, "node": node.name, "shape": list(shape),
                           "ir_shape": list(node.shape), "depth": depth, "kind": n.kind,
                           "reset": n.reset, "du": int(n.u_decay), "dv": int(n.v_decay),
-                          "max_spikes": int(n.max_spikes)},
+                          "max_spikes": int(n.max_spikes), "input_shift": n.input_shift,
+                          "activation": n.activation, "accumulate": bool(n.accumulate),
+                          "message_shift": int(n.message_shift)},
                          threshold=per_neuron(n.threshold), bias=per_neuron(n.bias),
                          reset_amount=per_neuron(n.reset_amount),
                          initial_state=per_neuron(n.initial_state))
         for group, (source, views) in zip(groups, sources):
-            aligned = self.delayed_producer(source, depth - 1 - source.depth)
+            # a Conv reads a producer whose every element is delayed alike through a relay, which
+            # holds it back that many steps more than the pipeline needs (the gap covers sample ends)
+            held = _uniform_delay(group) if use_conv else 0
+            aligned = self.delayed_producer(source, depth - 1 - source.depth + held)
             self.synapse(group, aligned, views, node.name, shape, use_conv)
         if node.recurrent is not None:
             self.recurrent(node, shape)
         if node.spiking:
-            self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, n.max_spikes)
+            self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), depth, self.largest[node.name])
 
     def sew_add(self, node: ir.Node) -> None:
         missing = [name for name in node.inputs if name not in self.producers]
@@ -404,8 +425,7 @@ class _SpecBuilder:
                 shape = lava_shape(node.shape)
                 self.add_process({"type": "source", "name": node.name, "node": node.name,
                                   "shape": list(shape), "ir_shape": list(node.shape)})
-                top = int(net.encoding.get("max", 2 ** net.arithmetic.get("input_bits", 8) - 1))
-                self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), 0, top)
+                self.producers[node.name] = _Producer(node.name, shape, tuple(node.shape), 0, self.largest[node.name])
             elif node.neuron is not None:
                 self.neuron(node)
             elif node.op == "add":
@@ -466,6 +486,21 @@ _ARRAY_KEYS = {"conv": ("weight",), "dense": ("weight",), "sparse": ("weight",),
                "neuron": ("threshold", "bias", "reset_amount", "initial_state")}
 
 
+def _check_neuron_entry(entry: dict) -> None:
+    """A neuron process's scalars: its kind, count limit, activation and shifts."""
+    counts, where = entry.get("max_spikes", 1), f"Lava graph: process '{entry['name']}'"
+    if not (is_integer(counts) and 1 <= counts <= ir.MAX_SPIKES_PER_STEP):
+        raise InputError(f"{where} has max_spikes {counts!r}, not an integer in 1..{ir.MAX_SPIKES_PER_STEP}")
+    if entry.get("kind") not in ir.NEURON_KINDS or entry.get("activation", "identity") not in ir.ACTIVATIONS \
+            or not isinstance(entry.get("accumulate", True), bool):
+        raise InputError(f"{where} has kind {entry.get('kind')!r} / activation {entry.get('activation')!r} / "
+                         f"accumulate {entry.get('accumulate')!r}, which snnc's neuron does not run")
+    for key in ("input_shift", "message_shift"):
+        value = entry.get(key)
+        if value is not None and not (is_integer(value) and 0 <= value < 32):
+            raise InputError(f"{where} has {key} {value!r}, not an integer in 0..31")
+
+
 def _check_spec(spec, arrays: dict) -> None:
     """Refuse a Lava graph description that names unknown processes, ports or arrays (a damaged or
     hand-edited lava/graph.json) before any Lava process is made."""
@@ -488,10 +523,8 @@ def _check_spec(spec, arrays: dict) -> None:
                 entry.get("weight_shift") in (0, DENSE_WEIGHT_SHIFT) and entry.get("weight_exp") == -entry["weight_shift"]):
             raise InputError(f"Lava graph: process '{entry['name']}' has weight_shift {entry.get('weight_shift')!r} / "
                              f"weight_exp {entry.get('weight_exp')!r}, not 0 or {DENSE_WEIGHT_SHIFT} and its negative")
-        counts = entry.get("max_spikes", 1)
-        if entry["type"] == "neuron" and not (is_integer(counts) and 1 <= counts <= ir.MAX_SPIKES_PER_STEP):
-            raise InputError(f"Lava graph: process '{entry['name']}' has max_spikes {counts!r}, not an integer in "
-                             f"1..{ir.MAX_SPIKES_PER_STEP}")
+        if entry["type"] == "neuron":
+            _check_neuron_entry(entry)
     spiking = spec.get("spiking")
     if not isinstance(spiking, list):
         raise InputError("Lava graph: 'spiking' must list the spiking processes")
@@ -590,7 +623,8 @@ class LavaGraph:
             record = np.load(self._file(name, key), mmap_mode="r")
             return np.ascontiguousarray(from_lava(record, shapes[name]).swapaxes(0, 1), dtype=dtype)
 
-        spikes = {name: logical(name, "record_path", np.uint8) for name in self.spec["spiking"]}
+        # uint8 spikes or counts, int32 sigma-delta messages: the record's own dtype
+        spikes = {name: logical(name, "record_path", None) for name in self.spec["spiking"]}
         readout = self.spec["readout_process"]
         steps = np.load(self._file(readout, "record_path")).swapaxes(0, 1).astype(np.int64)
         voltages = {name: logical(name, "voltage_path", np.int64) for name in self.record_voltages}
@@ -634,6 +668,7 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
 
         return Conv(weight=get("weight"), input_shape=tuple(entry["input_shape"]),
                     padding=tuple(entry["padding"]), stride=tuple(entry["stride"]),
+                    dilation=tuple(entry.get("dilation", (1, 1))), groups=int(entry.get("groups", 1)),
                     num_message_bits=entry["num_message_bits"], name=entry["name"])
     if kind in ("dense", "sparse", "delay_dense"):
         from lava.utils.weightutils import SignMode
@@ -665,7 +700,9 @@ def _make_process(entry: dict, arrays: dict, schedule: dict, files: dict):
         return SnncNeuron(shape=tuple(entry["shape"]), threshold=get("threshold"), bias=get("bias"),
                           reset_amount=get("reset_amount"), initial_state=get("initial_state"),
                           du=entry["du"], dv=entry["dv"], kind=entry["kind"], reset=entry["reset"],
-                          max_spikes=entry.get("max_spikes", 1),
+                          max_spikes=entry.get("max_spikes", 1), input_shift=entry.get("input_shift"),
+                          activation=entry.get("activation", "identity"), accumulate=entry.get("accumulate", True),
+                          message_shift=entry.get("message_shift", 0),
                           start=entry["depth"], name=entry["name"], **schedule, **files[entry["name"]])
     raise InputError(f"Lava graph: unknown process type '{kind}'")
 
@@ -718,7 +755,7 @@ def build_lava_graph(network, inputs=None, images=None, record_dir=None, period=
         name, size = p["name"], int(np.prod(p["shape"]))
         stem = _safe(name) if _safe(name) not in stems else f"{_safe(name)}_{index}"
         stems.add(stem)
-        out = (np.uint8 if p["kind"] == "spiking" else np.int64)
+        out = {"spiking": np.uint8, "sigma_delta": np.int32}.get(p["kind"], np.int64)
         files[name] = {
             "record_path": _new_memmap(record_dir / f"{stem}.out.npy", out, (samples, steps, size)),
             "overflow_path": _new_memmap(record_dir / f"{stem}.overflow.npy", np.int64, (samples, 2)),

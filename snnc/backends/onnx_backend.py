@@ -149,16 +149,15 @@ def run_export(export, inputs, record_voltages=()) -> Trace:
 
 def initial_state(net: Network, batch: int) -> dict[str, np.ndarray]:
     """model_step.onnx's state inputs before the first step: u = 0 and v = the initial state
-    (IMP), per neuron layer, broadcast to `batch` samples (int64); zeros for a recurrent layer's
-    last spikes and a delayed synapse's input history (onnx_graph.extra_states)."""
+    (IMP) per CUBA layer, sigma = the initial state and act = residue = 0 per sigma-delta layer
+    (onnx_graph.neuron_states), broadcast to `batch` samples (int64); zeros for a recurrent
+    layer's last spikes and a delayed synapse's input history (onnx_graph.extra_states)."""
     state = {}
     for node in net.nodes:
-        if node.neuron is None:
-            continue
-        u_name, v_name = onnx_graph.state_names(node.name)[:2]
-        shape = (batch,) + tuple(node.shape)
-        state[u_name] = np.zeros(shape, np.int64)
-        state[v_name] = np.ascontiguousarray(np.broadcast_to(np.asarray(node.neuron.initial_state, np.int64), shape))
+        if node.neuron is not None:
+            shape = (batch,) + tuple(node.shape)
+            state.update({name: np.ascontiguousarray(np.broadcast_to(value, shape))
+                          for name, _, value in onnx_graph.neuron_states(node)})
     for name, _, dtype, shape in onnx_graph.extra_states(net):
         state[name] = np.zeros((batch,) + shape, dtype)
     return state

@@ -34,7 +34,7 @@ import numpy as np
 from snnc.errors import InputError
 from snnc.export_dir import artifact_writer, write_bytes
 from snnc.frontends.nir_frontend import GRAPH_METADATA_KEY, METADATA_KEY
-from snnc.ir import Network, Node
+from snnc.ir import Network, Node, conv_dilation, conv_groups
 
 DEFAULT_DT = 1e-4   # snnTorch's exporter and importer use this step
 
@@ -127,7 +127,8 @@ def _synapse_node(node: Node, source_shape: tuple[int, ...], extra_bias: Optiona
     else:
         syn = nir.Conv2d(input_shape=tuple(int(x) for x in source_shape[1:]), weight=weight,
                          stride=tuple(int(x) for x in node.attrs["stride"]),
-                         padding=tuple(int(x) for x in node.attrs["padding"]), dilation=(1, 1), groups=1,
+                         padding=tuple(int(x) for x in node.attrs["padding"]),
+                         dilation=conv_dilation(node.attrs), groups=conv_groups(node.attrs),
                          bias=np.zeros(channels) if bias is None else bias)
         if bias is None:
             metadata = {"snnc_no_bias": True}

@@ -49,8 +49,14 @@ from snnc.errors import DesignRuleError, InputError, UsageError
 from snnc.ir import (Network, Neuron, Node, check_shape, check_steps, check_weight_count, conv_output_shape,
                      encoding_problem)
 
-NEURON_TYPES = ("CUBA", "LOIHI")
+NEURON_TYPES = ("CUBA", "LOIHI", "SDNN")
+TEXT_FIELDS = ("type", "activation")   # a netx neuron's fields that hold text
 BIAS_EXP = 6            # netx always sets bias_exp = 6
+# netx's sigma-delta neurons: spike_exp = 6 (its default) and state_exp = 6; thresholds and biases
+# are scaled by 2^(spike_exp + state_exp), the Delta encoder shifts its input by as much, and every
+# message is the sent delta >> state_exp
+SDNN_SPIKE_EXP, SDNN_STATE_EXP = 6, 6
+SDNN_SCALE_SHIFT = SDNN_SPIKE_EXP + SDNN_STATE_EXP
 THRESHOLD_SHIFT = fixedpoint.LAVA_LIF_THRESHOLD_SHIFT   # Lava's LIF compares v > vth << 6
 # Lava's CUBA LIF as the netx network defines it (docs/semantics.md, section 6).
 LAVA_LIF_RULES = fixedpoint.LAVA_LIF_REGISTERS
@@ -163,6 +169,15 @@ def _stored_latency(attrs: dict) -> int:
     return int(raw)
 
 
+def _stored_drive(attrs: dict, default: str) -> str:
+    """snnc/input_drive of a file snnc wrote: how its input neurons are driven."""
+    raw = attrs.get("input_drive", default)
+    drive = raw.decode() if isinstance(raw, bytes) else str(raw)
+    if drive not in INPUT_DRIVES:
+        raise InputError(f"netx file: snnc/input_drive attribute must be one of {INPUT_DRIVES}, got {raw!r}")
+    return drive
+
+
 def _stored_encoding(attrs: dict) -> Optional[dict]:
     raw = attrs.get("encoding")
     if raw is None:
@@ -183,7 +198,9 @@ def _neuron_config(group, where) -> Optional[dict]:
     neuron = group["neuron"]
     out = {"type": _text(neuron["type"]) if "type" in neuron else "CUBA"}
     for key in neuron.keys():
-        if key != "type":
+        if key in TEXT_FIELDS:
+            out[key] = _text(neuron[key])
+        elif key != "type":
             out[key] = _numbers(neuron, key)
     return out
 
@@ -335,8 +352,10 @@ class _Reader:
         config = dict(DEFAULT_NEURON) if config is None else config
         kind = config.get("type", "CUBA")
         if kind not in NEURON_TYPES:
-            raise InputError(f"{where}: neuron type '{kind}' is not supported (only CUBA/LOIHI LIF; "
-                             f"sigma-delta and resonate-and-fire neurons are not)")
+            raise InputError(f"{where}: neuron type '{kind}' is not supported (CUBA/LOIHI LIF and SDNN sigma-delta; "
+                             f"resonate-and-fire neurons are not)")
+        if kind == "SDNN":
+            return self.sigma_delta(config, shape, bias, index, last, encoder=False)
         for key in ("iDecay", "vDecay", "vThMant"):
             if key not in config:
                 raise InputError(f"{where}: neuron has no {key}")
@@ -375,6 +394,41 @@ class _Reader:
                       bias=bias_full, initial_state=np.zeros(shape, dtype=np.int64),
                       v_decay=decays["vDecay"], u_decay=_current_decay(decays["iDecay"]))
 
+    def sigma_delta(self, config: dict, shape: tuple[int, ...], bias, index: int, last: bool,
+                    encoder: bool) -> Neuron:
+        """netx's SDNN neuron as Lava runs it (lava.proc.sdn): the input layer's Delta encoder, a
+        sigma_output layer's Sigma (the readout: sigma += input, sent as it is), else SigmaDelta with
+        ReLU (netx passes no activation mode: Lava's default ReLU whatever the file says)."""
+        where = self.where(index)
+        zeros = np.zeros(shape, dtype=np.int64)
+        if "sigma_output" in config and bool(np.any(config["sigma_output"])):
+            if not last or bias is not None:
+                raise InputError(f"{where}: a sigma_output layer must be the last layer and has no bias "
+                                 f"(netx makes it Lava's Sigma)")
+            return Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=zeros,
+                          initial_state=zeros.copy(), v_decay=0, u_decay=_current_decay(DECAY_UNITY),
+                          input_shift=0)
+        if "vThMant" not in config:
+            raise InputError(f"{where}: SDNN neuron has no vThMant")
+        vth = np.asarray(config["vThMant"]).astype(np.int64)
+        if vth.size != 1 or int(vth.ravel()[0]) < 0 or int(vth.ravel()[0]) >= 1 << fixedpoint.LAVA_LIF_THRESHOLD_BITS:
+            raise InputError(f"{where}: SDNN vThMant must be one value in 0..2^{fixedpoint.LAVA_LIF_THRESHOLD_BITS} - 1, "
+                             f"got {vth.ravel()[:3].tolist()}")
+        activation = str(config.get("activation", "relu")).lower()
+        if not encoder and activation != "relu":
+            self.notes.append(f"layer {index}: activation '{activation}' read as ReLU, as netx runs every "
+                              f"SigmaDelta neuron")
+        bits = int(np.max(config.get("messageBits", 16)))
+        if bits != 16:
+            self.notes.append(f"layer {index}: messageBits {bits}: messages are not truncated, as in Lava's "
+                              f"simulator")
+        threshold = np.full(shape, int(vth.ravel()[0]) << SDNN_SCALE_SHIFT, dtype=np.int64)
+        scaled_bias = zeros if bias is None or encoder else self.broadcast_bias(bias, shape, index) << SDNN_SCALE_SHIFT
+        return Neuron(kind="sigma_delta", threshold=threshold, reset="none", reset_amount=None, bias=scaled_bias,
+                      initial_state=zeros.copy(), activation="identity" if encoder else "relu",
+                      accumulate=not encoder, input_shift=SDNN_SCALE_SHIFT if encoder else 0,
+                      message_shift=SDNN_STATE_EXP)
+
     def broadcast_bias(self, values: np.ndarray, shape: tuple[int, ...], index: int) -> np.ndarray:
         """A netx per-layer array: one value, one per channel, or one per neuron."""
         values = np.asarray(values).astype(np.int64)
@@ -395,11 +449,15 @@ class _Reader:
         where = self.where(index)
         source = self.last()
         op, weight, attrs = _identity_weight(source.shape, where)
-        neuron = self.neuron(_neuron_config(group, where), source.shape, None, index, last=False)
-        if drive == "bias":
-            neuron.u_decay = DECAY_UNITY - 1
-        self.transform = {key: int(np.asarray(_value(group, key, default)).ravel()[0])
-                          for key, default in PIXEL_TRANSFORM.items()}
+        config = _neuron_config(group, where)
+        if config.get("type") == "SDNN":   # a Delta encoder, which takes the input values into its a_in
+            neuron = self.sigma_delta(config, source.shape, None, index, last=False, encoder=True)
+        else:
+            neuron = self.neuron(config, source.shape, None, index, last=False)
+            if drive == "bias":
+                neuron.u_decay = DECAY_UNITY - 1
+            self.transform = {key: int(np.asarray(_value(group, key, default)).ravel()[0])
+                              for key, default in PIXEL_TRANSFORM.items()}
         self.add(Node(name=f"{source.name}_neurons", op=op, inputs=[source.name], shape=source.shape,
                       weight=weight, attrs=attrs, neuron=neuron))
 
@@ -452,24 +510,30 @@ class _Reader:
             weight = weight.reshape(weight.shape[:4])
         if weight.ndim != 4:
             raise InputError(f"{where}: conv weight must be [out, in, kH, kW], got {list(weight.shape)}")
-        groups = int(np.asarray(_value(group, "groups", 1)).ravel()[0])
+        groups = _integer(group, "groups") if "groups" in group else 1
         dilation = _pair(group, "dilation", 1, where)
-        if groups != 1 or dilation != (1, 1):
-            raise InputError(f"{where}: conv groups {groups} / dilation {dilation} are not supported")
         stride = _pair(group, "stride", 1, where)
         padding = _pair(group, "padding", 0, where)
         kernel = (int(weight.shape[2]), int(weight.shape[3]))
-        if weight.shape[1] != source.shape[0]:
-            raise InputError(f"{where}: conv weight {list(weight.shape)} does not fit {source.shape[0]} input channels")
-        shape = conv_output_shape(source.shape, int(weight.shape[0]), kernel, stride, padding, where)
+        if groups < 1 or weight.shape[1] * groups != source.shape[0]:
+            raise InputError(f"{where}: conv weight {list(weight.shape)} in {groups} group(s) does not fit "
+                             f"{source.shape[0]} input channels")
+        shape = conv_output_shape(source.shape, int(weight.shape[0]), kernel, stride, padding, where, dilation, groups)
+        attrs = {"kernel": list(kernel), "stride": list(stride), "padding": list(padding)}
+        if dilation != (1, 1):
+            attrs["dilation"] = list(dilation)
+        if groups != 1:
+            attrs["groups"] = groups
+            self.notes.append(f"layer {index}: grouped convolution ({groups} groups): the mapper and the cycle "
+                              f"simulator count its synapses channel-dense, an upper bound ({groups} x its "
+                              f"synapses and synaptic ops)")
         if "shape" in group and _shape(group) != shape:
             raise InputError(f"{where}: stored shape {list(_shape(group))} differs from the computed {list(shape)}")
         if "delay" in group:
             self.notes.append(f"layer {index}: conv delays ignored, as netx ignores them")
         neuron = self.neuron(_neuron_config(group, where), shape, _value(group, "bias"), index, last)
         self.add(Node(name=_name(group, f"conv{index}"), op="conv2d", inputs=[source.name], shape=shape, weight=weight,
-                      attrs={"kernel": list(kernel), "stride": list(stride), "padding": list(padding)},
-                      neuron=neuron, delay=self.input_delay(source, None, self.lag)))
+                      attrs=attrs, neuron=neuron, delay=self.input_delay(source, None, self.lag)))
 
     def readout(self, name: str, weight: np.ndarray) -> Node:
         """An snnc readout integrator on the last spiking layer: it counts what reaches it (x 64),
@@ -509,7 +573,13 @@ def _input_encoding(reader: _Reader, drive: str, t_sample: Optional[int], T: int
     """What the network's input takes: binary spikes, or for bias-driven input neurons the integer
     bias mantissas (static images become them through the file's transform, docs/interop.md);
     a lava-dl file presents a static frame for its tSample steps, then lets the network drain."""
-    if reader.transform is not None and drive == "bias":
+    first = reader.nodes[1].neuron if len(reader.nodes) > 1 else None
+    if first is not None and first.kind == "sigma_delta" and not first.accumulate:
+        top = fixedpoint.register_limit(LAVA_LIF_RULES["state_bits"]) >> first.input_shift
+        encoding = {"kind": "direct", "min": -top, "max": top, "bits": top.bit_length() + 1,
+                    "description": f"signed integers into the Delta encoder (x << {first.input_shift} fits its "
+                                   f"{LAVA_LIF_RULES['state_bits']}-bit state); images: pixels as they are"}
+    elif reader.transform is not None and drive == "bias":
         weight, bias = reader.transform["weight"], reader.transform["bias"]
         encoding = {"kind": "direct", "max": max(1, weight + bias), "bits": max(1, (weight + bias).bit_length()),
                     "pixel_transform": dict(reader.transform),
@@ -575,6 +645,8 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
             raise InputError(f"{path}: the file gives no simulation/tSample: pass T")
         lava_dl_file = "snnc" not in handle
         lag = int(timing == "free-running") if lava_dl_file else _stored_latency(snnc_attrs)
+        if not lava_dl_file:
+            input_drive = _stored_drive(snnc_attrs, input_drive)
         reader = _Reader(path, lag=lag)
         kinds = []
         for index in indices:
@@ -628,12 +700,14 @@ def load_netx(path, T: Optional[int] = None, *, target="loihi2", encoding: Optio
     if kinds[-1] == "average":
         readout_rule = "average readout: the spike count of each class's group of neurons (x 64)"
         readout = "last"
-    elif nodes[-1].neuron.kind == "spiking":
+    elif nodes[-1].spiking:
         # netx networks classify by counting output spikes: an identity readout counts them.
         size = int(np.prod(nodes[-1].shape))
         reader.readout(str(snnc_attrs.get("count_readout", "readout")), np.eye(size, dtype=np.int64))
-        readout_rule = "identity readout appended: readout = 64 x spike count of the last layer"
+        readout_rule = "identity readout appended: readout = 64 x the sum of the last layer's spikes (messages)"
         readout = "last"
+    elif nodes[-1].neuron.input_shift == 0:
+        readout_rule = "the sigma_output layer (Lava's Sigma) is the readout: the sum of its input"
     else:
         readout_rule = "the last dense layer has no neuron: netx's non-leaky integrator is the readout"
         if len(nodes[-1].shape) != 1:

@@ -27,14 +27,18 @@ class SnncNeuron(AbstractProcess):
     fire_rule is '>') and resets v to 0 ('hard') or subtracts reset_amount ('soft'); the
     integrator only integrates and sends v. With max_spikes M > 1 a neuron sends its count
     0..M (snnc.fixedpoint's rule) as a graded spike, and a soft reset subtracts count x
-    reset_amount.
+    reset_amount. input_shift (not None) replaces activation_shift for the input (Lava's Sigma
+    readout takes a as it is). kind 'sigma_delta' runs snnc.fixedpoint.sigma_delta_step instead
+    (u holds sigma, v act, `residue` the delta not yet sent; `activation`, `accumulate`,
+    `message_shift` as in snnc.ir.Neuron) and sends its signed messages as graded spikes.
 
     Schedule: the population is `start` steps deep in the pipeline (the number of synapses, each
     with its one-step delay, between the input and it). At step s (0-based) it works on logical
     step t of sample i where s - start = i * period + t; it restarts from u = 0, v =
     initial_state at t = 0, and is idle (no bias, no decay, sends zeros) when t >= steps, before
     `start` and after the last sample. Results go to .npy memmaps given by path:
-    record_path [samples, steps, n] (spikes or counts as uint8, or the integrator's v as int64),
+    record_path [samples, steps, n] (spikes or counts as uint8, messages as int32, or the
+    integrator's v as int64),
     voltage_path [samples, steps, n] (v after reset), overflow_path [samples, 2] (counts of
     current and voltage limit events).
     """
@@ -43,10 +47,13 @@ class SnncNeuron(AbstractProcess):
                  du=fixedpoint.decay_unit(_LAVA["decay_bits"]) - 1, dv=0, kind="spiking", reset="hard", max_spikes=1,
                  fire_rule=">=", state_bits=_LAVA["state_bits"], decay_bits=_LAVA["decay_bits"],
                  activation_shift=_LAVA["activation_shift"], current_overflow=_LAVA["current_overflow"],
-                 voltage_overflow=_LAVA["voltage_overflow"], start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
+                 voltage_overflow=_LAVA["voltage_overflow"], input_shift=None, activation="identity", accumulate=True,
+                 message_shift=0, start=0, period=1, steps=1, samples=1, record_path=None, voltage_path=None,
                  overflow_path=None, name=None):
         shape = tuple(int(n) for n in shape)
         super().__init__(shape=shape, kind=kind, reset=reset, max_spikes=int(max_spikes), fire_rule=fire_rule,
+                         input_shift=None if input_shift is None else int(input_shift), activation=activation,
+                         accumulate=bool(accumulate), message_shift=int(message_shift),
                          state_bits=int(state_bits), decay_bits=int(decay_bits),
                          activation_shift=int(activation_shift),
                          current_overflow=current_overflow, voltage_overflow=voltage_overflow,
@@ -63,6 +70,7 @@ class SnncNeuron(AbstractProcess):
         self.dv = Var(shape=(1,), init=int(dv))
         self.u = Var(shape=shape, init=0)
         self.v = Var(shape=shape, init=_array(initial_state, shape))
+        self.residue = Var(shape=shape, init=0)
 
 
 class SnncRelay(AbstractProcess):

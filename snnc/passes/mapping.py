@@ -38,8 +38,9 @@ from scipy import sparse
 
 from snnc.errors import DesignRuleError, InputError
 from snnc.export_dir import artifact_writer
-from snnc.ir import Network, Node
+from snnc.ir import Network, Node, conv_dilation
 from snnc.passes.fold import synaptic_inputs
+from snnc.passes.quantize import largest_outputs
 
 WORD_BITS = 64
 DEFAULT_TILE = (2, 2)
@@ -132,13 +133,14 @@ def _conv_reach(node: Node, x_hw, d_hw) -> sparse.csr_matrix:
     """[X positions, output positions]: the kernel taps that fall inside X (padding excluded)."""
     (hx, wx), (hd, wd) = x_hw, d_hw
     (kh, kw), (sy, sx), (py, px) = node.attrs["kernel"], node.attrs["stride"], node.attrs["padding"]
+    dy, dx = conv_dilation(node.attrs)
     ys, xs = np.arange(hd), np.arange(wd)
     dest = ys[:, None] * wd + xs[None, :]
     rows, cols = [], []
     for i in range(kh):
-        src_y = ys * sy - py + i
+        src_y = ys * sy - py + i * dy
         for j in range(kw):
-            src_x = xs * sx - px + j
+            src_x = xs * sx - px + j * dx
             valid = ((src_y >= 0) & (src_y < hx))[:, None] & ((src_x >= 0) & (src_x < wx))[None, :]
             rows.append((src_y[:, None] * wx + src_x[None, :])[valid])
             cols.append(dest[valid])
@@ -172,10 +174,15 @@ def check_delays(net: Network, target) -> None:
                                   f"{target.name}'s max_delay of {limit} steps")
 
 
-def payload_bits(node: Node) -> int:
-    """Bits of the count a population's spike message carries: ceil(log2(max_spikes + 1)), 1 for a
-    binary population (and 0 for a node without spikes)."""
-    return node.neuron.max_spikes.bit_length() if node.spiking else 0
+def payload_bits(node: Node, net: Network) -> int:
+    """Bits a population's spike message carries: ceil(log2(max_spikes + 1)) for a count, 1 for a
+    binary population, the signed magnitude of a sigma-delta message (quantize.largest_outputs),
+    and 0 for a node without spikes."""
+    if not node.spiking:
+        return 0
+    if node.neuron.kind == "sigma_delta":
+        return largest_outputs(net)[node.name].bit_length() + 1
+    return node.neuron.max_spikes.bit_length()
 
 
 def check_graded_spikes(net: Network, target) -> None:
@@ -183,15 +190,18 @@ def check_graded_spikes(net: Network, target) -> None:
     spikes carry a payload (limits.graded_spikes), of at most limits.graded_spike_bits bits."""
     width = target.limits.get("graded_spike_bits")
     for node in net.spiking_nodes():
-        counts = node.neuron.max_spikes
-        if counts == 1:
+        if not node.neuron.graded:
             continue
+        counts = node.neuron.max_spikes
+        what = "a sigma-delta population (graded messages)" if node.neuron.kind == "sigma_delta" \
+            else f"a multi-spike population (up to {counts} spikes per step)"
         if not target.limits["graded_spikes"]:
-            raise DesignRuleError(f"layer '{node.name}': a multi-spike population (up to {counts} spikes per "
-                                  f"step) needs graded spikes, and {target.name} sends binary spikes only")
-        if width is not None and payload_bits(node) > width:
-            raise DesignRuleError(f"layer '{node.name}': counts up to {counts} need {payload_bits(node)}-bit "
-                                  f"spike payloads, above {target.name}'s graded_spike_bits of {width}")
+            raise DesignRuleError(f"layer '{node.name}': {what} needs graded spikes, and {target.name} sends "
+                                  f"binary spikes only")
+        bits = payload_bits(node, net)
+        if width is not None and bits > width:
+            raise DesignRuleError(f"layer '{node.name}': {what} needs {bits}-bit spike payloads, above "
+                                  f"{target.name}'s graded_spike_bits of {width}")
 
 
 def analyse(net: Network) -> dict[str, Layer]:
@@ -701,7 +711,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
             "memory_bits": sum(c["memory_bits"] for c in mine),
             "max_fan_in": max(c["fan_in"] for c in mine), "max_fan_out": max(c["fan_out"] for c in mine),
             "recurrent_synapses": 0 if layer.recurrent is None else int(layer.recurrent.nnz),
-            "spike_payload_bits": payload_bits(net.node(name)),
+            "spike_payload_bits": payload_bits(net.node(name), net),
             "inputs": [{"tensor": g.tensor, "synapses": g.synapses, "kind": g.kind, "delay_bits": g.delay_bits,
                         "sources": [{"layer": src, "pool": list(block)} for src, block in g.sources]}
                        for g in layer.groups]})

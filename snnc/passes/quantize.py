@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from snnc import encoding as units_of
 from snnc import fixedpoint
 from snnc.errors import DesignRuleError, InputError
 from snnc.ir import Network, Node
@@ -196,12 +197,15 @@ def quantize(net: Network, target: Target) -> Network:
 
 def largest_outputs(net: Network) -> dict[str, int]:
     """The largest integer each node of a fixed network can output (spikes 1, or max_spikes of a
-    multi-spike population, pixels 255, pooled and SEW-added counts their sums). A synapse without
+    multi-spike population, the magnitude of a sigma-delta message, pixels 255, pooled and SEW-added counts their sums). A synapse without
     neuron outputs a current, not a value any synapse reads: it gets 0."""
     largest: dict[str, int] = {}
     for node in net.nodes:
         if node.op == "input":
-            largest[node.name] = int(net.encoding["max"])
+            largest[node.name] = units_of.unit_magnitude(net.encoding)
+        elif node.neuron is not None and node.neuron.kind == "sigma_delta":
+            # |delta| < 2^(state_bits + 1) while sigma and act fit the registers (overflow is counted)
+            largest[node.name] = 1 << max(0, int(net.arithmetic["state_bits"]) + 1 - node.neuron.message_shift)
         elif node.neuron is not None:
             largest[node.name] = int(node.neuron.max_spikes)
         elif node.op == "sumpool":
