@@ -212,6 +212,22 @@ def test_pilotnet_sdnn_layers_as_loihi_computed_them(backend):
         _assert_equal(f"{name} sigma", trace.currents[name][:, 0], _steps_first(np.load(SDNN / file), net.node(name).shape))
 
 
+def test_pilotnet_sdnn_static_bounds_hold_what_it_computes():
+    """bound_analysis reads sigma-delta layers (sigma accumulated, act = relu(sigma + bias)) and the
+    unshifted Sigma readout: every bound is at least what the golden frame makes the registers hold."""
+    from snnc.passes import bound_analysis
+
+    net, inputs = _pilotnet_sdnn(9)
+    layers = [node.name for node in net.nodes if node.neuron is not None]
+    trace = execute.run(net, inputs, record_voltages=tuple(layers))
+    bounds = {entry["layer"]: entry for entry in bound_analysis(net)}
+    for name in layers:
+        assert bounds[name]["max_abs_voltage"] >= np.abs(trace.voltages[name]).max(), name
+        assert bounds[name]["max_abs_current"] >= np.abs(trace.currents[name]).max(), name
+    readout = net.output_node.name   # sigma += input: its bound is T x the largest input, not << 6
+    assert bounds[readout]["max_abs_voltage"] < 64 * 9 * np.abs(net.output_node.weight).sum() * (1 << 19)
+
+
 # --- the golden inputs as data files, through the CLI --------------------------------------------
 
 @pytest.mark.slow
@@ -247,3 +263,31 @@ def test_golden_inputs_through_export_verify_simulate_energy(tmp_path):
     result = invoke("verify", str(tmp_path / "tiny"), "--data", str(data), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["equivalent"]
+
+
+@pytest.mark.slow
+def test_pilotnet_sdnn_frame_through_export_verify_simulate_energy(tmp_path):
+    """lava-dl's signed SDNN frame as a data file (docs/interop.md): every backend of the export
+    equals the reference (whose readout tests above compare with the golden), the cycle simulator
+    and the energy report count its graded messages."""
+    frame = np.load(SDNN / "input.npy")[..., 0]
+    data = tmp_path / "pilotnet_sdnn.npz"
+    np.savez(data, inputs=np.ascontiguousarray(frame.transpose(2, 1, 0)[None], np.int16))
+    out = tmp_path / "out"
+    result = invoke("export", str(SDNN / "network.net"), "-o", str(out), "--netx-timing", "free-running",
+                    "--T", "9", "--data", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    result = invoke("verify", str(out), "--data", str(data), "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["equivalent"] and set(report["backends"]) == {"reference", "onnx", "onnx-step", "lava", "cycle"}
+    simulated = invoke("simulate", str(out), "--data", str(data), "--json")
+    assert simulated.exit_code == 0, simulated.output
+    assert json.loads(simulated.stdout)["samples"] == 1
+    energy = invoke("energy", str(out), "--data", str(data), "--format", "json")
+    assert energy.exit_code == 0, energy.output
+    rows = {row["layer"]: row for row in json.loads(energy.stdout)["layers"]}
+    trace = execute.run(*_pilotnet_sdnn(9))
+    for name in ("conv1", "dense8"):   # a graded message is one event, whatever its value
+        assert rows[name]["spikes"] == np.count_nonzero(trace.spikes[name]) > 0
+        assert rows[name]["synaptic_ops_counted"] > 0

@@ -285,7 +285,7 @@ def bound_analysis(net: Network, exact_steps: int = EXACT_STEPS) -> list[dict]:
     Returns one entry per neuron layer with the bounds and `overflow` flags.
     """
     arithmetic = net.arithmetic
-    limit, shift = _state_limit(arithmetic), arithmetic["activation_shift"]
+    limit = _state_limit(arithmetic)
     decay_bits, unit = arithmetic["decay_bits"], fixedpoint.decay_unit(arithmetic["decay_bits"])
     int_max = largest_outputs(net)
     iterated = min(net.T, exact_steps)
@@ -297,21 +297,27 @@ def bound_analysis(net: Network, exact_steps: int = EXACT_STEPS) -> list[dict]:
         weights = [syn.weight.reshape(syn.weight.shape[0], -1) for syn in synapses]
         in_max = [int_max[syn.inputs[0]] for syn in synapses]
         positive, negative = (_recurrent_by_channel(node, sums) for sums in recurrent_sums(node))
+        n = node.neuron
+        shift = fixedpoint.input_shift(n.input_shift, arithmetic["activation_shift"])
         a_hi = (sum(np.clip(w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) + positive) * 2.0 ** shift
         a_lo = -(sum(np.clip(-w, 0, None).sum(1) * m for w, m in zip(weights, in_max)) + negative) * 2.0 ** shift
-        n = node.neuron
         channels = node.shape[0]
         per_channel = lambda x: np.asarray(x).reshape(channels, -1)  # noqa: E731
         bias_hi, bias_lo = per_channel(n.bias).max(1), per_channel(n.bias).min(1)
-        v_hi = per_channel(n.initial_state).max(1).astype(np.float64)
-        v_lo = per_channel(n.initial_state).min(1).astype(np.float64)
-        keep_u = fixedpoint.current_keep(n.u_decay, decay_bits) / unit
-        keep_v = fixedpoint.voltage_keep(n.v_decay, decay_bits) / unit
-        _check_keeps(node, (keep_u, keep_v))
+        start_hi = per_channel(n.initial_state).max(1).astype(np.float64)
+        start_lo = per_channel(n.initial_state).min(1).astype(np.float64)
+        if n.kind == "sigma_delta":   # u: sigma (kept whole, or not at all), v: act = relu?(sigma + bias)
+            keep_u, keep_v = float(n.accumulate), 0.0
+            (u_hi, u_lo), v_hi, v_lo = (start_hi, start_lo), 0.0, 0.0
+        else:
+            keep_u = fixedpoint.current_keep(n.u_decay, decay_bits) / unit
+            keep_v = fixedpoint.voltage_keep(n.v_decay, decay_bits) / unit
+            _check_keeps(node, (keep_u, keep_v))
+            u_hi = u_lo = 0.0
+            v_hi, v_lo = start_hi, start_lo
         reset = n.reset if n.kind == "spiking" else "none"
         thr = per_channel(n.threshold).max(1) if reset != "none" else None
         reset_min = per_channel(n.reset_amount).min(1) if reset == "soft" else None
-        u_hi = u_lo = 0.0
         worst_u = worst_v = 0.0
         for _ in range(iterated):
             u_hi, u_lo = keep_u * u_hi + a_hi, keep_u * u_lo + a_lo
