@@ -481,3 +481,15 @@ def test_dilated_grouped_conv_matches_lava_lif_semantics(tmp_path, backend):
     for layer, name in zip(expected, ("conv1", "dense3")):
         assert 0.05 < layer["spikes"].mean() < 0.95, name
         np.testing.assert_array_equal(trace.spikes[name], layer["spikes"], err_msg=name)
+
+
+def test_fields_netx_ignores_are_ignored_with_a_note(tmp_path):
+    """slayer writes wgtExp next to the neuron; netx reads the exported weights as they are, and so
+    does snnc, saying so where the exponent is not 0."""
+    path = _tiny_file(tmp_path / "x.net")
+    plain = load_netx(path)
+    with h5py.File(path, "a") as f:
+        f.create_dataset("layer/1/neuron/wgtExp", data=2)
+    net = load_netx(path)
+    assert any("wgtExp 2 ignored" in note for note in net.metadata["netx"]["notes"])
+    assert np.array_equal(net.node("dense1").weight, plain.node("dense1").weight)

@@ -152,6 +152,21 @@ def test_pilotnet_lif_every_layer_every_step(tmp_path, backend):
                       _steps_first(np.load(folder / f"{file}-u.npy"), shape)[chip_steps])
 
 
+def test_pilotnet_lif_output_neuron_before_its_first_reset():
+    """gts/pilotnet_lif/fc-3-*: the output neuron over 25 steps of another run, whose layers reset
+    on a schedule snnc's timings do not hold; until its first reset (chip step 8) the chip runs
+    free, and its u and v are snnc's free-running reading, step for step."""
+    folder = GOLDEN / "pilotnet_lif"
+    net = load_netx(folder / "network.net", T=8, timing="free-running")
+    image = np.load(folder / "image.npy").transpose(2, 1, 0).astype(np.int64)
+    output = [node.name for node in net.spiking_nodes()][-1]
+    trace = execute.run(net, np.broadcast_to(image, (net.T, 1) + image.shape), record_voltages=(output,))
+    for key, recorded in (("u", trace.currents), ("v", trace.voltages)):
+        golden = np.load(folder / f"fc-3-{key}.npy").ravel()[:8].astype(np.int64)
+        assert np.any(golden)
+        _assert_equal(f"fc-3 {key}", recorded[output][:, 0, 0], golden)
+
+
 # --- ntidigits: axonal delays, population-coded average readout ---------------------------------
 
 @pytest.mark.parametrize("backend", ["reference", "cycle"])

@@ -371,6 +371,9 @@ class _Reader:
             decays[key] = int(values.ravel()[0])
             if not 0 <= decays[key] <= DECAY_UNITY:
                 raise InputError(f"{where}: {key} = {decays[key]} is outside 0..{DECAY_UNITY}")
+        if np.any(np.asarray(config.get("wgtExp", 0)) != 0):
+            self.notes.append(f"layer {index}: wgtExp {np.asarray(config['wgtExp']).ravel()[0]} ignored: netx uses the "
+                              f"exported integer weights as they are")
         ref_delay = np.asarray(config.get("refDelay", 1))
         if np.any(ref_delay > 1):
             self.notes.append(f"layer {index}: refDelay {int(np.max(ref_delay))} ignored (netx and Lava's LIF "
