@@ -339,11 +339,31 @@ def _messages_per_class(cells, channels_per_sender):
     groups = -(-channels // channels_per_sender)
     counts = np.zeros((batch, groups, spatial))
     for b in numba.prange(batch):
-        for c in range(channels):
-            g = c // channels_per_sender
-            for i in range(spatial):
-                counts[b, g, i] += cells[b, c, i] != 0
+        for g in range(groups):   # channel by channel within each group: no division per cell
+            for c in range(g * channels_per_sender, min(channels, (g + 1) * channels_per_sender)):
+                for i in range(spatial):
+                    counts[b, g, i] += cells[b, c, i] != 0
     return counts.reshape(batch, groups * spatial)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _active_per_core(received, busy, bias_nonzero, own_input, core_of_neuron, cores):
+    """Per (step x sample) row, the neurons of each of the layer's cores that update actively: input
+    arrived at their position (received [rows, positions]; own_input [rows, neurons] from their own
+    spikes, or empty), or their state or bias is non-zero (busy [rows, neurons], bias_nonzero).
+    Neurons are in C order (channel c, position p: n = c * positions + p); core_of_neuron counts
+    from the layer's first core."""
+    rows, neurons = busy.shape
+    positions = received.shape[1]
+    own = own_input.shape[0] > 0
+    counts = np.zeros((rows, cores))
+    for r in numba.prange(rows):
+        for c in range(neurons // positions):
+            for p in range(positions):
+                n = c * positions + p
+                if received[r, p] != 0 or busy[r, n] != 0 or bias_nonzero[n] or (own and own_input[r, n]):
+                    counts[r, core_of_neuron[n]] += 1.0
+    return counts
 
 
 # ------------------------------------------------------------------------------- counts
@@ -501,14 +521,13 @@ class _Run:
         if layer.always_active:
             self.core_active[window, :, cores] += layer.core_neurons
         else:   # active: input arrived (its own spikes of the step before included), or state or bias non-zero
-            active = (self.received[name].bool().reshape(self.T, self.B, 1, layer.H * layer.W)
-                      | result.busy.bool().reshape(self.T, self.B, layer.C, -1)
-                      | layer.bias_nonzero.reshape(1, 1, layer.C, -1)).reshape(self.T * self.B, -1)
-            if own is not None:
-                active |= own.reshape(self.T * self.B, -1)
-            per_core = torch.zeros((self.T * self.B, self.plan.n_cores), dtype=torch.float64)
-            per_core.index_add_(1, layer.core_of_neuron, active.to(torch.float64))
-            self.core_active[window] += per_core.reshape(self.T, self.B, -1)
+            received = self.received[name].reshape(self.T * self.B, -1).numpy()
+            own_input = (own.reshape(self.T * self.B, -1).numpy() if own is not None
+                         else np.zeros((0, 0), dtype=np.bool_))
+            per_core = _active_per_core(received, result.busy.reshape(self.T * self.B, -1).numpy(),
+                                        layer.bias_nonzero.numpy(), own_input,
+                                        layer.core_of_neuron.numpy() - layer.first, layer.cores)
+            self.core_active[window, :, cores] += torch.from_numpy(per_core).reshape(self.T, self.B, -1)
 
     def _add_messages(self, source: str, totals: list[float]) -> None:
         """A sender's message counts from (messages, within tile, east-west hops, north-south hops)."""
