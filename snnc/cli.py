@@ -196,16 +196,25 @@ def _progress(as_json):
 
 
 def _input_shape(ctx, param, value):
-    """--input-shape C,H,W as a tuple of three positive integers."""
+    """--input-shape C,H,W (or N) as a tuple of positive integers."""
     if value is None:
         return None
     try:
         shape = tuple(int(part) for part in value.split(","))
     except ValueError:
         shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise click.BadParameter(f"{value!r} is not C,H,W (three positive integers)")
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not C,H,W or N (positive integers)")
     return shape
+
+
+def module_options(command):
+    """--model, --weights: a PyTorch module as the source (snnc.frontends.torch_module)."""
+    command = click.option("--weights", default=None, metavar="CKPT",
+                           help="--model: its state dict (torch.load with weights_only=True).")(command)
+    return click.option("--model", default=None, metavar="FILE.py:FACTORY",
+                        help="A PyTorch module as the source: FACTORY() in FILE.py builds it (with --weights, "
+                             "--T and --input-shape; SOURCE is then not given).")(command)
 
 
 def _assumptions(ctx, param, values):
@@ -237,7 +246,8 @@ def _fidelity_line(summary) -> str:
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
+@module_options
 @click.option("-o", "--output", required=True, help="Export directory to create.")
 @click.option("--target", default="loihi2", show_default=True, help="Target name or YAML file.")
 @click.option("--force", is_flag=True, help="Replace an existing snnc export directory (nothing else).")
@@ -249,12 +259,14 @@ def _fidelity_line(summary) -> str:
               help=data_help("Fidelity is measured on it. Default: the data a checkpoint was trained on, "
                              "else the first built-in data set that fits the network's input."))
 @click.option("--T", "steps", type=click.IntRange(min=1), default=None,
-              help="Time steps per sample (NIR graphs; netx files default to their own).")
+              help="Time steps per sample (NIR graphs, --model; netx files default to their own).")
 @click.option("--dt", type=float, default=None, help="NIR: time step for tau and r (default: inferred).")
-@click.option("--readout", type=click.Choice(["mean", "last"]), default=None, help="NIR: readout mode.")
+@click.option("--readout", type=click.Choice(["mean", "last"]), default=None,
+              help="NIR, --model: readout mode (--model: the outputs summed over the steps, or the last step's).")
 @click.option("--input-scale", type=float, default=None, help="NIR: input current per pixel unit (default 1/255).")
 @click.option("--input-shape", default=None, callback=_input_shape, metavar="C,H,W",
-              help="netx: the input of a file without an input layer that starts with a conv layer.")
+              help="--model: the module's input; netx: the input of a file without an input layer that starts "
+                   "with a conv layer.")
 @click.option("--nir-semantics", default=None, metavar="NAME",
               help="NIR: the producer whose semantics the graph has (nir, snntorch, norse, sinabs, spikingjelly, "
                    "rockpool, spyx, lava-dl; default: the graph's metadata, else NIR's literal reading).")
@@ -267,16 +279,16 @@ def _fidelity_line(summary) -> str:
                    "reset_interval) or Lava's netx network runs without reset (free-running).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
-def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt, readout,
-           input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
-    """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net) and write the
-    export directory."""
+def export(source, model, weights, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt,
+           readout, input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
+    """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net), or the PyTorch
+    module of --model, and write the export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
                "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
                "nir_semantics": nir_semantics, "nir_assume": nir_assume, "netx_input": netx_input,
-               "netx_timing": netx_timing}
+               "netx_timing": netx_timing, "model": model, "weights": weights}
     summary = export_source(source, output, target=target, force=force, options=options,
                             progress=_progress(as_json))
     if as_json:
@@ -290,17 +302,21 @@ def export(source, output, target, force, bn_into, onnx_spikes, float_onnx, data
 
 
 @main.command()
-@click.argument("path")
+@click.argument("path", required=False)
 @click.option("--target", default="loihi2", show_default=True,
               help="Target for a source's fixed-point view (an export uses its own).")
+@module_options
+@click.option("--T", "steps", type=click.IntRange(min=1), default=None, help="--model: time steps per sample.")
+@click.option("--input-shape", default=None, callback=_input_shape, metavar="C,H,W", help="--model: its input.")
+@click.option("--readout", type=click.Choice(["mean", "last"]), default=None, help="--model: readout mode.")
 @reports_errors
-def inspect(path, target):
-    """Per-layer table of a checkpoint (float and quantized) or an export directory."""
+def inspect(path, target, model, weights, steps, input_shape, readout):
+    """Per-layer table of a checkpoint (float and quantized), a --model module or an export directory."""
     from pathlib import Path
 
     from snnc.summary import describe_network
 
-    if Path(path).is_dir():
+    if path is not None and Path(path).is_dir():
         from snnc.export_dir import ExportDir
         from snnc.passes.mapping import format_mapping, load_mapping
 
@@ -310,7 +326,8 @@ def inspect(path, target):
         return
     from snnc.compiler import compile_source
 
-    compiled = compile_source(path, target)
+    compiled = compile_source(path, target, {"model": model, "weights": weights, "T": steps,
+                                             "input_shape": input_shape, "readout": readout})
     if compiled.float_net is not None:
         click.echo(describe_network(compiled.float_net))
         click.echo()

@@ -62,7 +62,8 @@ ARTIFACT_MODULES = (
 
 
 def read_source(path, target: str | Target = "loihi2", options: dict | None = None) -> Source:
-    """Read a checkpoint (.pt), a NIR graph (.nir) or a lava-dl netx network (.net).
+    """Read a checkpoint (.pt), a NIR graph (.nir), a lava-dl netx network (.net), or (path None,
+    options model, weights, T, input_shape, readout) the user's PyTorch module.
 
     options (NIR): T, dt, readout, input_scale, nir_semantics (a producer profile) and nir_assume
     (the choices its graph does not record); (netx) T, netx_input (how input neurons are driven),
@@ -71,6 +72,10 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
     """
     options = dict(options or {})
     target = target if isinstance(target, Target) else load_target(target)
+    if options.get("model") is not None or path is None:
+        return _read_module(path, options)
+    if options.get("weights") is not None:
+        raise UsageError("--weights goes with --model FILE.py:FACTORY")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix != ".nir" and (options.get("nir_semantics") or options.get("nir_assume")):
@@ -100,6 +105,33 @@ def read_source(path, target: str | Target = "loihi2", options: dict | None = No
 
     float_net, checkpoint = load_network(path)
     return Source(path.name, float_net, checkpoint.get("training", {}).get("data"))
+
+
+def _read_module(path, options: dict) -> Source:
+    """A PyTorch module from the user's factory (--model FILE.py:FACTORY) and weights (--weights)."""
+    from snnc.frontends.torch_module import load_module
+
+    if path is not None or options.get("model") is None:
+        raise UsageError("give either SOURCE or --model FILE.py:FACTORY (with --weights), not both")
+    for key, flag in (("nir_semantics", "--nir-semantics"), ("nir_assume", "--nir-assume"),
+                      ("netx_input", "--netx-input"), ("netx_timing", "--netx-timing"), ("dt", "--dt"),
+                      ("input_scale", "--input-scale")):
+        if options.get(key):
+            raise UsageError(f"{flag} does not apply to --model")
+    if options.get("T") is None or options.get("input_shape") is None:
+        raise UsageError("--model needs --T (steps per sample) and --input-shape (the module's input, e.g. 1,28,28)")
+    network = load_module(options["model"], options.get("weights"), options["input_shape"], options["T"],
+                          options.get("readout") or "mean")
+    return Source(options["model"], network, None)
+
+
+def source_files(source, options: dict | None = None) -> list[Path]:
+    """The files a source is read from: SOURCE, or --model's file and --weights."""
+    options = options or {}
+    if source is not None:
+        return [Path(source)]
+    files = [Path(options["model"].rpartition(":")[0])]
+    return files + ([Path(options["weights"])] if options.get("weights") else [])
 
 
 def source_semantics(network: ir.Network) -> dict | None:
@@ -202,7 +234,8 @@ def export(source, outdir, target: str | Target = "loihi2", force: bool = False,
     progress("reading the source")
     read = read_source(source, target, options)
     inputs = open_data(read.network, options.get("data"), read.data)
-    source_digest = export_dir.sha256(source)
+    source_digest = {path.name: export_dir.sha256(path) for path in source_files(source, options)}
+    source_digest = next(iter(source_digest.values())) if source is not None else source_digest
     semantics = source_semantics(read.network)
     progress("compiling")
     compiled = compile_read(read, target, options.get("bn_into", "neuron"))

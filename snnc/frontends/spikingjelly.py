@@ -1,0 +1,73 @@
+"""SpikingJelly's `activation_based` modules (spikingjelly 0.0.0.0.14) for the torch module
+frontend (snnc.frontends.torch_module): its neurons, and its layer wrappers, which are torch.nn
+subclasses with a step mode (converted as their base class: single- and multi-step compute the
+same per step).
+
+Neurons, per step, as SpikingJelly computes them (v_reset 0 or None, heaviside firing v >= v_threshold):
+    IFNode:             v = v + x
+    LIFNode:            v = v + (x - v) / tau  (decay_input)   |  v = v - v / tau + x
+    ParametricLIFNode:  the same with 1 / tau = sigmoid(w), w its learned parameter
+then a hard reset to 0 (v_reset = 0) or a soft reset v = v - v_threshold (v_reset = None). In snnc's
+float rule: v_decay = 1 / tau, input_gain = 1 / tau with decay_input, threshold and reset amount
+v_threshold. A v_reset other than 0 or None is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from snnc.frontends.torch_module import Builder, converter, neuron
+from snnc.ir import Neuron
+
+PREFIX = "spikingjelly.activation_based."
+
+
+def _population(builder: Builder, module, source: str, decay: float, decay_input: bool) -> str:
+    if module.v_reset is not None and float(module.v_reset) != 0.0:
+        raise builder.refuse(f"v_reset = {module.v_reset} (snnc resets to 0, or subtracts the threshold "
+                             f"with v_reset = None)")
+    shape = builder.open_synapse(source, "neuron").shape
+    threshold = np.full(shape, float(module.v_threshold))
+    soft = module.v_reset is None
+    made = Neuron(kind="spiking", threshold=threshold, reset="soft" if soft else "hard",
+                  reset_amount=threshold.copy() if soft else None, bias=np.zeros(shape),
+                  initial_state=np.zeros(shape), v_decay=decay, u_decay=1.0,
+                  input_gain=decay if decay_input else 1.0)
+    return neuron(builder, source, made)
+
+
+@converter(PREFIX + "neuron.IFNode")
+def if_node(builder: Builder, module, source: str) -> str:
+    return _population(builder, module, source, 0.0, False)
+
+
+@converter(PREFIX + "neuron.LIFNode")
+def lif_node(builder: Builder, module, source: str) -> str:
+    return _population(builder, module, source, 1.0 / float(module.tau), bool(module.decay_input))
+
+
+@converter(PREFIX + "neuron.ParametricLIFNode")
+def parametric_lif_node(builder: Builder, module, source: str) -> str:
+    rate = float(torch.sigmoid(module.w.detach().double()))   # its learned 1 / tau
+    return _population(builder, module, source, rate, bool(module.decay_input))
+
+
+@converter(PREFIX + "layer.SeqToANNContainer")
+def seq_to_ann(builder: Builder, module, source: str) -> str:
+    """Its modules in order, each applied at every step."""
+    from snnc.frontends.torch_module import converter_for
+
+    where = builder.where
+    for index, child in enumerate(module):
+        builder.where = f"{where}.{index}"
+        convert = converter_for(child)
+        if convert is None:
+            raise builder.refuse(f"{type(child).__module__}.{type(child).__qualname__} has no snnc converter")
+        source = convert(builder, child, source)
+    builder.where = where
+    return source
+
+
+@converter(PREFIX + "layer.Dropout", PREFIX + "layer.Dropout2d")
+def dropout(builder: Builder, module, source: str) -> str:
+    return source

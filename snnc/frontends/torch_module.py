@@ -1,0 +1,307 @@
+"""Frontend: a PyTorch module, as people write SNNs (torch.nn layers, SpikingJelly, snnTorch),
+becomes a float snnc Network.
+
+The module is traced with torch.fx, every module type that has a converter being a leaf (neurons
+keep their state across calls, which fx cannot trace through). Each leaf goes to the converter
+registered for its type (`CONVERTERS`: qualified class name -> function, looked up along the
+type's MRO, so a library's subclass of nn.Conv2d is converted as one); torch.nn's converters are
+here, each other library's in its own small file (snnc/frontends/spikingjelly.py, snntorch.py)
+that registers them when imported. A converter gets the `Builder`, the module and the IR nodes its inputs come
+from, and returns the IR node its output is. A neuron module becomes the `neuron` of the node
+feeding it (a batch norm its `bn`), so the IR keeps synapse -> batch norm -> neuron as one node;
+a module snnc has no converter for is refused with one line naming its type and where it sits.
+
+The input is pixel/255 at every step (snnc's direct encoding); a last synaptic layer without a
+neuron is the readout integrator: its per-step outputs summed over the T steps (readout 'mean',
+the order of their mean) or its last step alone (readout 'last', last-time-step training).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import operator
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from snnc.errors import InputError, UsageError
+from snnc.frontends.checkpoint import PIXEL_ENCODING, _bn_affine, _identity_synapse
+from snnc.ir import Network, Neuron, Node, check_shape, check_steps, conv_output_shape, pool_output_shape
+
+CONVERTERS: dict[str, Callable] = {}
+LIBRARY_CONVERTERS = {"spikingjelly.": "snnc.frontends.spikingjelly",   # module prefix -> converter file
+                      "snntorch.": "snnc.frontends.snntorch"}
+READOUTS = ("mean", "last")
+
+
+def converter(*qualified_names: str):
+    """Register a function as the converter of module types given by their qualified class names."""
+    def register(function):
+        for name in qualified_names:
+            CONVERTERS[name] = function
+        return function
+    return register
+
+
+def _qualified(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def converter_for(module: torch.nn.Module) -> Optional[Callable]:
+    """The converter of a module's type or of its nearest registered base class."""
+    for prefix, file in LIBRARY_CONVERTERS.items():
+        if type(module).__module__.startswith(prefix):
+            importlib.import_module(file)
+    for cls in type(module).__mro__:
+        if _qualified(cls) in CONVERTERS:
+            return CONVERTERS[_qualified(cls)]
+    return None
+
+
+def array(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to(torch.float64).cpu().numpy().copy()
+
+
+class Builder:
+    """The IR nodes made so far, the converters' view of them and the notes they leave."""
+
+    def __init__(self, input_shape: tuple[int, ...]):
+        self.nodes: list[Node] = [Node(name="input", op="input", inputs=[], shape=input_shape)]
+        self.neurons: dict[str, str] = {}     # neuron module path -> the IR node holding it
+        self.notes: list[str] = []
+        self.where = ""                       # the module path being converted
+
+    def node(self, name: str) -> Node:
+        return next(node for node in self.nodes if node.name == name)
+
+    def fresh(self, hint: str) -> str:
+        names = {node.name for node in self.nodes}
+        name, count = hint.replace(".", "_") or "node", 1
+        while name in names:
+            name, count = f"{hint.replace('.', '_')}_{count}", count + 1
+        return name
+
+    def add(self, node: Node) -> str:
+        """Add a node named after its module path (prefixed by its op where the path is an index)."""
+        node.name = self.fresh(f"{node.op}{node.name}" if node.name[:1].isdigit() else node.name)
+        self.nodes.append(node)
+        return node.name
+
+    def refuse(self, why: str) -> InputError:
+        return InputError(f"module '{self.where}': {why}")
+
+    def consumers(self, name: str) -> list[Node]:
+        return [node for node in self.nodes if name in node.inputs]
+
+    def open_synapse(self, source: str, what: str) -> Node:
+        """The node a batch norm or a neuron attaches to: a conv2d, linear or add of synapses
+        without neuron, read by nothing else yet; another source (the input, spikes, a pool) gets
+        an identity synapse first."""
+        node = self.node(source)
+        if node.op in ("conv2d", "linear") or (node.op == "add" and all(
+                self.node(name).op in ("conv2d", "linear") and self.node(name).neuron is None for name in node.inputs)):
+            if node.neuron is not None or self.consumers(source):
+                raise self.refuse(f"a {what} after '{source}', whose output is already used")
+            return node
+        if what == "batch norm":
+            raise self.refuse(f"a batch norm after a {node.op} (snnc folds batch norms into a synapse)")
+        return self.node(self.add(_identity_synapse(f"{source}_identity", node)))
+
+
+@converter("torch.nn.modules.conv.Conv2d")
+def conv2d(builder: Builder, module, source: str) -> str:
+    if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        raise builder.refuse(f"conv padding {module.padding!r} / {module.padding_mode!r} (snnc pads with zeros)")
+    shape_in = builder.node(source).shape
+    attrs = {"kernel": list(module.kernel_size), "stride": list(module.stride), "padding": list(module.padding)}
+    if tuple(module.dilation) != (1, 1):
+        attrs["dilation"] = list(module.dilation)
+    if module.groups != 1:
+        attrs["groups"] = int(module.groups)
+    shape = conv_output_shape(shape_in, module.out_channels, module.kernel_size, module.stride, module.padding,
+                              f"module '{builder.where}'", module.dilation, module.groups)
+    return builder.add(Node(name=builder.where, op="conv2d", inputs=[source], shape=shape, attrs=attrs,
+                            weight=array(module.weight), bias=None if module.bias is None else array(module.bias)))
+
+
+@converter("torch.nn.modules.linear.Linear")
+def linear(builder: Builder, module, source: str) -> str:
+    shape_in = builder.node(source).shape
+    if len(shape_in) != 1:
+        source = flatten(builder, None, source)
+    if builder.node(source).shape[0] != module.in_features:
+        raise builder.refuse(f"Linear({module.in_features}, ...) after an input of {builder.node(source).shape[0]}")
+    return builder.add(Node(name=builder.where, op="linear", inputs=[source], shape=(module.out_features,),
+                            weight=array(module.weight), bias=None if module.bias is None else array(module.bias)))
+
+
+@converter("torch.nn.modules.batchnorm.BatchNorm2d", "torch.nn.modules.batchnorm.BatchNorm1d")
+def batch_norm(builder: Builder, module, source: str) -> str:
+    node = builder.open_synapse(source, "batch norm")
+    if node.bn is not None or module.running_mean is None or not module.affine:
+        raise builder.refuse("a batch norm without running statistics or affine parameters, or a second one")
+    node.bn = _bn_affine(module)
+    return node.name
+
+
+@converter("torch.nn.modules.pooling.AvgPool2d")
+def avg_pool(builder: Builder, module, source: str) -> str:
+    kernel, stride = module.kernel_size, module.stride
+    kernel = kernel if isinstance(kernel, int) else kernel[0] if len(set(kernel)) == 1 else None
+    stride = stride if isinstance(stride, int) else stride[0] if len(set(stride)) == 1 else None
+    if kernel is None or stride is None or module.padding not in (0, (0, 0)) or module.ceil_mode:
+        raise builder.refuse("an average pool other than square, unpadded and floor-mode")
+    shape = pool_output_shape(builder.node(source).shape, kernel, stride, f"module '{builder.where}'")
+    return builder.add(Node(name=builder.where, op="avgpool", inputs=[source], shape=shape,
+                            attrs={"kernel": int(kernel), "stride": int(stride)}))
+
+
+@converter("torch.nn.modules.flatten.Flatten")
+def flatten(builder: Builder, module, source: str) -> str:
+    shape = builder.node(source).shape
+    if len(shape) == 1:
+        return source
+    name = builder.where if module is not None else f"{source}_flatten"
+    return builder.add(Node(name=name, op="flatten", inputs=[source], shape=(math.prod(shape),)))
+
+
+@converter("torch.nn.modules.dropout.Dropout", "torch.nn.modules.linear.Identity",
+           "torch.nn.modules.dropout.Dropout2d")
+def identity(builder: Builder, module, source: str) -> str:
+    return source
+
+
+def add(builder: Builder, sources: list[str]) -> str:
+    """A residual add: of spike tensors (SEW), or of synapse outputs that a neuron then reads."""
+    shapes = {builder.node(name).shape for name in sources}
+    if len(shapes) != 1:
+        raise builder.refuse(f"an add of shapes {sorted(shapes)}")
+    return builder.add(Node(name=builder.where or "add", op="add", inputs=list(sources), shape=shapes.pop()))
+
+
+def neuron(builder: Builder, source: str, made: Neuron) -> str:
+    """Attach a neuron population (made for the node's shape) to the synapse feeding it."""
+    node = builder.open_synapse(source, "neuron")
+    node.neuron = made
+    builder.neurons[builder.where] = node.name
+    return node.name
+
+
+FUNCTIONS = {torch.flatten: "flatten", operator.add: "add", torch.add: "add"}
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, module, qualified_name):
+        return converter_for(module) is not None or super().is_leaf_module(module, qualified_name)
+
+
+def network_from_module(module: torch.nn.Module, input_shape, T: int, readout: str = "mean",
+                        name: str = "network") -> Network:
+    """A float Network computing what `module` (eval mode) computes on pixel/255 at every step."""
+    if readout not in READOUTS:
+        raise UsageError(f"readout must be one of {READOUTS}, got {readout!r}")
+    T = check_steps(T, f"module '{name}'")
+    builder = Builder(check_shape(list(input_shape), f"module '{name}': input shape"))
+    module = module.eval()
+    try:
+        graph = _Tracer().trace(module)
+    except Exception as error:   # fx's own errors name the Python construct it cannot trace
+        raise InputError(f"module '{name}': torch.fx cannot trace its forward ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0][:160]})") from None
+    modules = dict(module.named_modules())
+    values: dict[str, str] = {}
+    output = None
+    for fx_node in graph.nodes:
+        args = [values[a.name] if isinstance(a, torch.fx.Node) else a for a in fx_node.args]
+        builder.where = str(fx_node.target)
+        if fx_node.op == "placeholder":
+            if values:
+                raise InputError(f"module '{name}': forward takes more than one input")
+            values[fx_node.name] = "input"
+        elif fx_node.op == "call_module":
+            child = modules[fx_node.target]
+            convert = converter_for(child)
+            if convert is None:
+                raise builder.refuse(f"{_qualified(type(child))} has no snnc converter "
+                                     f"(docs/interop.md lists the module types snnc reads)")
+            values[fx_node.name] = convert(builder, child, *args)
+        elif fx_node.op == "call_function" and FUNCTIONS.get(fx_node.target) == "add":
+            builder.where = fx_node.name
+            values[fx_node.name] = add(builder, [a for a in args if isinstance(a, str)])
+        elif fx_node.op in ("call_function", "call_method") and (
+                FUNCTIONS.get(fx_node.target) == "flatten" or fx_node.target == "flatten"):
+            builder.where = fx_node.name
+            values[fx_node.name] = flatten(builder, None, args[0])
+        elif fx_node.op == "output":
+            output = args[0]
+        else:
+            raise InputError(f"module '{name}': {fx_node.op} {fx_node.target} in forward has no snnc "
+                             f"converter")
+    nodes = builder.nodes
+    last = builder.node(output)
+    if last.op not in ("conv2d", "linear") or last.neuron is not None or len(last.shape) != 1:
+        raise InputError(f"module '{name}': the output must be a Linear layer without neuron (the readout), "
+                         f"it is '{last.name}' ({last.op}{' with neurons' if last.neuron else ''})")
+    zeros = np.zeros(last.shape)
+    last.neuron = Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=zeros,
+                         initial_state=zeros.copy(), v_decay=1.0 if readout == "last" else 0.0)
+    if nodes[-1] is not last:
+        raise InputError(f"module '{name}': layers after the readout '{last.name}' are not used")
+    metadata = {"source": "torch module", "torch": {"neurons": dict(builder.neurons), "notes": builder.notes,
+                                                    "readout": readout}}
+    net = Network(name=name, T=T, readout="last", nodes=nodes, encoding=dict(PIXEL_ENCODING), metadata=metadata)
+    net.validate()
+    return net
+
+
+def load_factory(spec: str) -> Callable[[], torch.nn.Module]:
+    """FILE.py:FACTORY -> the factory function, the user's own code imported as they would run it."""
+    file, _, factory = spec.rpartition(":")
+    if not file or not factory:
+        raise UsageError(f"--model {spec!r}: give FILE.py:FACTORY")
+    path = Path(file)
+    if not path.is_file():
+        raise InputError(f"--model: no such file {path}")
+    module_name = f"snnc_model_{abs(hash(str(path.resolve())))}"
+    spec_ = importlib.util.spec_from_file_location(module_name, path)
+    code = importlib.util.module_from_spec(spec_)
+    sys.modules[module_name] = code
+    try:
+        spec_.loader.exec_module(code)
+    except Exception as error:
+        raise InputError(f"--model {path}: importing it failed ({type(error).__name__}: {error})") from None
+    if not callable(getattr(code, factory, None)):
+        raise InputError(f"--model {path}: no function '{factory}' in it")
+    return getattr(code, factory)
+
+
+def load_module(spec: str, weights, input_shape, T: int, readout: str = "mean") -> Network:
+    """The user's model from its factory, its weights loaded with weights_only=True, as a Network."""
+    try:
+        model = load_factory(spec)()
+    except InputError:
+        raise
+    except Exception as error:
+        raise InputError(f"--model {spec}: the factory failed ({type(error).__name__}: {error})") from None
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"--model {spec}: the factory returned a {type(model).__name__}, not a torch module")
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise InputError(f"--weights: no such file {path}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise InputError(f"--weights {path}: not a readable state dict ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:120]})") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, KeyError) as error:
+            raise InputError(f"--weights {path}: does not match the model "
+                             f"({str(error).splitlines()[0][:160]})") from None
+    return network_from_module(model, input_shape, T, readout, name=Path(spec.rpartition(":")[0]).stem)

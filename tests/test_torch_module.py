@@ -1,0 +1,145 @@
+"""The torch module frontend (snnc.frontends.torch_module) against SpikingJelly's and snnTorch's own
+forward passes: networks built from their layers and neurons (tests/sj_nets.py) become float
+Networks whose execution reproduces every neuron layer's spikes, spike for spike in float64, on
+real digits, and the readout; then the export pipeline takes them (`snnc export --model
+FILE.py:FACTORY --weights`)."""
+import json
+import textwrap
+
+import numpy as np
+import pytest
+import sj_nets
+import torch
+from clicheck import invoke
+
+from snnc import execute
+from snnc.errors import InputError
+from snnc.frontends.torch_module import load_module, network_from_module
+
+
+def _compare(model, step_mode="m", readout="mean", simulate=None):
+    pixels = sj_nets.digits()
+    theirs, outputs = (simulate or sj_nets.run)(model, pixels, *(() if simulate else (step_mode,)))
+    net = network_from_module(model, (1, 28, 28), sj_nets.T, readout=readout)
+    trace = execute.run(net, execute.encode(net, pixels))
+    neurons = net.metadata["torch"]["neurons"]
+    assert sorted(neurons) == sorted(theirs)
+    for path, node in neurons.items():
+        assert 0.01 < theirs[path].mean() < 0.5, path
+        wrong = np.argwhere(trace.spikes[node] != theirs[path])
+        assert wrong.size == 0, f"{path}: {len(wrong)} spikes differ, first at {wrong[0].tolist()}"
+    expected = outputs.sum(axis=0) if readout == "mean" else outputs[-1]
+    np.testing.assert_allclose(trace.readout, expected, rtol=1e-12, atol=1e-12)
+    return net
+
+
+def test_conv_bn_if_lif_plif_network_spike_for_spike():
+    net = _compare(sj_nets.conv_net())
+    kinds = [(node.op, node.bn is not None, node.neuron.reset if node.neuron else None) for node in net.nodes]
+    assert kinds == [("input", False, None), ("conv2d", True, "hard"), ("avgpool", False, None),
+                     ("flatten", False, None), ("linear", False, "soft"), ("linear", False, "hard"),
+                     ("linear", False, "none")]
+
+
+def test_single_step_mode_is_the_same_network():
+    multi, single = sj_nets.conv_net("m"), sj_nets.conv_net("s")
+    _compare(single, step_mode="s")
+    a = network_from_module(multi, (1, 28, 28), sj_nets.T)
+    b = network_from_module(single, (1, 28, 28), sj_nets.T)
+    assert [(n.name, n.op, n.shape) for n in a.nodes] == [(n.name, n.op, n.shape) for n in b.nodes]
+
+
+def test_sew_residual_add_and_seq_to_ann_containers():
+    net = _compare(sj_nets.sew_net())
+    add = next(node for node in net.nodes if node.op == "add")
+    assert add.neuron is None and len(add.inputs) == 2   # SEW ADD: spikes + spikes
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_snntorch_leaky_and_synaptic_spike_for_spike(reset):
+    net = _compare(sj_nets.snntorch_net(reset), simulate=sj_nets.run_snntorch)
+    resets = [node.neuron.reset for node in net.nodes if node.spiking]
+    assert resets == ["soft" if reset == "subtract" else "hard"] * 2
+    if reset == "subtract":   # Synaptic: a current with memory
+        assert net.nodes[-2].neuron.u_decay == pytest.approx(0.4)
+
+
+def test_snntorch_what_snnc_cannot_hold_is_refused():
+    import snntorch
+
+    for neuron, message in ((snntorch.Synaptic(alpha=0.5, beta=0.5, init_hidden=True, reset_mechanism="zero"),
+                             "Synaptic with reset_mechanism 'zero'"),
+                            (snntorch.Leaky(beta=0.5), "without init_hidden=True"),
+                            (snntorch.Leaky(beta=0.0, init_hidden=True), "beta = 0"),
+                            (snntorch.Leaky(beta=torch.tensor([0.5, 0.6]), init_hidden=True), "a beta per neuron")):
+        model = torch.nn.Sequential(torch.nn.Linear(4, 2), neuron, torch.nn.Linear(2, 2))
+        with pytest.raises(InputError, match=f"module '1': .*{message}"):
+            network_from_module(model, (4,), 4)
+
+
+def test_last_step_readout():
+    _compare(sj_nets.conv_net(), readout="last")
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: torch.nn.Sequential(torch.nn.Linear(784, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10)),
+     "module '1': torch.nn.modules.activation.ReLU has no snnc converter"),
+    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10),
+                                 sj_nets.neuron.IFNode(v_reset=0.5), torch.nn.Linear(10, 10)),
+     "module '2': v_reset = 0.5"),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AvgPool2d(2), torch.nn.BatchNorm2d(2),
+                                 torch.nn.Flatten(), torch.nn.Linear(338, 10)),
+     "module '2': a batch norm after a avgpool"),
+    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), sj_nets.neuron.IFNode()),
+     "the output must be a Linear layer without neuron"),
+])
+def test_what_snnc_cannot_hold_is_refused_in_one_line(build, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        network_from_module(build(), (1, 28, 28), 4)
+
+
+MODEL_FILE = textwrap.dedent("""
+    import sj_nets
+
+
+    def build():
+        return sj_nets.conv_net()
+""")
+
+
+def _model(tmp_path):
+    (tmp_path / "model.py").write_text(MODEL_FILE)
+    torch.save(sj_nets.conv_net().state_dict(), tmp_path / "weights.pt")
+    return f"{tmp_path / 'model.py'}:build", tmp_path / "weights.pt"
+
+
+def test_factory_and_weights_load_and_bad_weights_are_one_line_errors(tmp_path):
+    spec, weights = _model(tmp_path)
+    net = load_module(spec, weights, (1, 28, 28), sj_nets.T)
+    reference = network_from_module(sj_nets.conv_net(), (1, 28, 28), sj_nets.T)
+    assert all(np.array_equal(a.weight, b.weight) for a, b in zip(net.nodes, reference.nodes) if a.weight is not None)
+    torch.save({"0.weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="--weights .*other.pt: does not match the model"):
+        load_module(spec, tmp_path / "other.pt", (1, 28, 28), sj_nets.T)
+    torch.save({"net": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")   # a module: code, not weights
+    with pytest.raises(InputError, match="--weights .*pickled.pt: not a readable state dict"):
+        load_module(spec, tmp_path / "pickled.pt", (1, 28, 28), sj_nets.T)
+    with pytest.raises(InputError, match="no function 'missing'"):
+        load_module(f"{tmp_path / 'model.py'}:missing", weights, (1, 28, 28), sj_nets.T)
+
+
+@pytest.mark.slow
+def test_export_model_verify_on_every_backend(tmp_path):
+    spec, weights = _model(tmp_path)
+    out = tmp_path / "out"
+    result = invoke("export", "--model", spec, "--weights", str(weights), "--T", str(sj_nets.T),
+                    "--input-shape", "1,28,28", "-o", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["source_sha256"]) == {"model.py", "weights.pt"}
+    result = invoke("verify", str(out), "--samples", "8", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["equivalent"] and set(report["backends"]) == {"reference", "onnx", "onnx-step", "lava", "cycle"}
+    result = invoke("export", "--model", spec, "--weights", str(weights), "-o", str(tmp_path / "x"))
+    assert result.exit_code == 2 and "--model needs --T" in result.output
