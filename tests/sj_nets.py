@@ -31,7 +31,7 @@ def _scaled(model: torch.nn.Module, seed: int, gain: float) -> torch.nn.Module:
                                     / np.sqrt(module.weight[0].numel()))
                 if module.bias is not None:
                     module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
-            elif isinstance(module, torch.nn.BatchNorm2d):
+            elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.running_mean.copy_(torch.rand(module.num_features, generator=generator) * 0.2 - 0.1)
                 module.running_var.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
                 module.weight.copy_(torch.rand(module.num_features, generator=generator) + 0.5)
@@ -149,8 +149,19 @@ def run_snntorch(model: torch.nn.Module, pixels: np.ndarray) -> tuple[dict, np.n
     return {key: torch.stack(parts).numpy() for key, parts in spikes.items()}, outputs.numpy()
 
 
+def vgg_net() -> torch.nn.Module:
+    """Spiking-VGG style: conv -> BN -> IF -> max pool -> conv -> BN -> LIF -> max pool (3, stride
+    2: overlapping windows) -> flatten -> linear (readout)."""
+    model = torch.nn.Sequential(
+        layer.Conv2d(1, 6, 3, padding=1), layer.BatchNorm2d(6), neuron.IFNode(), layer.MaxPool2d(2),
+        layer.Conv2d(6, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.LIFNode(tau=2.0), layer.MaxPool2d(3, 2),
+        layer.Flatten(), layer.Linear(8 * 6 * 6, 10))
+    functional.set_step_mode(model, "m")
+    return _scaled(model, seed=4, gain=2.5)
+
+
 if __name__ == "__main__":
-    for build, simulate in ((conv_net, run), (sew_net, run), (snntorch_net, run_snntorch),
+    for build, simulate in ((conv_net, run), (sew_net, run), (vgg_net, run), (snntorch_net, run_snntorch),
                             (lambda: snntorch_net("zero"), run_snntorch)):
         fired, _ = simulate(build(), digits())
         print({key: round(float(value.mean()), 3) for key, value in fired.items()})

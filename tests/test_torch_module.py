@@ -77,6 +77,53 @@ def test_snntorch_what_snnc_cannot_hold_is_refused():
             network_from_module(model, (4,), 4)
 
 
+def test_max_pool_over_spikes_is_exact():
+    """Spiking-VGG's max pools (also with overlapping windows): snnc's window sum into neurons
+    firing at 1 gives SpikingJelly's max pool outputs exactly."""
+    model = sj_nets.vgg_net()
+    pooled = {}
+    for path, module in model.named_modules():
+        if isinstance(module, torch.nn.MaxPool2d):
+            module.register_forward_hook(lambda m, i, o, key=path: pooled.__setitem__(key, o.detach().numpy()))
+    net = _compare(model)
+    trace = execute.run(net, execute.encode(net, sj_nets.digits()))
+    for path, expected in pooled.items():
+        node = net.node(f"conv2d{path}")
+        assert node.attrs["groups"] == node.shape[0] and expected.any()
+        np.testing.assert_array_equal(trace.spikes[node.name], expected, err_msg=path)
+
+
+def test_threshold_dependent_batch_norm_is_its_batch_norm():
+    """SpikingJelly's tdBN: a batch norm whose weight starts at alpha x v_th (its own forward does
+    not run with this torch, so its parameters are read against torch's batch norm formula)."""
+    from spikingjelly.activation_based import layer
+
+    tdbn = layer.ThresholdDependentBatchNorm2d(alpha=0.5, v_th=2.0, num_features=3).double().eval()
+    with torch.no_grad():
+        tdbn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
+        tdbn.running_var.copy_(torch.tensor([0.5, 1.5, 2.0]))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), tdbn, sj_nets.neuron.IFNode(), torch.nn.Flatten(),
+                                torch.nn.Linear(3 * 26 * 26, 10)).double()
+    node = network_from_module(model, (1, 28, 28), 4).nodes[1]
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    expected = torch.nn.functional.batch_norm(x, tdbn.running_mean, tdbn.running_var, tdbn.weight.detach(),
+                                              tdbn.bias.detach(), eps=tdbn.eps)
+    got = x * torch.from_numpy(node.bn.scale)[:, None, None] + torch.from_numpy(node.bn.shift)[:, None, None]
+    assert float(tdbn.weight[0]) == 1.0
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
+
+
+def test_a_subclass_that_redefines_its_dynamics_is_refused():
+    class Adaptive(sj_nets.neuron.LIFNode):
+        def neuronal_charge(self, x):
+            self.v = self.v + x - 0.1
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), Adaptive(), torch.nn.Linear(10, 10))
+    with pytest.raises(InputError, match="module '2': .*Adaptive redefines neuronal_charge of "
+                                         "spikingjelly.activation_based.neuron.LIFNode"):
+        network_from_module(model, (1, 28, 28), 4)
+
+
 def test_last_step_readout():
     _compare(sj_nets.conv_net(), readout="last")
 

@@ -109,6 +109,20 @@ def _neuron_node(net: Network, node: Node, dt: float, bias_moved: bool = False):
     return suffix, nir_node
 
 
+def _dense_kernel(node: Node, weight: np.ndarray) -> np.ndarray:
+    """A grouped conv's kernel as the dense one it equals (zero between groups): NIR's type
+    inference reads the input channels from the kernel, so it holds grouped kernels wrongly."""
+    groups = conv_groups(node.attrs)
+    if groups == 1:
+        return weight
+    out, per_group = weight.shape[:2]
+    dense = np.zeros((out, per_group * groups) + weight.shape[2:])
+    for o in range(out):
+        block = o // (out // groups)
+        dense[o, block * per_group:(block + 1) * per_group] = weight[o]
+    return dense
+
+
 def _synapse_node(node: Node, source_shape: tuple[int, ...], extra_bias: Optional[np.ndarray] = None):
     """The NIR synapse of a linear/conv2d node. `extra_bias` (a neuron's bias moved here) is added to
     the NIR bias; the metadata then records snnc's own synapse bias ("snnc_no_bias" or
@@ -125,10 +139,10 @@ def _synapse_node(node: Node, source_shape: tuple[int, ...], extra_bias: Optiona
     if node.op == "linear":
         syn = nir.Linear(weight=weight) if bias is None else nir.Affine(weight=weight, bias=bias)
     else:
-        syn = nir.Conv2d(input_shape=tuple(int(x) for x in source_shape[1:]), weight=weight,
+        syn = nir.Conv2d(input_shape=tuple(int(x) for x in source_shape[1:]), weight=_dense_kernel(node, weight),
                          stride=tuple(int(x) for x in node.attrs["stride"]),
                          padding=tuple(int(x) for x in node.attrs["padding"]),
-                         dilation=conv_dilation(node.attrs), groups=conv_groups(node.attrs),
+                         dilation=conv_dilation(node.attrs), groups=1,
                          bias=np.zeros(channels) if bias is None else bias)
         if bias is None:
             metadata = {"snnc_no_bias": True}

@@ -1,7 +1,7 @@
 """SpikingJelly's `activation_based` modules (spikingjelly 0.0.0.0.14) for the torch module
 frontend (snnc.frontends.torch_module): its neurons, and its layer wrappers, which are torch.nn
-subclasses with a step mode (converted as their base class: single- and multi-step compute the
-same per step).
+subclasses with a step mode (converted as their torch.nn class: single- and multi-step compute the
+same per step), SeqToANNContainer and tdBN.
 
 Neurons, per step, as SpikingJelly computes them (v_reset 0 or None, heaviside firing v >= v_threshold):
     IFNode:             v = v + x
@@ -16,10 +16,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from snnc.frontends import torch_module
 from snnc.frontends.torch_module import Builder, converter, neuron
 from snnc.ir import Neuron
 
 PREFIX = "spikingjelly.activation_based."
+
+# its layers: torch.nn's modules with a step mode (tdBN is a batch norm whose weight starts at
+# alpha x v_th, a plain batch norm at inference)
+for _name, _convert in (("Conv2d", torch_module.conv2d), ("Linear", torch_module.linear),
+                        ("BatchNorm2d", torch_module.batch_norm), ("BatchNorm1d", torch_module.batch_norm),
+                        ("ThresholdDependentBatchNorm2d", torch_module.batch_norm),
+                        ("ThresholdDependentBatchNorm1d", torch_module.batch_norm),
+                        ("AvgPool2d", torch_module.avg_pool), ("MaxPool2d", torch_module.max_pool),
+                        ("Flatten", torch_module.flatten)):
+    converter(f"{PREFIX}layer.{_name}")(_convert)
 
 
 def _population(builder: Builder, module, source: str, decay: float, decay_input: bool) -> str:

@@ -51,13 +51,27 @@ def _qualified(cls) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# A subclass that redefines one of these computes something its base's converter does not read
+COMPUTING_METHODS = ("forward", "_conv_forward", "single_step_forward", "multi_step_forward", "neuronal_charge",
+                     "neuronal_fire", "neuronal_reset", "fire", "mem_reset", "state_function",
+                     "_base_state_function")
+
+
 def converter_for(module: torch.nn.Module) -> Optional[Callable]:
-    """The converter of a module's type or of its nearest registered base class."""
+    """The converter of a module's type or of its nearest registered base class; for a subclass
+    that redefines how the base computes, a converter that refuses it (never a silent guess)."""
     for prefix, file in LIBRARY_CONVERTERS.items():
         if type(module).__module__.startswith(prefix):
             importlib.import_module(file)
-    for cls in type(module).__mro__:
+    mro = type(module).__mro__
+    for index, cls in enumerate(mro):
         if _qualified(cls) in CONVERTERS:
+            redefined = sorted({name for sub in mro[:index] for name in COMPUTING_METHODS if name in vars(sub)})
+            if redefined:
+                def refuse(builder, *args, base=_qualified(cls), names=redefined):
+                    raise builder.refuse(f"{_qualified(type(module))} redefines {', '.join(names)} of {base}, "
+                                         f"which snnc's converter for {base} does not read")
+                return refuse
             return CONVERTERS[_qualified(cls)]
     return None
 
@@ -148,16 +162,46 @@ def batch_norm(builder: Builder, module, source: str) -> str:
     return node.name
 
 
+def _square(value) -> Optional[int]:
+    """One int for a square size given as an int or a pair; None for a non-square one."""
+    values = {int(v) for v in (value if isinstance(value, (tuple, list)) else (value,))}
+    return values.pop() if len(values) == 1 else None
+
+
 @converter("torch.nn.modules.pooling.AvgPool2d")
 def avg_pool(builder: Builder, module, source: str) -> str:
-    kernel, stride = module.kernel_size, module.stride
-    kernel = kernel if isinstance(kernel, int) else kernel[0] if len(set(kernel)) == 1 else None
-    stride = stride if isinstance(stride, int) else stride[0] if len(set(stride)) == 1 else None
-    if kernel is None or stride is None or module.padding not in (0, (0, 0)) or module.ceil_mode:
+    kernel, stride = _square(module.kernel_size), _square(module.stride)
+    if kernel is None or stride is None or _square(module.padding) != 0 or module.ceil_mode:
         raise builder.refuse("an average pool other than square, unpadded and floor-mode")
     shape = pool_output_shape(builder.node(source).shape, kernel, stride, f"module '{builder.where}'")
     return builder.add(Node(name=builder.where, op="avgpool", inputs=[source], shape=shape,
                             attrs={"kernel": int(kernel), "stride": int(stride)}))
+
+
+@converter("torch.nn.modules.pooling.MaxPool2d")
+def max_pool(builder: Builder, module, source: str) -> str:
+    """Over binary spikes the max of a window is 'some spike in it': a sum over the window (a conv
+    of ones per channel, groups = channels) into memoryless neurons that fire at 1 (exact)."""
+    node = builder.node(source)
+    kernel, stride = _square(module.kernel_size), _square(module.stride)
+    if kernel is None or stride is None or _square(module.padding) != 0 or _square(module.dilation) != 1 \
+            or module.ceil_mode or module.return_indices:
+        raise builder.refuse("a max pool other than square, unpadded, undilated and floor-mode")
+    if not node.spiking or node.neuron.kind != "spiking" or node.neuron.max_spikes != 1:
+        raise builder.refuse(f"a max pool over '{source}', which is not a layer of binary spikes (snnc holds a max "
+                             f"pool exactly only over spikes)")
+    channels = node.shape[0]
+    attrs = {"kernel": [kernel, kernel], "stride": [stride, stride], "padding": [0, 0], "groups": channels}
+    shape = conv_output_shape(node.shape, channels, (kernel, kernel), (stride, stride), (0, 0),
+                              f"module '{builder.where}'", groups=channels)
+    name = builder.add(Node(name=builder.where, op="conv2d", inputs=[source], shape=shape, attrs=attrs,
+                            weight=np.ones((channels, 1, kernel, kernel))))
+    ones = np.ones(shape)
+    builder.node(name).neuron = Neuron(kind="spiking", threshold=ones, reset="hard", reset_amount=None,
+                                       bias=np.zeros(shape), initial_state=np.zeros(shape), v_decay=1.0)
+    builder.notes.append(f"module '{builder.where}': max pool over spikes held as a window sum into neurons "
+                         f"firing at 1 (the mapper counts its {channels} groups channel-dense)")
+    return name
 
 
 @converter("torch.nn.modules.flatten.Flatten")
