@@ -1,5 +1,5 @@
 """The torch module frontend (snnc.frontends.torch_module) against SpikingJelly's and snnTorch's own
-forward passes: networks built from their layers and neurons (tests/sj_nets.py) become float
+forward passes: networks built from their layers and neurons (tests/torch_nets.py) become float
 Networks whose execution reproduces every neuron layer's spikes, spike for spike in float64, on
 real digits, and the readout; then the export pipeline takes them (`snnc export --model
 FILE.py:FACTORY --weights`)."""
@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
-import sj_nets
+import torch_nets
 import torch
 from clicheck import invoke
 
@@ -17,10 +17,10 @@ from snnc.errors import InputError
 from snnc.frontends.torch_module import load_module, network_from_module
 
 
-def _compare(model, step_mode="m", readout="mean", simulate=None):
-    pixels = sj_nets.digits()
-    theirs, outputs = (simulate or sj_nets.run)(model, pixels, *(() if simulate else (step_mode,)))
-    net = network_from_module(model, (1, 28, 28), sj_nets.T, readout=readout)
+def _compare(model, step_mode="m", readout="mean", simulate=None, reduce=None):
+    pixels = torch_nets.digits()
+    theirs, outputs = (simulate or torch_nets.run)(model, pixels, *(() if simulate else (step_mode,)))
+    net = network_from_module(model, (1, 28, 28), torch_nets.T, readout=readout)
     trace = execute.run(net, execute.encode(net, pixels))
     neurons = net.metadata["torch"]["neurons"]
     assert sorted(neurons) == sorted(theirs)
@@ -28,13 +28,13 @@ def _compare(model, step_mode="m", readout="mean", simulate=None):
         assert 0.01 < theirs[path].mean() < 0.5, path
         wrong = np.argwhere(trace.spikes[node] != theirs[path])
         assert wrong.size == 0, f"{path}: {len(wrong)} spikes differ, first at {wrong[0].tolist()}"
-    expected = outputs.sum(axis=0) if readout == "mean" else outputs[-1]
+    expected = reduce(outputs) if reduce else outputs.sum(axis=0) if readout == "mean" else outputs[-1]
     np.testing.assert_allclose(trace.readout, expected, rtol=1e-12, atol=1e-12)
     return net
 
 
 def test_conv_bn_if_lif_plif_network_spike_for_spike():
-    net = _compare(sj_nets.conv_net())
+    net = _compare(torch_nets.conv_net())
     kinds = [(node.op, node.bn is not None, node.neuron.reset if node.neuron else None) for node in net.nodes]
     assert kinds == [("input", False, None), ("conv2d", True, "hard"), ("avgpool", False, None),
                      ("flatten", False, None), ("linear", False, "soft"), ("linear", False, "hard"),
@@ -42,22 +42,22 @@ def test_conv_bn_if_lif_plif_network_spike_for_spike():
 
 
 def test_single_step_mode_is_the_same_network():
-    multi, single = sj_nets.conv_net("m"), sj_nets.conv_net("s")
+    multi, single = torch_nets.conv_net("m"), torch_nets.conv_net("s")
     _compare(single, step_mode="s")
-    a = network_from_module(multi, (1, 28, 28), sj_nets.T)
-    b = network_from_module(single, (1, 28, 28), sj_nets.T)
+    a = network_from_module(multi, (1, 28, 28), torch_nets.T)
+    b = network_from_module(single, (1, 28, 28), torch_nets.T)
     assert [(n.name, n.op, n.shape) for n in a.nodes] == [(n.name, n.op, n.shape) for n in b.nodes]
 
 
 def test_sew_residual_add_and_seq_to_ann_containers():
-    net = _compare(sj_nets.sew_net())
+    net = _compare(torch_nets.sew_net())
     add = next(node for node in net.nodes if node.op == "add")
     assert add.neuron is None and len(add.inputs) == 2   # SEW ADD: spikes + spikes
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero"])
 def test_snntorch_leaky_and_synaptic_spike_for_spike(reset):
-    net = _compare(sj_nets.snntorch_net(reset), simulate=sj_nets.run_snntorch)
+    net = _compare(torch_nets.snntorch_net(reset), simulate=torch_nets.run_snntorch)
     resets = [node.neuron.reset for node in net.nodes if node.spiking]
     assert resets == ["soft" if reset == "subtract" else "hard"] * 2
     if reset == "subtract":   # Synaptic: a current with memory
@@ -77,16 +77,45 @@ def test_snntorch_what_snnc_cannot_hold_is_refused():
             network_from_module(model, (4,), 4)
 
 
+def test_snnc_modules_with_imp_mpr_tdbn_and_readout():
+    """snnc.nn's neurons (MPR, soft reset, a learned IMP) and readout inside a user's module."""
+    net = _compare(torch_nets.snnc_nn_net(), simulate=torch_nets.run_snnc_nn, reduce=lambda y: y.mean(axis=0))
+    first = net.nodes[1].neuron
+    assert first.mpr and first.reset == "soft" and np.any(first.initial_state) and net.readout == "mean"
+
+
+def test_spikingjelly_model_zoo_sew_resnet18_spike_for_spike():
+    """SpikingJelly's own SEW-ResNet-18 builder (ADD connections, IF neurons, its stem's padded max
+    pool, downsample neurons, adaptive average pool) on digits padded to 3 x 32 x 32."""
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.model import sew_resnet
+
+    torch.manual_seed(0)
+    model = sew_resnet.sew_resnet18(cnf="ADD", spiking_neuron=neuron.IFNode, num_classes=10)
+    functional.set_step_mode(model, "m")
+    model = torch_nets._scaled(model, seed=7, gain=2.0)
+    pixels = np.repeat(np.pad(torch_nets.digits()[:4], ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1)
+    theirs, outputs = torch_nets.run(model, pixels, shape=(3, 32, 32), steps=4)
+    net = network_from_module(model, (3, 32, 32), 4)
+    trace = execute.run(net, execute.encode(net, pixels))
+    assert len(net.metadata["torch"]["neurons"]) == len(theirs) == 20
+    assert sum(node.op == "add" for node in net.nodes) == 8
+    for path, node in net.metadata["torch"]["neurons"].items():
+        assert 0.01 < theirs[path].mean() < 0.5, path
+        np.testing.assert_array_equal(trace.spikes[node], theirs[path], err_msg=path)
+    np.testing.assert_allclose(trace.readout, outputs.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
 def test_max_pool_over_spikes_is_exact():
     """Spiking-VGG's max pools (also with overlapping windows): snnc's window sum into neurons
     firing at 1 gives SpikingJelly's max pool outputs exactly."""
-    model = sj_nets.vgg_net()
+    model = torch_nets.vgg_net()
     pooled = {}
     for path, module in model.named_modules():
         if isinstance(module, torch.nn.MaxPool2d):
             module.register_forward_hook(lambda m, i, o, key=path: pooled.__setitem__(key, o.detach().numpy()))
     net = _compare(model)
-    trace = execute.run(net, execute.encode(net, sj_nets.digits()))
+    trace = execute.run(net, execute.encode(net, torch_nets.digits()))
     for path, expected in pooled.items():
         node = net.node(f"conv2d{path}")
         assert node.attrs["groups"] == node.shape[0] and expected.any()
@@ -102,7 +131,7 @@ def test_threshold_dependent_batch_norm_is_its_batch_norm():
     with torch.no_grad():
         tdbn.running_mean.copy_(torch.tensor([0.1, -0.2, 0.3]))
         tdbn.running_var.copy_(torch.tensor([0.5, 1.5, 2.0]))
-    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), tdbn, sj_nets.neuron.IFNode(), torch.nn.Flatten(),
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), tdbn, torch_nets.neuron.IFNode(), torch.nn.Flatten(),
                                 torch.nn.Linear(3 * 26 * 26, 10)).double()
     node = network_from_module(model, (1, 28, 28), 4).nodes[1]
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
@@ -114,7 +143,7 @@ def test_threshold_dependent_batch_norm_is_its_batch_norm():
 
 
 def test_a_subclass_that_redefines_its_dynamics_is_refused():
-    class Adaptive(sj_nets.neuron.LIFNode):
+    class Adaptive(torch_nets.neuron.LIFNode):
         def neuronal_charge(self, x):
             self.v = self.v + x - 0.1
 
@@ -125,19 +154,19 @@ def test_a_subclass_that_redefines_its_dynamics_is_refused():
 
 
 def test_last_step_readout():
-    _compare(sj_nets.conv_net(), readout="last")
+    _compare(torch_nets.conv_net(), readout="last")
 
 
 @pytest.mark.parametrize("build, message", [
     (lambda: torch.nn.Sequential(torch.nn.Linear(784, 10), torch.nn.ReLU(), torch.nn.Linear(10, 10)),
      "module '1': torch.nn.modules.activation.ReLU has no snnc converter"),
     (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10),
-                                 sj_nets.neuron.IFNode(v_reset=0.5), torch.nn.Linear(10, 10)),
+                                 torch_nets.neuron.IFNode(v_reset=0.5), torch.nn.Linear(10, 10)),
      "module '2': v_reset = 0.5"),
     (lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.AvgPool2d(2), torch.nn.BatchNorm2d(2),
                                  torch.nn.Flatten(), torch.nn.Linear(338, 10)),
      "module '2': a batch norm after a avgpool"),
-    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), sj_nets.neuron.IFNode()),
+    (lambda: torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10), torch_nets.neuron.IFNode()),
      "the output must be a Linear layer without neuron"),
 ])
 def test_what_snnc_cannot_hold_is_refused_in_one_line(build, message):
@@ -146,40 +175,40 @@ def test_what_snnc_cannot_hold_is_refused_in_one_line(build, message):
 
 
 MODEL_FILE = textwrap.dedent("""
-    import sj_nets
+    import torch_nets
 
 
     def build():
-        return sj_nets.conv_net()
+        return torch_nets.conv_net()
 """)
 
 
 def _model(tmp_path):
     (tmp_path / "model.py").write_text(MODEL_FILE)
-    torch.save(sj_nets.conv_net().state_dict(), tmp_path / "weights.pt")
+    torch.save(torch_nets.conv_net().state_dict(), tmp_path / "weights.pt")
     return f"{tmp_path / 'model.py'}:build", tmp_path / "weights.pt"
 
 
 def test_factory_and_weights_load_and_bad_weights_are_one_line_errors(tmp_path):
     spec, weights = _model(tmp_path)
-    net = load_module(spec, weights, (1, 28, 28), sj_nets.T)
-    reference = network_from_module(sj_nets.conv_net(), (1, 28, 28), sj_nets.T)
+    net = load_module(spec, weights, (1, 28, 28), torch_nets.T)
+    reference = network_from_module(torch_nets.conv_net(), (1, 28, 28), torch_nets.T)
     assert all(np.array_equal(a.weight, b.weight) for a, b in zip(net.nodes, reference.nodes) if a.weight is not None)
     torch.save({"0.weight": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="--weights .*other.pt: does not match the model"):
-        load_module(spec, tmp_path / "other.pt", (1, 28, 28), sj_nets.T)
+        load_module(spec, tmp_path / "other.pt", (1, 28, 28), torch_nets.T)
     torch.save({"net": torch.nn.Linear(2, 2)}, tmp_path / "pickled.pt")   # a module: code, not weights
     with pytest.raises(InputError, match="--weights .*pickled.pt: not a readable state dict"):
-        load_module(spec, tmp_path / "pickled.pt", (1, 28, 28), sj_nets.T)
+        load_module(spec, tmp_path / "pickled.pt", (1, 28, 28), torch_nets.T)
     with pytest.raises(InputError, match="no function 'missing'"):
-        load_module(f"{tmp_path / 'model.py'}:missing", weights, (1, 28, 28), sj_nets.T)
+        load_module(f"{tmp_path / 'model.py'}:missing", weights, (1, 28, 28), torch_nets.T)
 
 
 @pytest.mark.slow
 def test_export_model_verify_on_every_backend(tmp_path):
     spec, weights = _model(tmp_path)
     out = tmp_path / "out"
-    result = invoke("export", "--model", spec, "--weights", str(weights), "--T", str(sj_nets.T),
+    result = invoke("export", "--model", spec, "--weights", str(weights), "--T", str(torch_nets.T),
                     "--input-shape", "1,28,28", "-o", str(out), "--json")
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())

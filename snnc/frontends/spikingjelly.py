@@ -29,6 +29,7 @@ for _name, _convert in (("Conv2d", torch_module.conv2d), ("Linear", torch_module
                         ("ThresholdDependentBatchNorm2d", torch_module.batch_norm),
                         ("ThresholdDependentBatchNorm1d", torch_module.batch_norm),
                         ("AvgPool2d", torch_module.avg_pool), ("MaxPool2d", torch_module.max_pool),
+                        ("AdaptiveAvgPool2d", torch_module.adaptive_avg_pool),
                         ("Flatten", torch_module.flatten)):
     converter(f"{PREFIX}layer.{_name}")(_convert)
 

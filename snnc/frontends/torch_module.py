@@ -13,7 +13,9 @@ a module snnc has no converter for is refused with one line naming its type and 
 
 The input is pixel/255 at every step (snnc's direct encoding); a last synaptic layer without a
 neuron is the readout integrator: its per-step outputs summed over the T steps (readout 'mean',
-the order of their mean) or its last step alone (readout 'last', last-time-step training).
+the order of their mean) or its last step alone (readout 'last', last-time-step training); an
+snnc.nn.Readout after it keeps its own mode. snnc's own modules (snnc.nn: SpikingNeuron with IMP and
+MPR, TdBN, Readout) are read as the checkpoint frontend reads them.
 """
 from __future__ import annotations
 
@@ -88,6 +90,7 @@ class Builder:
         self.neurons: dict[str, str] = {}     # neuron module path -> the IR node holding it
         self.notes: list[str] = []
         self.where = ""                       # the module path being converted
+        self.readout: Optional[str] = None    # set by a readout module (snnc.nn.Readout)
 
     def node(self, name: str) -> Node:
         return next(node for node in self.nodes if node.name == name)
@@ -178,21 +181,38 @@ def avg_pool(builder: Builder, module, source: str) -> str:
                             attrs={"kernel": int(kernel), "stride": int(stride)}))
 
 
+@converter("torch.nn.modules.pooling.AdaptiveAvgPool2d")
+def adaptive_avg_pool(builder: Builder, module, source: str) -> str:
+    """An adaptive average pool whose output size divides its input: an average pool."""
+    shape = builder.node(source).shape
+    size = module.output_size if isinstance(module.output_size, (tuple, list)) else (module.output_size,) * 2
+    size = tuple(shape[1 + i] if s is None else int(s) for i, s in enumerate(size))
+    if len(shape) != 3 or shape[1] != shape[2] or size[0] != size[1] or shape[1] % size[0]:
+        raise builder.refuse(f"an adaptive average pool from {list(shape[1:])} to {list(size)} (snnc pools square "
+                             f"windows: the output size must divide a square input)")
+    if size[0] == shape[1]:
+        return source
+    kernel = shape[1] // size[0]
+    return builder.add(Node(name=builder.where, op="avgpool", inputs=[source], shape=(shape[0],) + size,
+                            attrs={"kernel": kernel, "stride": kernel}))
+
+
 @converter("torch.nn.modules.pooling.MaxPool2d")
 def max_pool(builder: Builder, module, source: str) -> str:
     """Over binary spikes the max of a window is 'some spike in it': a sum over the window (a conv
     of ones per channel, groups = channels) into memoryless neurons that fire at 1 (exact)."""
     node = builder.node(source)
-    kernel, stride = _square(module.kernel_size), _square(module.stride)
-    if kernel is None or stride is None or _square(module.padding) != 0 or _square(module.dilation) != 1 \
+    kernel, stride, padding = _square(module.kernel_size), _square(module.stride), _square(module.padding)
+    if kernel is None or stride is None or padding is None or _square(module.dilation) != 1 \
             or module.ceil_mode or module.return_indices:
-        raise builder.refuse("a max pool other than square, unpadded, undilated and floor-mode")
+        raise builder.refuse("a max pool other than square, undilated and floor-mode")
     if not node.spiking or node.neuron.kind != "spiking" or node.neuron.max_spikes != 1:
         raise builder.refuse(f"a max pool over '{source}', which is not a layer of binary spikes (snnc holds a max "
                              f"pool exactly only over spikes)")
     channels = node.shape[0]
-    attrs = {"kernel": [kernel, kernel], "stride": [stride, stride], "padding": [0, 0], "groups": channels}
-    shape = conv_output_shape(node.shape, channels, (kernel, kernel), (stride, stride), (0, 0),
+    # padding: a zero is no spike, as max pooling's -inf padding never wins over a 0/1 spike
+    attrs = {"kernel": [kernel, kernel], "stride": [stride, stride], "padding": [padding, padding], "groups": channels}
+    shape = conv_output_shape(node.shape, channels, (kernel, kernel), (stride, stride), (padding, padding),
                               f"module '{builder.where}'", groups=channels)
     name = builder.add(Node(name=builder.where, op="conv2d", inputs=[source], shape=shape, attrs=attrs,
                             weight=np.ones((channels, 1, kernel, kernel))))
@@ -233,6 +253,32 @@ def neuron(builder: Builder, source: str, made: Neuron) -> str:
     node.neuron = made
     builder.neurons[builder.where] = node.name
     return node.name
+
+
+@converter("snnc.nn.SpikingNeuron")
+def snnc_neuron(builder: Builder, module, source: str) -> str:
+    """snnc's own neuron (snnc.nn): IF/LIF, hard or soft reset, a learnable initial membrane
+    potential (IMP, its `imp` parameter) and MPR, read as snnc's checkpoint frontend reads them."""
+    from snnc.frontends.checkpoint import _neuron
+
+    return neuron(builder, source, _neuron(module, builder.open_synapse(source, "neuron").shape))
+
+
+@converter("snnc.nn.Readout")
+def snnc_readout(builder: Builder, module, source: str) -> str:
+    """snnc's readout integrator, with its mode (mean over the steps of the running sum, or its
+    last step): the readout the network reports."""
+    from snnc.frontends.checkpoint import _neuron
+
+    node = builder.open_synapse(source, "readout")
+    node.neuron = _neuron(module, node.shape)
+    builder.readout = module.mode
+    return node.name
+
+
+@converter("snnc.nn.TdBN")
+def snnc_tdbn(builder: Builder, module, source: str) -> str:
+    return batch_norm(builder, module, source)
 
 
 FUNCTIONS = {torch.flatten: "flatten", operator.add: "add", torch.add: "add"}
@@ -287,17 +333,21 @@ def network_from_module(module: torch.nn.Module, input_shape, T: int, readout: s
                              f"converter")
     nodes = builder.nodes
     last = builder.node(output)
-    if last.op not in ("conv2d", "linear") or last.neuron is not None or len(last.shape) != 1:
+    if builder.readout is not None:   # the module's own readout integrator
+        readout_rule = builder.readout
+    elif last.op not in ("conv2d", "linear") or last.neuron is not None or len(last.shape) != 1:
         raise InputError(f"module '{name}': the output must be a Linear layer without neuron (the readout), "
                          f"it is '{last.name}' ({last.op}{' with neurons' if last.neuron else ''})")
-    zeros = np.zeros(last.shape)
-    last.neuron = Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=zeros,
-                         initial_state=zeros.copy(), v_decay=1.0 if readout == "last" else 0.0)
+    else:
+        zeros = np.zeros(last.shape)
+        last.neuron = Neuron(kind="integrator", threshold=None, reset="none", reset_amount=None, bias=zeros,
+                             initial_state=zeros.copy(), v_decay=1.0 if readout == "last" else 0.0)
+        readout_rule = "last"   # the running sum's last step (T x the mean), or the last step alone
     if nodes[-1] is not last:
         raise InputError(f"module '{name}': layers after the readout '{last.name}' are not used")
     metadata = {"source": "torch module", "torch": {"neurons": dict(builder.neurons), "notes": builder.notes,
                                                     "readout": readout}}
-    net = Network(name=name, T=T, readout="last", nodes=nodes, encoding=dict(PIXEL_ENCODING), metadata=metadata)
+    net = Network(name=name, T=T, readout=readout_rule, nodes=nodes, encoding=dict(PIXEL_ENCODING), metadata=metadata)
     net.validate()
     return net
 

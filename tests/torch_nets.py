@@ -3,7 +3,7 @@ activation_based) and from snnTorch's (1.0.0), with the library's own forward pa
 tests/test_torch_module.py holds snnc's torch module frontend to, spike for spike.
 
 Weights are seeded and scaled so that every spiking layer fires at a few to some tens of percent
-on real digits (`python tests/sj_nets.py` prints the rates).
+on real digits (`python tests/torch_nets.py` prints the rates).
 """
 from __future__ import annotations
 
@@ -87,19 +87,20 @@ def sew_net() -> torch.nn.Module:
     return _scaled(SEWNet(), seed=2, gain=3.0)
 
 
-def run(model: torch.nn.Module, pixels: np.ndarray, step_mode: str = "m") -> tuple[dict, np.ndarray]:
+def run(model: torch.nn.Module, pixels: np.ndarray, step_mode: str = "m", shape=(1, 28, 28),
+        steps: int = T) -> tuple[dict, np.ndarray]:
     """SpikingJelly's own forward on pixel/255 at every step: ({neuron module path: spikes [T, B,
     ...]}, outputs [T, B, classes])."""
-    frame = torch.from_numpy(pixels.astype(np.float64) / 255.0).reshape(len(pixels), 1, 28, 28)
+    frame = torch.from_numpy(pixels.astype(np.float64) / 255.0).reshape((len(pixels),) + tuple(shape))
     spikes: dict[str, list] = {}
     hooks = [module.register_forward_hook(lambda m, i, o, key=path: spikes.setdefault(key, []).append(o.detach()))
              for path, module in model.named_modules() if isinstance(module, neuron.BaseNode)]
     functional.reset_net(model)
     with torch.no_grad():
         if step_mode == "m":
-            outputs = model(frame.unsqueeze(0).repeat(T, 1, 1, 1, 1))
+            outputs = model(frame.unsqueeze(0).repeat(steps, 1, 1, 1, 1))
         else:
-            outputs = torch.stack([model(frame) for _ in range(T)])
+            outputs = torch.stack([model(frame) for _ in range(steps)])
     for hook in hooks:
         hook.remove()
     functional.reset_net(model)
@@ -160,8 +161,46 @@ def vgg_net() -> torch.nn.Module:
     return _scaled(model, seed=4, gain=2.5)
 
 
+
+def snnc_nn_net() -> torch.nn.Module:
+    """snnc's own modules (snnc.nn) among SpikingJelly's multi-step layers: conv -> TdBN -> LIF with
+    MPR, a soft reset and a learned initial membrane potential (IMP) -> avg pool -> flatten ->
+    linear -> IF with IMP -> linear -> snnc's Readout (mean)."""
+    from snnc import nn as snnc_nn
+
+    model = torch.nn.Sequential(
+        layer.Conv2d(1, 8, 5, stride=2, step_mode="m"), snnc_nn.TdBN(8, vth=0.5),
+        snnc_nn.SpikingNeuron(kind="lif", vth=0.5, tau=2.0, reset="soft", reset_amount=0.5, mpr=True,
+                              imp_shape=(8, 12, 12)),
+        layer.AvgPool2d(2, step_mode="m"), layer.Flatten(step_mode="m"), layer.Linear(8 * 6 * 6, 32, step_mode="m"),
+        snnc_nn.SpikingNeuron(kind="if", vth=0.5, imp_shape=(32,)), layer.Linear(32, 10, step_mode="m"),
+        snnc_nn.Readout("mean"))
+    model = _scaled(model, seed=5, gain=2.0)
+    generator = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, snnc_nn.SpikingNeuron):
+                module.imp.copy_(torch.rand(module.imp.shape, generator=generator, dtype=torch.float64) * 0.4)
+    return model
+
+
+def run_snnc_nn(model: torch.nn.Module, pixels: np.ndarray) -> tuple[dict, np.ndarray]:
+    """The modules' own multi-step forward: (spikes per neuron module, the readout's per-step sums)."""
+    from snnc import nn as snnc_nn
+
+    frame = torch.from_numpy(pixels.astype(np.float64) / 255.0).reshape(len(pixels), 1, 28, 28)
+    spikes = {}
+    hooks = [module.register_forward_hook(lambda m, i, o, key=path: spikes.__setitem__(key, o.detach().numpy()))
+             for path, module in model.named_modules() if isinstance(module, snnc_nn.SpikingNeuron)]
+    with torch.no_grad():
+        outputs = model(frame.unsqueeze(0).repeat(T, 1, 1, 1, 1))
+    for hook in hooks:
+        hook.remove()
+    return spikes, outputs.numpy()
+
+
 if __name__ == "__main__":
     for build, simulate in ((conv_net, run), (sew_net, run), (vgg_net, run), (snntorch_net, run_snntorch),
-                            (lambda: snntorch_net("zero"), run_snntorch)):
+                            (lambda: snntorch_net("zero"), run_snntorch), (snnc_nn_net, run_snnc_nn)):
         fired, _ = simulate(build(), digits())
         print({key: round(float(value.mean()), 3) for key, value in fired.items()})
