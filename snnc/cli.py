@@ -133,19 +133,50 @@ def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_l
         click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {test_set.count} {data} test samples")
 
 
+def _input_shape(ctx, param, value):
+    """--input-shape C,H,W (or N) as a tuple of positive integers."""
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise click.BadParameter(f"{value!r} is not C,H,W or N (positive integers)")
+    return shape
+
+
+def module_options(command):
+    """--model, --weights: a PyTorch module as the source (snnc.frontends.torch_module)."""
+    command = click.option("--weights", default=None, metavar="CKPT",
+                           help="--model: its state dict (torch.load with weights_only=True).")(command)
+    return click.option("--model", default=None, metavar="FILE.py:FACTORY",
+                        help="A PyTorch module as the source: FACTORY() in FILE.py builds it (with --weights, "
+                             "--T and --input-shape; SOURCE is then not given).")(command)
+
+
 @main.command("eval")
-@click.argument("checkpoint")
+@click.argument("checkpoint", required=False)
+@module_options
+@click.option("--T", "steps", type=click.IntRange(min=1), default=None, help="--model: time steps per sample.")
+@click.option("--input-shape", default=None, callback=_input_shape, metavar="C,H,W", help="--model: its input.")
+@click.option("--readout", type=click.Choice(["mean", "last"]), default=None, help="--model: readout mode.")
 @click.option("--data", default=None,
               help=data_help("Default: the data the checkpoint was trained on. A built-in's test split or a "
                              "whole file; needs labels."))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @reports_errors
-def eval_command(checkpoint, data, as_json):
-    """Measure the float accuracy of CHECKPOINT on data with labels."""
+def eval_command(checkpoint, model, weights, steps, input_shape, readout, data, as_json):
+    """Measure the float accuracy of CHECKPOINT (or of the --model module, as snnc reads it) on data
+    with labels."""
     from snnc.data import open_inputs
     from snnc.errors import InputError
     from snnc.train import evaluate, input_spec, labelled, load_checkpoint
 
+    if model is not None or checkpoint is None:
+        _eval_module(checkpoint, {"model": model, "weights": weights, "T": steps, "input_shape": input_shape,
+                                  "readout": readout}, data, as_json)
+        return
     model, contents = load_checkpoint(checkpoint)
     data = data or contents["training"].get("data")
     if data is None:
@@ -160,6 +191,27 @@ def eval_command(checkpoint, data, as_json):
     else:
         click.echo(f"{checkpoint}: accuracy {accuracy:.4f} on {result['samples']} samples of {inputs.origin} "
                    f"(T={result['T']}, readout {result['readout']})")
+
+
+def _eval_module(checkpoint, options: dict, data, as_json) -> None:
+    """eval --model: the float network snnc reads from the module, on labelled data."""
+    from snnc.compiler import open_data, read_source
+    from snnc.errors import UsageError
+    from snnc.train import labelled
+    from snnc.verify import accuracy
+
+    network = read_source(checkpoint, options=options).network
+    inputs = open_data(network, data)   # default: the first built-in data set that fits its input
+    if inputs is None:
+        raise UsageError("eval needs data (--data none measures nothing)")
+    inputs = labelled(inputs, "eval")
+    result = {"model": options["model"], "data": inputs.origin, "accuracy": accuracy(network, inputs),
+              "samples": inputs.count, "T": network.T, "readout": network.readout}
+    if as_json:
+        print_json(result)
+    else:
+        click.echo(f"{options['model']}: accuracy {result['accuracy']:.4f} on {result['samples']} samples of "
+                   f"{inputs.origin} (T={result['T']})")
 
 
 @main.group(invoke_without_command=True)
@@ -193,28 +245,6 @@ def _progress(as_json):
     if as_json or not sys.stderr.isatty():
         return lambda message: None
     return lambda message: click.echo(f"... {message}", err=True)
-
-
-def _input_shape(ctx, param, value):
-    """--input-shape C,H,W (or N) as a tuple of positive integers."""
-    if value is None:
-        return None
-    try:
-        shape = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        shape = ()
-    if len(shape) not in (1, 3) or min(shape) < 1:
-        raise click.BadParameter(f"{value!r} is not C,H,W or N (positive integers)")
-    return shape
-
-
-def module_options(command):
-    """--model, --weights: a PyTorch module as the source (snnc.frontends.torch_module)."""
-    command = click.option("--weights", default=None, metavar="CKPT",
-                           help="--model: its state dict (torch.load with weights_only=True).")(command)
-    return click.option("--model", default=None, metavar="FILE.py:FACTORY",
-                        help="A PyTorch module as the source: FACTORY() in FILE.py builds it (with --weights, "
-                             "--T and --input-shape; SOURCE is then not given).")(command)
 
 
 def _assumptions(ctx, param, values):

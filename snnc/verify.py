@@ -25,6 +25,14 @@ from snnc.ir import Network
 REFERENCE = "reference"
 
 
+def accuracy(net: Network, inputs: InputSet) -> float:
+    """The accuracy of a network (float or fixed) over labelled inputs, chunk by chunk."""
+    size = execute.samples_per_chunk(net)
+    found = [execute.run(net, inputs.network_input(net, units), chunk=size).predictions
+             for _, units, _ in inputs.chunks(size)]
+    return float((np.concatenate(found) == inputs.labels).mean())
+
+
 def fidelity(folded: Optional[Network], fixed: Network, inputs: InputSet,
              progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
     """Float (folded, float64) against quantized over `inputs`, chunk by chunk: the accuracy of

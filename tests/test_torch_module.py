@@ -204,6 +204,26 @@ def test_factory_and_weights_load_and_bad_weights_are_one_line_errors(tmp_path):
         load_module(f"{tmp_path / 'model.py'}:missing", weights, (1, 28, 28), torch_nets.T)
 
 
+def test_eval_and_inspect_take_the_module(tmp_path):
+    """`snnc eval --model` is the module's own accuracy (its forward pass, on the same digits);
+    `snnc inspect --model` shows its layers."""
+    from snnc.data import load_dataset
+
+    spec, weights = _model(tmp_path)
+    common = ["--model", spec, "--weights", str(weights), "--T", str(torch_nets.T), "--input-shape", "1,28,28"]
+    result = invoke("eval", *common, "--json")
+    assert result.exit_code == 0, result.output
+    data = load_dataset("mnist5k")
+    _, outputs = torch_nets.run(torch_nets.conv_net(), data.test_images)
+    expected = float((outputs.sum(axis=0).argmax(axis=1) == data.test_labels).mean())
+    report = json.loads(result.stdout)
+    assert report["samples"] == len(data.test_labels) and report["accuracy"] == expected
+    result = invoke("inspect", *common)
+    assert result.exit_code == 0 and "conv2d0" in result.output and "+BN" in result.output
+    result = invoke("eval", *common, "--data", "none")
+    assert result.exit_code == 2 and "measures nothing" in result.output
+
+
 @pytest.mark.slow
 def test_export_model_verify_on_every_backend(tmp_path):
     spec, weights = _model(tmp_path)
