@@ -55,12 +55,12 @@ def test_sew_residual_add_and_seq_to_ann_containers():
     assert add.neuron is None and len(add.inputs) == 2   # SEW ADD: spikes + spikes
 
 
-@pytest.mark.parametrize("reset", ["subtract", "zero"])
+@pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
 def test_snntorch_leaky_and_synaptic_spike_for_spike(reset):
     net = _compare(torch_nets.snntorch_net(reset), simulate=torch_nets.run_snntorch)
     resets = [node.neuron.reset for node in net.nodes if node.spiking]
-    assert resets == ["soft" if reset == "subtract" else "hard"] * 2
-    if reset == "subtract":   # Synaptic: a current with memory
+    assert resets == [{"subtract": "soft", "zero": "hard", "none": "none"}[reset]] * 2
+    if reset != "zero":   # Synaptic: a current with memory
         assert net.nodes[-2].neuron.u_decay == pytest.approx(0.4)
 
 
