@@ -48,17 +48,21 @@ def uses_input_digits(net: Network) -> bool:
                for node in net.nodes if node.op in ("conv2d", "linear"))
 
 
+def _case(net: Network, inputs: np.ndarray):
+    """(network, inputs, the reference's trace), checked to be graded and to need input digits."""
+    ref = execute.run(net, inputs)
+    assert_graded(net, ref)
+    assert uses_input_digits(net)
+    return net, inputs, ref
+
+
 # --------------------------------------------------------------------------- pilotnet_sdnn
 
 @pytest.fixture(scope="module")
 def pilotnet():
     net = load_netx(PILOTNET / "network.net", T=T, timing="free-running")
     frame = np.load(PILOTNET / "input.npy")[..., 0].transpose(2, 1, 0)   # Lava's (x, y, c) -> (c, y, x)
-    inputs = np.broadcast_to(frame, (T, 1) + frame.shape).astype(np.int64)
-    ref = execute.run(net, inputs)
-    assert_graded(net, ref)
-    assert uses_input_digits(net)
-    return net, inputs, ref
+    return _case(net, np.broadcast_to(frame, (T, 1) + frame.shape).astype(np.int64))
 
 
 def test_pilotnet_model_reproduces_the_golden_output_and_every_message(pilotnet):
@@ -121,11 +125,7 @@ def sdnn_network(seed=0) -> Network:
 def sdnn():
     net = sdnn_network()
     rng = np.random.default_rng(1)
-    inputs = rng.integers(-200, 201, (net.T, 4) + tuple(net.input_node.shape))   # a new frame every step
-    ref = execute.run(net, inputs)
-    assert_graded(net, ref)
-    assert uses_input_digits(net)
-    return net, inputs, ref
+    return _case(net, rng.integers(-200, 201, (net.T, 4) + tuple(net.input_node.shape)))   # a new frame every step
 
 
 def test_hand_built_model_equals_the_reference_message_for_message(sdnn):
