@@ -106,6 +106,28 @@ def test_spikingjelly_model_zoo_sew_resnet18_spike_for_spike():
     np.testing.assert_allclose(trace.readout, outputs.sum(axis=0), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_spikingjelly_model_zoo_spiking_vgg11_bn_spike_for_spike():
+    """SpikingJelly's own Spiking-VGG-11 builder (BN, IF, five max pools, its classifier's neurons
+    and dropouts) at the 3 x 224 x 224 its adaptive pool expects; two random images, two steps."""
+    from spikingjelly.activation_based import functional, neuron
+    from spikingjelly.activation_based.model import spiking_vgg
+
+    torch.manual_seed(0)
+    model = spiking_vgg.spiking_vgg11_bn(spiking_neuron=neuron.IFNode, num_classes=10)
+    functional.set_step_mode(model, "m")
+    model = torch_nets._scaled(model, seed=8, gain=2.0)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 224, 224)).astype(np.uint8)
+    theirs, outputs = torch_nets.run(model, pixels, shape=(3, 224, 224), steps=2)
+    net = network_from_module(model, (3, 224, 224), 2)
+    trace = execute.run(net, execute.encode(net, pixels))
+    assert len(net.metadata["torch"]["neurons"]) == len(theirs) == 10
+    for path, node in net.metadata["torch"]["neurons"].items():
+        assert 0.05 < theirs[path].mean() < 0.5, path
+        np.testing.assert_array_equal(trace.spikes[node], theirs[path], err_msg=path)
+    np.testing.assert_allclose(trace.readout, outputs.sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
 def test_max_pool_over_spikes_is_exact():
     """Spiking-VGG's max pools (also with overlapping windows): snnc's window sum into neurons
     firing at 1 gives SpikingJelly's max pool outputs exactly."""
