@@ -466,7 +466,6 @@ class SigmaDeltaNeuron:
     def __init__(self, node: Node, arithmetic: dict):
         n = node.neuron
         self.shape = tuple(node.shape)
-        self.spiking = True
         self.top = fixedpoint.register_top(arithmetic["state_bits"])
         self.threshold = _per_neuron(n.threshold, self.shape)
         self.bias = _per_neuron(n.bias, self.shape)

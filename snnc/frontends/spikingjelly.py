@@ -67,15 +67,10 @@ def parametric_lif_node(builder: Builder, module, source: str) -> str:
 @converter(PREFIX + "layer.SeqToANNContainer")
 def seq_to_ann(builder: Builder, module, source: str) -> str:
     """Its modules in order, each applied at every step."""
-    from snnc.frontends.torch_module import converter_for
-
     where = builder.where
     for index, child in enumerate(module):
         builder.where = f"{where}.{index}"
-        convert = converter_for(child)
-        if convert is None:
-            raise builder.refuse(f"{type(child).__module__}.{type(child).__qualname__} has no snnc converter")
-        source = convert(builder, child, source)
+        source = builder.convert(child, source)
     builder.where = where
     return source
 

@@ -108,6 +108,14 @@ class Builder:
         self.nodes.append(node)
         return node.name
 
+    def convert(self, module: torch.nn.Module, *sources: str) -> str:
+        """The IR node of `module`'s output, by its type's converter (refused where it has none)."""
+        convert = converter_for(module)
+        if convert is None:
+            raise self.refuse(f"{_qualified(type(module))} has no snnc converter "
+                              f"(docs/interop.md lists the module types snnc reads)")
+        return convert(self, module, *sources)
+
     def refuse(self, why: str) -> InputError:
         return InputError(f"module '{self.where}': {why}")
 
@@ -313,12 +321,7 @@ def network_from_module(module: torch.nn.Module, input_shape, T: int, readout: s
                 raise InputError(f"module '{name}': forward takes more than one input")
             values[fx_node.name] = "input"
         elif fx_node.op == "call_module":
-            child = modules[fx_node.target]
-            convert = converter_for(child)
-            if convert is None:
-                raise builder.refuse(f"{_qualified(type(child))} has no snnc converter "
-                                     f"(docs/interop.md lists the module types snnc reads)")
-            values[fx_node.name] = convert(builder, child, *args)
+            values[fx_node.name] = builder.convert(modules[fx_node.target], *args)
         elif fx_node.op == "call_function" and FUNCTIONS.get(fx_node.target) == "add":
             builder.where = fx_node.name
             values[fx_node.name] = add(builder, [a for a in args if isinstance(a, str)])
