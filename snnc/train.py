@@ -93,7 +93,7 @@ def _batch_units(inputs: InputSet, indices) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model, inputs: InputSet):
-    """Fraction of `inputs` (with labels) classified as their labels by the recipe's readout,
+    """Fraction of `inputs` (with labels) classified as their labels by the model's readout,
     EVAL_BATCH samples at a time."""
     labelled(inputs, "evaluation")
     model.eval()
@@ -106,8 +106,21 @@ def evaluate(model, inputs: InputSet):
 
 def train(recipe, train_set: InputSet, test_set: Optional[InputSet], loss, epochs, seed=0, lr=1e-3,
           batch_size=64, shift=0, tet_lambda=0.0, threads=2, on_batch=None, on_epoch=None):
-    """Train a recipe's network with Adam and a cosine learning-rate schedule on `train_set` (with
-    labels, opened for input_spec(recipe)); deterministic by seed and thread count (more threads
+    """Train a recipe's network with `fit` (its arguments) on `train_set` (opened for
+    input_spec(recipe)); deterministic by seed and thread count. Returns the model (eval mode) and
+    its final test accuracy (None without a test set)."""
+    recipe = validate_recipe(recipe)
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return fit(build(recipe), train_set, test_set, loss, epochs, seed=seed, lr=lr, batch_size=batch_size,
+               shift=shift, tet_lambda=tet_lambda, threads=threads, on_batch=on_batch, on_epoch=on_epoch)
+
+
+def fit(model, train_set: InputSet, test_set: Optional[InputSet], loss, epochs, seed=0, lr=1e-3,
+        batch_size=64, shift=0, tet_lambda=0.0, threads=2, on_batch=None, on_epoch=None):
+    """Train `model` (a multi-step module: inputs [T, B, ...] -> per-step readout values [T, B,
+    classes], with a `readout(y)` method giving class scores) with Adam and a cosine learning-rate
+    schedule on `train_set` (with labels); deterministic by seed and thread count (more threads
     than free cores slows torch down badly on a shared machine).
 
     test_set: measured after each epoch (None: no test accuracy). shift: random translation of the
@@ -118,13 +131,10 @@ def train(recipe, train_set: InputSet, test_set: Optional[InputSet], loss, epoch
     """
     if loss not in LOSSES:
         raise InputError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
-    recipe = validate_recipe(recipe)
     labelled(train_set, "training")
     if test_set is not None:
         labelled(test_set, "testing")
-    torch.manual_seed(seed)
     torch.set_num_threads(threads)
-    model = build(recipe)
     labels = torch.from_numpy(train_set.labels)
     batches_per_epoch = math.ceil(len(labels) / batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)

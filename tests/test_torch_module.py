@@ -17,24 +17,8 @@ from snnc.errors import InputError
 from snnc.frontends.torch_module import load_module, network_from_module
 
 
-def _compare(model, step_mode="m", readout="mean", simulate=None, reduce=None):
-    pixels = torch_nets.digits()
-    theirs, outputs = (simulate or torch_nets.run)(model, pixels, *(() if simulate else (step_mode,)))
-    net = network_from_module(model, (1, 28, 28), torch_nets.T, readout=readout)
-    trace = execute.run(net, execute.encode(net, pixels))
-    neurons = net.metadata["torch"]["neurons"]
-    assert sorted(neurons) == sorted(theirs)
-    for path, node in neurons.items():
-        assert 0.01 < theirs[path].mean() < 0.5, path
-        wrong = np.argwhere(trace.spikes[node] != theirs[path])
-        assert wrong.size == 0, f"{path}: {len(wrong)} spikes differ, first at {wrong[0].tolist()}"
-    expected = reduce(outputs) if reduce else outputs.sum(axis=0) if readout == "mean" else outputs[-1]
-    np.testing.assert_allclose(trace.readout, expected, rtol=1e-12, atol=1e-12)
-    return net
-
-
 def test_conv_bn_if_lif_plif_network_spike_for_spike():
-    net = _compare(torch_nets.conv_net())
+    net = torch_nets.compare(torch_nets.conv_net())
     kinds = [(node.op, node.bn is not None, node.neuron.reset if node.neuron else None) for node in net.nodes]
     assert kinds == [("input", False, None), ("conv2d", True, "hard"), ("avgpool", False, None),
                      ("flatten", False, None), ("linear", False, "soft"), ("linear", False, "hard"),
@@ -43,21 +27,21 @@ def test_conv_bn_if_lif_plif_network_spike_for_spike():
 
 def test_single_step_mode_is_the_same_network():
     multi, single = torch_nets.conv_net("m"), torch_nets.conv_net("s")
-    _compare(single, step_mode="s")
+    torch_nets.compare(single, step_mode="s")
     a = network_from_module(multi, (1, 28, 28), torch_nets.T)
     b = network_from_module(single, (1, 28, 28), torch_nets.T)
     assert [(n.name, n.op, n.shape) for n in a.nodes] == [(n.name, n.op, n.shape) for n in b.nodes]
 
 
 def test_sew_residual_add_and_seq_to_ann_containers():
-    net = _compare(torch_nets.sew_net())
+    net = torch_nets.compare(torch_nets.sew_net())
     add = next(node for node in net.nodes if node.op == "add")
     assert add.neuron is None and len(add.inputs) == 2   # SEW ADD: spikes + spikes
 
 
 @pytest.mark.parametrize("reset", ["subtract", "zero", "none"])
 def test_snntorch_leaky_and_synaptic_spike_for_spike(reset):
-    net = _compare(torch_nets.snntorch_net(reset), simulate=torch_nets.run_snntorch)
+    net = torch_nets.compare(torch_nets.snntorch_net(reset), simulate=torch_nets.run_snntorch)
     resets = [node.neuron.reset for node in net.nodes if node.spiking]
     assert resets == [{"subtract": "soft", "zero": "hard", "none": "none"}[reset]] * 2
     if reset != "zero":   # Synaptic: a current with memory
@@ -79,7 +63,7 @@ def test_snntorch_what_snnc_cannot_hold_is_refused():
 
 def test_snnc_modules_with_imp_mpr_tdbn_and_readout():
     """snnc.nn's neurons (MPR, soft reset, a learned IMP) and readout inside a user's module."""
-    net = _compare(torch_nets.snnc_nn_net(), simulate=torch_nets.run_snnc_nn, reduce=lambda y: y.mean(axis=0))
+    net = torch_nets.compare(torch_nets.snnc_nn_net(), simulate=torch_nets.run_snnc_nn, reduce=lambda y: y.mean(axis=0))
     first = net.nodes[1].neuron
     assert first.mpr and first.reset == "soft" and np.any(first.initial_state) and net.readout == "mean"
 
@@ -136,7 +120,7 @@ def test_max_pool_over_spikes_is_exact():
     for path, module in model.named_modules():
         if isinstance(module, torch.nn.MaxPool2d):
             module.register_forward_hook(lambda m, i, o, key=path: pooled.__setitem__(key, o.detach().numpy()))
-    net = _compare(model)
+    net = torch_nets.compare(model)
     trace = execute.run(net, execute.encode(net, torch_nets.digits()))
     for path, expected in pooled.items():
         node = net.node(f"conv2d{path}")
@@ -176,7 +160,7 @@ def test_a_subclass_that_redefines_its_dynamics_is_refused():
 
 
 def test_last_step_readout():
-    _compare(torch_nets.conv_net(), readout="last")
+    torch_nets.compare(torch_nets.conv_net(), readout="last")
 
 
 @pytest.mark.parametrize("build, message", [

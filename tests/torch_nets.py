@@ -108,6 +108,26 @@ def run(model: torch.nn.Module, pixels: np.ndarray, step_mode: str = "m", shape=
     return joined, outputs.numpy()
 
 
+def compare(model, step_mode="m", readout="mean", simulate=None, reduce=None):
+    """snnc's float execution of `model` against the library's own forward on real digits: every
+    neuron layer spike for spike (each firing at a rate that makes the comparison mean something),
+    and the readout; returns the Network."""
+    from snnc import execute
+    from snnc.frontends.torch_module import network_from_module
+
+    pixels = digits()
+    theirs, outputs = (simulate or run)(model, pixels, *(() if simulate else (step_mode,)))
+    net = network_from_module(model, (1, 28, 28), T, readout=readout)
+    trace = execute.run(net, execute.encode(net, pixels))
+    neurons = net.metadata["torch"]["neurons"]
+    assert sorted(neurons) == sorted(theirs)
+    for path, node in neurons.items():
+        assert 0.01 < theirs[path].mean() < 0.5, path
+        wrong = np.argwhere(trace.spikes[node] != theirs[path])
+        assert wrong.size == 0, f"{path}: {len(wrong)} spikes differ, first at {wrong[0].tolist()}"
+    expected = reduce(outputs) if reduce else outputs.sum(axis=0) if readout == "mean" else outputs[-1]
+    np.testing.assert_allclose(trace.readout, expected, rtol=1e-12, atol=1e-12)
+    return net
 
 
 def snntorch_net(reset: str = "subtract") -> torch.nn.Module:

@@ -9,9 +9,13 @@ Neurons, per step, as SpikingJelly computes them (v_reset 0 or None, heaviside f
     ParametricLIFNode:  the same with 1 / tau = sigmoid(w), w its learned parameter
 then a hard reset to 0 (v_reset = 0) or a soft reset v = v - v_threshold (v_reset = None). In snnc's
 float rule: v_decay = 1 / tau, input_gain = 1 / tau with decay_input, threshold and reset amount
-v_threshold. A v_reset other than 0 or None is refused.
+v_threshold. A v_reset other than 0 or None is refused. The membrane's starting value is read as
+SpikingJelly sets it before the first step (`reset()`, then `v_float_to_tensor`), so a subclass that
+starts it from a learned initial membrane potential (IMP) there is read with its IMP.
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -34,6 +38,20 @@ for _name, _convert in (("Conv2d", torch_module.conv2d), ("Linear", torch_module
     converter(f"{PREFIX}layer.{_name}")(_convert)
 
 
+def _initial_potential(builder: Builder, module, shape: tuple) -> np.ndarray:
+    """v before the first step, as the module itself sets it (on a copy: the user's module keeps its
+    state): 0, or a learned IMP that a subclass's `v_float_to_tensor` or `reset` puts there."""
+    probe = copy.deepcopy(module)
+    probe.reset()
+    probe.v_float_to_tensor(torch.zeros((1,) + tuple(shape), dtype=torch.float64))
+    start = torch.as_tensor(probe.v).detach().double().numpy()
+    try:
+        return np.broadcast_to(start, (1,) + tuple(shape))[0].copy()
+    except ValueError:
+        raise builder.refuse(f"an initial membrane potential of shape {list(start.shape)} for neurons of shape "
+                             f"{list(shape)}") from None
+
+
 def _population(builder: Builder, module, source: str, decay: float, decay_input: bool) -> str:
     if module.v_reset is not None and float(module.v_reset) != 0.0:
         raise builder.refuse(f"v_reset = {module.v_reset} (snnc resets to 0, or subtracts the threshold "
@@ -43,7 +61,7 @@ def _population(builder: Builder, module, source: str, decay: float, decay_input
     soft = module.v_reset is None
     made = Neuron(kind="spiking", threshold=threshold, reset="soft" if soft else "hard",
                   reset_amount=threshold.copy() if soft else None, bias=np.zeros(shape),
-                  initial_state=np.zeros(shape), v_decay=decay, u_decay=1.0,
+                  initial_state=_initial_potential(builder, module, shape), v_decay=decay, u_decay=1.0,
                   input_gain=decay if decay_input else 1.0)
     return neuron(builder, source, made)
 
