@@ -128,7 +128,8 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
             row.update(input_firing_rate=sops / (net.T * layer_flops), macs=0, sops_estimate=sops,
                        energy_45nm_estimate_pj=cmos["ac"] * sops)
         row["energy_45nm_counted_pj"] = cmos["ac"] * row["synaptic_ops_counted"]
-        row["energy_chip_pj"] = sum(chip_table[key] * count for key, count in events.items())
+        # an event that never happens needs no price (a single chip has no chip-to-chip link)
+        row["energy_chip_pj"] = sum(chip_table[key] * count for key, count in events.items() if count)
         rows.append(row)
     return rows
 

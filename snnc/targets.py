@@ -49,6 +49,12 @@ class Target:
     static_power_mw: float
     source_path: str
 
+    @property
+    def chip_grid(self) -> tuple[int, int]:
+        """The system's chips as a 2-D mesh [rows, columns]; (1, 1) for a single chip."""
+        rows, cols = self.limits.get("chips", [1, 1])
+        return int(rows), int(cols)
+
 
 @dataclass(frozen=True)
 class EnergyTable:
@@ -184,11 +190,21 @@ def load_target(name_or_path: str) -> Target:
     mesh = limits.get("mesh")
     if not (isinstance(mesh, list) and len(mesh) == 2 and all(isinstance(v, int) and v > 0 for v in mesh)):
         raise TargetError(f"{path}: field 'limits.mesh' must be [rows, columns]")
+    if limits.get("conv_weights", "per_connection") not in ("per_connection", "shared"):
+        raise TargetError(f"{path}: field 'limits.conv_weights' must be per_connection or shared, got "
+                          f"{limits['conv_weights']!r}")
+    if limits.get("conv_weights") == "shared":
+        _number(limits, path, "limits", "conv_axon_bits", _INT, positive=True)
+    chips = limits.get("chips", [1, 1])
+    if not (isinstance(chips, list) and len(chips) == 2 and all(is_integer(v) and v > 0 for v in chips)):
+        raise TargetError(f"{path}: field 'limits.chips' must be [rows, columns] of chips")
     energy = _section(doc, path, "energy_pj")
     time = _section(doc, path, "time_ns")
-    for key in OPERATION_FIELDS:
+    # a system of several chips also prices a message crossing a chip-to-chip link
+    link = ("hop_chip",) if chips[0] * chips[1] > 1 else ()
+    for key in OPERATION_FIELDS + link:
         _number(energy, path, "energy_pj", key, positive=True)
-    for key in TIME_FIELDS:
+    for key in TIME_FIELDS + link:
         _number(time, path, "time_ns", key, positive=True)
     for where, section in (("energy_pj", energy), ("time_ns", time)):
         if not isinstance(section.get("source"), str):

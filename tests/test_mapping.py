@@ -258,3 +258,26 @@ def test_mapping_json_reads_back_as_the_same_mapping(lif_mapping_json):
     it: what they read must be the mapping that was written."""
     net, path = lif_mapping_json
     assert mp.Mapping.from_dict(json.loads(path.read_text())) == mp.map_to_cores(net, LOIHI2)
+
+
+def test_shared_conv_weights_hold_the_kernels_once():
+    """loihi2's `conv_weights: shared`: a core holding 3 output channels of a 2 -> 3 channel 3x3 conv
+    over 8 x 8 stores its kernels once (3 x 18 weights x 8 bits = 432 bits: 7 words) and 64 bits for
+    each of its 2 x 64 input axons; per connection it would hold every synapse of every axon."""
+    net = conv_net()
+    whole = {"conv": mp.Partition(3, (8, 8))}
+    assert LOIHI2.limits["conv_weights"] == "shared" and LOIHI2.limits["conv_axon_bits"] == 64
+    shared = mp.map_to_cores(net, LOIHI2, partitions=whole)
+    assert shared.layer("conv")["memory_bits"] == 7 * 64 + 2 * 64 * 64
+    assert "conv_rule" in shared.packing
+    per_connection = small_target(conv_weights="per_connection")
+    windows = np.array([2] + [3] * 6 + [2])
+    synapses = 3 * windows[:, None] * windows[None, :]    # per input position: channels x windows holding it
+    bits = shared.packing["bits_per_synapse"]
+    assert mp.map_to_cores(net, per_connection, partitions=whole).layer("conv")["memory_bits"] == \
+        2 * 64 * int((-(-(synapses * bits) // 64)).sum())
+    # the design rules count what the core stores: a memory that holds the shared layer on one core
+    memory = 192 * 64             # (what one readout neuron needs: a word for each of its 192 axons)
+    assert mp.map_to_cores(net, small_target(synaptic_memory_bits_per_core=memory)).layer("conv")["cores"] == 1
+    assert mp.map_to_cores(net, small_target(synaptic_memory_bits_per_core=memory,
+                                             conv_weights="per_connection")).layer("conv")["cores"] > 1

@@ -423,8 +423,10 @@ def test_delays_cost_the_bits_of_the_largest_delay_per_synapse():
     for node in plain.nodes:
         node.delay = None
     whole = {"conv": mp.Partition(3, (6, 6))}
+    # loihi2 holds a conv's kernels once (tests/test_mapping.py), but not a conv with axonal delays
+    per_connection = dataclasses.replace(LOIHI2, limits=dict(LOIHI2.limits, conv_weights="per_connection"))
     delayed_layer = mp.map_to_cores(net, LOIHI2, partitions=whole).layer("conv")
-    plain_mapping = mp.map_to_cores(plain, LOIHI2, partitions=whole)
+    plain_mapping = mp.map_to_cores(plain, per_connection, partitions=whole)
     bits = plain_mapping.packing["bits_per_synapse"]
     extra = int(net.node("conv").delay.max()).bit_length()
     assert extra == 3 and delayed_layer["inputs"][0]["delay_bits"] == extra

@@ -54,7 +54,8 @@ def test_user_target_file_and_unknown_name(tmp_path):
 def test_cli_lists_and_shows_targets():
     snnc = [sys.executable, "-m", "snnc.cli"]
     listing = subprocess.run(snnc + ["targets"], capture_output=True, text=True, check=True)
-    assert listing.stdout.split() == ["cmos45nm", "loihi1", "loihi2"]      # the files in targets/
+    assert listing.stdout.split() == ["cmos45nm", "loihi1", "loihi1-pohoiki-springs", "loihi2", "loihi2-hala-point",
+                                      "loihi2-kapoho-point"]      # the files in targets/
     shown = subprocess.run(snnc + ["targets", "show", "loihi1"], capture_output=True, text=True, check=True)
     assert "Davies" in shown.stdout and "synaptic_op: 23.6" in shown.stdout
     missing = subprocess.run(snnc + ["targets", "show", "nope"], capture_output=True, text=True)

@@ -5,7 +5,8 @@ Per chip time step (docs/cycle-simulator.md):
    computes logical step t at chip step t + d) applies the fixed-point rule of snnc.fixedpoint
    (compiled in snnc.execute.FixedNeuron, which the reference runs too) to the input accumulated for it;
 2. spike routing: the spikes just produced (and the host's input at steps 0..T-1) go out as one
-   message per (axon, destination core), XY-routed over the tile mesh; hops are counted;
+   message per (axon, destination core), XY-routed over the tile mesh; hops are counted, and on a
+   system of several chips the chip-to-chip links each message crosses;
 3. synaptic accumulation: each message costs its destination core one synaptic op per synapse of
    its axon there, into the accumulator slot of the step its layer will integrate it (later by
    the axon's delay; the next step for a population's recurrent spikes onto itself);
@@ -40,9 +41,14 @@ from snnc.passes.mapping import (Mapping, Partition, analyse, load_mapping, map_
 NAME = "cycle"
 SENDER_BLOCK = 64   # senders whose routing tables are formed at once (a [block, cores, 5] array)
 COUNT_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spikes", "messages",
-              "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south")
+              "spike_within_tile", "spike_across_tiles", "hop_east_west", "hop_north_south",
+              "spike_across_chips", "hop_chip")
 ENERGY_KEYS = ("synaptic_op", "neuron_update_active", "neuron_update_inactive", "spike_within_tile",
-               "hop_east_west", "hop_north_south")
+               "hop_east_west", "hop_north_south", "hop_chip")
+# what one message costs, the columns of every routing table: messages, within its tile, tile hops
+# east-west and north-south, chip-to-chip link crossings, across chips (0/1), serial routing time
+COSTS = 7
+LATENCY = COSTS - 1
 
 
 # ------------------------------------------------------------------------------- the plan
@@ -114,7 +120,7 @@ class _Route:
     pooled: str | None                    # a tensor whose values are the cells (one sender per block)
     channels_per_sender: int              # cells of `channels_per_sender` channels share a sender
     # per class (channel group, spatial cell), [classes, ...]: everything one message costs
-    class_totals: torch.Tensor            # [classes, 4]: messages, within tile, ew hops, ns hops
+    class_totals: torch.Tensor            # [classes, LATENCY]: the COSTS columns but the time
     class_sender: torch.Tensor            # [classes]: global index of the sending core (host = last)
     class_latency: torch.Tensor           # [classes]: serial routing time of one message of the class
     class_messages: torch.Tensor          # [classes]: messages (one per destination core reached)
@@ -128,7 +134,7 @@ class _RecurrentRoute:
     """Counting data for a layer's spikes into its own neurons (one class per source neuron)."""
 
     sender: torch.Tensor                  # [neurons]: global index of the neuron's core
-    class_totals: torch.Tensor            # [neurons, 4]: messages, within tile, ew hops, ns hops per spike
+    class_totals: torch.Tensor            # [neurons, LATENCY]: the COSTS columns but the time, per spike
     class_latency: torch.Tensor           # [neurons]: serial routing time of one spike's messages
     class_messages: torch.Tensor          # [neurons]: messages per spike
     synapses: torch.Tensor                # [neurons, the layer's cores]: synapses of the neuron on each
@@ -174,6 +180,7 @@ class _Plan:
         positions = np.array([c["position"] for c in mapping.cores] + [list(mapping.input_port)], np.int64)
         self.positions = positions
         tiles = positions // np.array(self.tile)
+        self.chip_of = positions // np.array(mapping.mesh)    # [cores + host]: (chip row, chip column)
         self.core_neurons = torch.tensor([c["neurons"] for c in mapping.cores], dtype=torch.float64)
         self.max_depth = max(layer.depth for layer in layers.values())
         exact = execute.float32_ops(net)   # the reference's own choice, so that sums agree exactly
@@ -225,20 +232,30 @@ class _Plan:
                  for name, layer in self.layers.items()]
         self.keep_after = [set().union(*reads[index + 1:]) | {self.input_name} for index in range(len(reads))]
         n_tiles = len({tuple(t) for t in tiles[:-1].tolist()})
+        chip_tiles = np.unique(np.concatenate([self.chip_of[:-1], tiles[:-1]], axis=1), axis=0)
+        busiest = int(np.unique(chip_tiles[:, :2], axis=0, return_counts=True)[1].max())   # tiles on one chip
         mesh_tiles = (-(-mapping.mesh[0] // self.tile[0])) * (-(-mapping.mesh[1] // self.tile[1]))
         low, high = self.time["barrier_min"], self.time["barrier_max"]
-        self.barrier_ns = low + (high - low) * (n_tiles - 1) / max(1, mesh_tiles - 1)
+        # on a chip: between its published extremes by the tiles in use; on a system of chips the
+        # barrier also goes out to the farthest chip in use and back over the links
+        self.barrier_ns = low + (high - low) * (busiest - 1) / max(1, mesh_tiles - 1)
+        if tuple(mapping.chips) != (1, 1):
+            farthest = int(np.abs(self.chip_of[:-1] - self.chip_of[-1]).sum(axis=1).max())
+            self.barrier_ns += 2 * farthest * self.time["hop_chip"]
         self.tiles_used = n_tiles
 
     def _message_costs(self, senders: np.ndarray, tiles: np.ndarray) -> np.ndarray:
-        """[senders, cores, 5]: what one message from each sender to each core costs: 1 message,
-        1 if within the tile, east-west and north-south tile hops, serial routing time."""
+        """[senders, cores, COSTS]: what one message from each sender to each core costs."""
         t = self.time
         ew = np.abs(tiles[senders, 1][:, None] - tiles[None, :self.n_cores, 1]).astype(np.float64)
         ns = np.abs(tiles[senders, 0][:, None] - tiles[None, :self.n_cores, 0]).astype(np.float64)
+        links = np.abs(self.chip_of[senders][:, None, :] - self.chip_of[None, :self.n_cores]).sum(axis=2)
+        links = links.astype(np.float64)
         same = (ew == 0) & (ns == 0)
         latency = np.where(same, t["spike_within_tile"], ew * t["hop_east_west"] + ns * t["hop_north_south"])
-        return np.stack([np.ones_like(ew), same, ew, ns, latency], axis=2)
+        if links.any():
+            latency = latency + links * t["hop_chip"]
+        return np.stack([np.ones_like(ew), same, ew, ns, links, links > 0, latency], axis=2)
 
     def _recurrent_route(self, layer: _Layer, tiles: np.ndarray) -> _RecurrentRoute:
         """The counting tables of a layer's recurrent synapses: every neuron is an axon that sends
@@ -250,12 +267,12 @@ class _Plan:
                                            shape=(neurons, layer.cores))      # [j, layer core]: synapses
         reached = per_core.copy()
         reached.data[:] = 1
-        table = np.zeros((neurons, 5))
+        table = np.zeros((neurons, COSTS))
         for sender in np.unique(core):
             mine = np.flatnonzero(core == sender)
             table[mine] = reached[mine] @ self._message_costs(np.array([sender]), tiles)[0, cores]
-        return _RecurrentRoute(sender=torch.from_numpy(core), class_totals=torch.from_numpy(table[:, :4].copy()),
-                               class_latency=torch.from_numpy(table[:, 4].copy()),
+        return _RecurrentRoute(sender=torch.from_numpy(core), class_totals=torch.from_numpy(table[:, :LATENCY].copy()),
+                               class_latency=torch.from_numpy(table[:, LATENCY].copy()),
                                class_messages=torch.from_numpy(table[:, 0].copy()),
                                synapses=torch.from_numpy(per_core.toarray()),
                                reach=None if layer.always_active else synapses.T.tocsr().astype(np.float64))
@@ -310,22 +327,22 @@ class _Plan:
         # (an X position reaches few cores: the sum over them is a sparse product, SENDER_BLOCK senders at once)
         unique_senders = np.unique(senders)
         reached = scipy.sparse.csr_matrix(reached)
-        table = np.zeros((len(unique_senders), hx * wx, 5))
+        table = np.zeros((len(unique_senders), hx * wx, COSTS))
         for first in range(0, len(unique_senders), SENDER_BLOCK):
             block = unique_senders[first:first + SENDER_BLOCK]
-            per_core = self._message_costs(block, tiles)                               # [block, cores, 5]
-            sums = reached @ per_core.transpose(1, 0, 2).reshape(self.n_cores, -1)       # [positions, block * 5]
-            table[first:first + len(block)] = sums.reshape(hx * wx, len(block), 5).transpose(1, 0, 2)
+            per_core = self._message_costs(block, tiles)                         # [block, cores, COSTS]
+            sums = reached @ per_core.transpose(1, 0, 2).reshape(self.n_cores, -1)  # [positions, block * COSTS]
+            table[first:first + len(block)] = sums.reshape(hx * wx, len(block), COSTS).transpose(1, 0, 2)
         # one class per (channel group, spatial cell): the same sender and the same X position
         which = np.searchsorted(unique_senders, senders[::channels_per_sender]).reshape(-1)   # [classes]
         position = np.broadcast_to(cell_pos, (len(which) // len(cell_pos), len(cell_pos))).reshape(-1)
-        per_class = table[which, position]                                       # [classes, 5]
+        per_class = table[which, position]                                       # [classes, COSTS]
         return _Route(dest=dest.name, source=src, source_shape=(source.C, source.H, source.W),
                       shape=(C, hx, wx), rows=rows, cols=cols, pooled=pooled,
                       channels_per_sender=channels_per_sender,
-                      class_totals=torch.from_numpy(per_class[:, :4].copy()),
+                      class_totals=torch.from_numpy(per_class[:, :LATENCY].copy()),
                       class_sender=torch.from_numpy(unique_senders[which]),
-                      class_latency=torch.from_numpy(per_class[:, 4].copy()),
+                      class_latency=torch.from_numpy(per_class[:, LATENCY].copy()),
                       class_messages=torch.from_numpy(per_class[:, 0].copy()),
                       class_reach=None if dest.always_active else group.reach[position].astype(np.float64).tocsr(),
                       class_tiles=torch.from_numpy(position_tiles[position]), cell_delays=cell_delays)
@@ -408,7 +425,8 @@ class Counts:
                 "phase_ns_mean_per_sample": {k: float(v) / n for k, v in self.phase_ns.items()},
                 "barrier_ns_per_step": self.barrier_ns, "tiles_used": self.tiles_used,
                 "model": "per step: slowest core (synaptic ops x t_synop + neuron updates x t_update) "
-                         "+ routing (the busiest sender's messages in series) + barrier",
+                         "+ routing (the busiest sender's messages in series, chip-to-chip links included) "
+                         "+ barrier",
             },
         }
 
@@ -530,13 +548,15 @@ class _Run:
             self.core_active[window, :, cores] += torch.from_numpy(per_core).reshape(self.T, self.B, -1)
 
     def _add_messages(self, source: str, totals: list[float]) -> None:
-        """A sender's message counts from (messages, within tile, east-west hops, north-south hops)."""
+        """A sender's message counts from its totals of the COSTS columns but the time."""
         counts = self.layer_counts[source]
         counts["messages"] += totals[0]
         counts["spike_within_tile"] += totals[1]
         counts["spike_across_tiles"] += totals[0] - totals[1]
         counts["hop_east_west"] += totals[2]
         counts["hop_north_south"] += totals[3]
+        counts["hop_chip"] += totals[4]
+        counts["spike_across_chips"] += totals[5]
 
     def route_recurrent(self, name: str, layer: _Layer, spikes: torch.Tensor) -> Optional[torch.Tensor]:
         """A layer's spikes into its own neurons: messages, hops, routing time and synaptic ops at

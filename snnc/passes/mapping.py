@@ -25,6 +25,11 @@ Model, in short:
 - Placement: layers in topological order on consecutive cores; cores are numbered tile by tile in
   serpentine order over the tile grid (row 0 west to east, row 1 east to west, ...), and within a
   tile row-major. A tile is `limits.tile` cores ([2, 2] when the target does not say).
+- Systems of several chips (`limits.chips: [rows, columns]`, each chip `limits.cores` cores on its
+  `limits.mesh`): chips are numbered in serpentine order over the chip grid, so consecutive layers
+  sit on the same or a neighbouring chip; a layer starts on the next chip when that puts it on fewer
+  chips than continuing where the previous layer ended. Positions are on the system's mesh of
+  cores (chip (i, j) holds rows i * mesh rows ..., columns j * mesh columns ...).
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from snnc.passes.quantize import largest_outputs
 WORD_BITS = 64
 DEFAULT_TILE = (2, 2)
 FORMAT = "snnc-mapping"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MAX_ROUNDS = 6
 
 
@@ -67,6 +72,7 @@ class Group:
     sources: list[tuple[str, tuple[int, int]]]  # populations feeding X and their pooling block
     reach: sparse.csr_matrix = None
     delay_bits: int = 0              # bits of the largest axonal delay on X (0: no delays)
+    kernel_entries: int = 0          # conv: weights per output channel over the group's kernels
 
     @property
     def channels(self) -> int:
@@ -234,6 +240,8 @@ def analyse(net: Network) -> dict[str, Layer]:
                 group = groups[x] = Group(tensor=x, synapses=[syn.name], kind=kind, pre_shape=pre,
                                           sources=_trace_sources(net, x), reach=reach)
             group.delay_bits = max(group.delay_bits, largest_delay(syn).bit_length())
+            if kind == "conv":
+                group.kernel_entries += int(np.prod(np.shape(syn.weight)[1:]))
         layer = Layer(name=node.name, op=node.op, shape=tuple(node.shape), C=C, H=H, W=W,
                       groups=list(groups.values()), recurrent=recurrent_synapses(node))
         layer.depth = 1 + max(layers[src].depth for g in layer.groups for src, _ in g.sources)
@@ -321,20 +329,36 @@ def _candidates(extent: int, block: int) -> list[int]:
 
 
 class _Packing:
+    """How a core stores synapses: one packed list per (axon, core); on a target with
+    `limits.conv_weights: shared`, a convolution's kernels once per core instead (docs/cycle-simulator.md)."""
+
     def __init__(self, target):
         self.weight_bits = int(target.arithmetic["weight_bits"])
         self.index_bits = max(1, math.ceil(math.log2(target.limits["neurons_per_core"])))
         self.bits = self.weight_bits + self.index_bits
+        self.shared_conv = target.limits.get("conv_weights", "per_connection") == "shared"
+        self.conv_axon_bits = int(target.limits.get("conv_axon_bits", 0))
 
     def words(self, synapses: np.ndarray, delay_bits: int = 0) -> np.ndarray:
         return -(-(synapses * (self.bits + delay_bits)) // WORD_BITS)
 
+    def shares(self, group: "Group") -> bool:
+        """Whether the core holds this group's kernels once (a conv without axonal delays)."""
+        return self.shared_conv and group.kind == "conv" and group.delay_bits == 0
+
     def describe(self) -> dict:
-        return {"model": "one synapse list per (axon, core), packed in 64-bit words",
-                "word_bits": WORD_BITS, "weight_bits": self.weight_bits, "index_bits": self.index_bits,
-                "bits_per_synapse": self.bits,
-                "delay_bits": "a synapse group with axonal delays adds the bits of its largest delay per synapse",
-                "rule": "memory bits = 64 * sum over the core's axons of ceil(synapses * bits_per_synapse / 64)"}
+        described = {
+            "model": "one synapse list per (axon, core), packed in 64-bit words",
+            "word_bits": WORD_BITS, "weight_bits": self.weight_bits, "index_bits": self.index_bits,
+            "bits_per_synapse": self.bits,
+            "delay_bits": "a synapse group with axonal delays adds the bits of its largest delay per synapse",
+            "rule": "memory bits = 64 * sum over the core's axons of ceil(synapses * bits_per_synapse / 64)"}
+        if self.shared_conv:
+            described["conv_weights"] = "shared"
+            described["conv_rule"] = (f"a conv input group without delays: its kernels once per core (channels held x "
+                                      f"weights per channel x weight_bits, in whole words) + {self.conv_axon_bits} "
+                                      f"bits per axon")
+        return described
 
 
 @dataclass
@@ -365,10 +389,16 @@ def _memory_bits(layer: Layer, stats: _TileStats, g: int, packing: _Packing) -> 
     """Synaptic memory per tile for a core holding `g` channels of it."""
     count = len(stats.tiles)
     words = np.zeros(count, np.int64)
+    bits = np.zeros(count, np.int64)
     for group, (r, mult) in zip(layer.groups, stats.reach):
+        if packing.shares(group):   # the kernels once, plus each axon's entry
+            axons = group.channels * np.bincount(r.col, weights=mult[r.row], minlength=count).astype(np.int64)
+            kernel = -(-(g * group.kernel_entries * packing.weight_bits) // WORD_BITS) * WORD_BITS
+            bits += np.where(axons > 0, kernel, 0) + axons * packing.conv_axon_bits
+            continue
         per = packing.words(g * r.data, group.delay_bits) * mult[r.row]
         words += group.channels * np.bincount(r.col, weights=per, minlength=count).astype(np.int64)
-    return words * WORD_BITS
+    return words * WORD_BITS + bits
 
 
 def _synapses(layer: Layer, stats: _TileStats) -> np.ndarray:
@@ -577,19 +607,42 @@ def tile_shape(target) -> tuple[int, int]:
     return int(tile[0]), int(tile[1])
 
 
-def core_positions(mesh, tile) -> list[tuple[int, int]]:
-    """Mesh positions (row, col) of cores in placement order: tiles in serpentine order over the
-    tile grid, cores row-major inside a tile."""
+def core_positions(mesh, tile, cores: int | None = None, chips=(1, 1)) -> list[tuple[int, int]]:
+    """Positions (row, col) of the system's cores in placement order: chips in serpentine order
+    over the chip grid, on each chip its first `cores` (default: all) in the order of its tiles in
+    serpentine order over the tile grid, cores row-major inside a tile."""
     rows, cols = mesh
     tr, tc = tile
-    order = []
+    on_chip = []
     for ty in range(-(-rows // tr)):
         tx_range = range(-(-cols // tc))
         for tx in (tx_range if ty % 2 == 0 else reversed(tx_range)):
             for r in range(ty * tr, min((ty + 1) * tr, rows)):
                 for c in range(tx * tc, min((tx + 1) * tc, cols)):
-                    order.append((r, c))
+                    on_chip.append((r, c))
+    on_chip = on_chip[:cores]
+    order = []
+    for cy in range(chips[0]):
+        cx_range = range(chips[1])
+        for cx in (cx_range if cy % 2 == 0 else reversed(cx_range)):
+            order += [(cy * rows + r, cx * cols + c) for r, c in on_chip]
     return order
+
+
+def first_slots(layer_cores: list[int], per_chip: int, chips: int) -> list[int]:
+    """Where each layer's cores start in placement order (layers in order, consecutive cores): a
+    layer moves on to the next chip's first core when it then spans fewer chips, unless that leaves
+    the system too few cores for the network (then every layer follows the one before)."""
+    slots, cursor = [], 0
+    for count in layer_cores:
+        offset = cursor % per_chip
+        if offset and -(-count // per_chip) < -(-(offset + count) // per_chip):
+            cursor += per_chip - offset
+        slots.append(cursor)
+        cursor += count
+    if cursor > per_chip * chips:
+        return [sum(layer_cores[:index]) for index in range(len(layer_cores))]
+    return slots
 
 
 def hops(a, b, tile) -> tuple[int, int]:
@@ -605,7 +658,8 @@ class Mapping:
 
     network: str
     target: str
-    mesh: tuple[int, int]
+    mesh: tuple[int, int]                 # one chip's cores
+    chips: tuple[int, int]                # the system's chip grid ((1, 1): one chip)
     tile: tuple[int, int]
     packing: dict
     limits: dict
@@ -616,7 +670,7 @@ class Mapping:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "network": self.network,
-                "target": self.target, "mesh": list(self.mesh), "tile": list(self.tile),
+                "target": self.target, "mesh": list(self.mesh), "chips": list(self.chips), "tile": list(self.tile),
                 "packing": self.packing, "limits": self.limits,
                 "input_port": {"position": list(self.input_port),
                                "tile": [self.input_port[0] // self.tile[0], self.input_port[1] // self.tile[1]]},
@@ -629,14 +683,15 @@ class Mapping:
             if doc["format"] != FORMAT or doc["format_version"] != FORMAT_VERSION:
                 raise InputError(f"not an {FORMAT} version {FORMAT_VERSION}")
             mapping = cls(network=str(doc["network"]), target=str(doc["target"]),
-                          mesh=tuple(int(v) for v in doc["mesh"]), tile=tuple(int(v) for v in doc["tile"]),
+                          mesh=tuple(int(v) for v in doc["mesh"]), chips=tuple(int(v) for v in doc["chips"]),
+                          tile=tuple(int(v) for v in doc["tile"]),
                           packing=dict(doc["packing"]), limits=dict(doc["limits"]),
                           input_port=tuple(int(v) for v in doc["input_port"]["position"]),
                           layers=list(doc["layers"]), cores=list(doc["cores"]), totals=dict(doc["totals"]))
         except (KeyError, TypeError, ValueError) as error:
             raise InputError(f"malformed mapping ({type(error).__name__}: {error})")
-        if len(mapping.mesh) != 2 or len(mapping.tile) != 2 or len(mapping.input_port) != 2:
-            raise InputError("malformed mapping (mesh, tile and input port are 2-D)")
+        if len(mapping.mesh) != 2 or len(mapping.chips) != 2 or len(mapping.tile) != 2 or len(mapping.input_port) != 2:
+            raise InputError("malformed mapping (mesh, chips, tile and input port are 2-D)")
         return mapping
 
     def layer(self, name: str) -> dict:
@@ -663,14 +718,23 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
     layers, parts = partition_network(net, target, fixed=partitions)
     tile = tile_shape(target)
     mesh = (int(limits["mesh"][0]), int(limits["mesh"][1]))
-    positions = core_positions(mesh, tile)
-    available = min(int(limits["cores"]), len(positions))
-    needed = sum(parts[name].cores(layer.C, layer.H, layer.W) for name, layer in layers.items() if layer.op != "input")
+    chips = target.chip_grid
+    per_chip = min(int(limits["cores"]), mesh[0] * mesh[1])
+    positions = core_positions(mesh, tile, per_chip, chips)
+    available = len(positions)
+    mapped = [name for name, layer in layers.items() if layer.op != "input"]
+    layer_cores = [parts[name].cores(layers[name].C, layers[name].H, layers[name].W) for name in mapped]
+    slots = first_slots(layer_cores, per_chip, chips[0] * chips[1])
+    needed = slots[-1] + layer_cores[-1]
     if needed > available:
-        largest = sorted((-parts[n].cores(l.C, l.H, l.W), n) for n, l in layers.items() if l.op != "input")[:3]
+        largest = sorted(zip((-count for count in layer_cores), mapped))[:3]
         names = ", ".join(f"'{name}' {-count}" for count, name in largest)
-        raise DesignRuleError(f"network '{net.name}': needs {needed} cores, the target has {available} "
-                              f"(largest layers: {names})")
+        needs, has = f"{needed} cores", f"{available}"
+        if chips != (1, 1):
+            needs += f" ({-(-needed // per_chip)} chips of {per_chip} as placed)"
+            has += f" on {chips[0] * chips[1]} chips"
+        raise DesignRuleError(f"network '{net.name}': needs {needs}, the target has {has} (largest layers: {names})")
+    first_slot = dict(zip(mapped, slots))
     layer_entries, core_entries = [], []
     for name, layer in layers.items():
         if layer.op == "input":
@@ -681,6 +745,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
         out_per_channel = fan_out.per_channel(stats.tiles) if fan_out else np.zeros(len(stats.tiles), np.int64)
         syn_per_channel = _synapses(layer, stats)
         first = len(core_entries)
+        slot = first_slot[name] - first     # a core's placement slot: its id + slot
         for t, (y0, y1, x0, x1) in enumerate(stats.tiles):
             for c0, c1 in part.channel_ranges(layer.C):
                 g = c1 - c0
@@ -689,7 +754,8 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
                     "id": len(core_entries), "layer": name, "channels": [c0, c1], "rows": [y0, y1],
                     "cols": [x0, x1], "neurons": int(g * stats.positions[t]),
                     "synapses": int(g * syn_per_channel[t]), "memory_bits": memory,
-                    "fan_in": int(stats.fan_in[t]), "fan_out": int(g * out_per_channel[t])})
+                    "fan_in": int(stats.fan_in[t]), "fan_out": int(g * out_per_channel[t]),
+                    "slot": len(core_entries) + slot})
         mine = core_entries[first:]
         if layer.recurrent is not None:
             own = _recurrent(layer, part, packing)
@@ -707,6 +773,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
             "name": name, "op": layer.op, "shape": list(layer.shape), "depth": layer.depth,
             "partition": {"channel_group": part.group, "tile": list(part.tile), "block": list(layer.block)},
             "first_core": first, "cores": len(mine),
+            "chips": len({(first_slot[name] + index) // per_chip for index in range(len(mine))}),
             "neurons": sum(c["neurons"] for c in mine), "synapses": sum(c["synapses"] for c in mine),
             "memory_bits": sum(c["memory_bits"] for c in mine),
             "max_fan_in": max(c["fan_in"] for c in mine), "max_fan_out": max(c["fan_out"] for c in mine),
@@ -717,14 +784,16 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
                        for g in layer.groups]})
     used = len(core_entries)
     for core in core_entries:
-        r, c = positions[core["id"]]
+        r, c = positions[core.pop("slot")]
         core["position"] = [r, c]
+        core["chip"] = [r // mesh[0], c // mesh[1]]
         core["tile"] = [r // tile[0], c // tile[1]]
     tiles_used = len({tuple(core["tile"]) for core in core_entries})
     neurons = sum(core["neurons"] for core in core_entries)
     memory = sum(core["memory_bits"] for core in core_entries)
     totals = {
         "cores_used": used, "cores_available": available, "tiles_used": tiles_used,
+        "chips_used": len({tuple(core["chip"]) for core in core_entries}), "chips_available": chips[0] * chips[1],
         "neurons": neurons, "synapses": sum(core["synapses"] for core in core_entries),
         "memory_bits": memory,
         "utilisation": {
@@ -734,7 +803,7 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
             "fan_in": sum(core["fan_in"] for core in core_entries) / (used * limits["fan_in_axons_per_core"]),
         },
     }
-    return Mapping(network=net.name, target=target.name, mesh=mesh, tile=tile, packing=packing.describe(),
+    return Mapping(network=net.name, target=target.name, mesh=mesh, chips=chips, tile=tile, packing=packing.describe(),
                    limits={k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in limits.items()},
                    input_port=positions[0], layers=layer_entries, cores=core_entries, totals=totals)
 
@@ -744,21 +813,23 @@ def map_to_cores(net: Network, target, partitions: dict[str, Partition] | None =
 def format_mapping(mapping: Mapping) -> str:
     """A short table for `snnc inspect`: one line per layer, then the totals."""
     limits = mapping.limits
-    head = f"{'layer':<24} {'shape':<14} {'depth':>5} {'cores':>5} {'neurons':>8} {'synapses':>10} " \
+    head = f"{'layer':<24} {'shape':<14} {'depth':>5} {'cores':>5} {'chips':>5} {'neurons':>8} {'synapses':>10} " \
            f"{'fan-in':>7} {'fan-out':>7} {'memory':>7}"
-    lines = [f"core mapping on {mapping.target}: mesh {mapping.mesh[0]}x{mapping.mesh[1]} cores, "
+    system = "" if tuple(mapping.chips) == (1, 1) else f"{mapping.chips[0]}x{mapping.chips[1]} chips, each "
+    lines = [f"core mapping on {mapping.target}: {system}mesh {mapping.mesh[0]}x{mapping.mesh[1]} cores, "
              f"tiles of {mapping.tile[0]}x{mapping.tile[1]}, {mapping.packing['bits_per_synapse']} bits per synapse",
              head, "-" * len(head)]
     for entry in mapping.layers:
         cores = [c for c in mapping.cores if c["layer"] == entry["name"]]
         memory = max(c["memory_bits"] for c in cores) / limits["synaptic_memory_bits_per_core"]
         shape = "x".join(str(v) for v in entry["shape"])
-        lines.append(f"{entry['name']:<24} {shape:<14} {entry['depth']:>5} {entry['cores']:>5} "
+        lines.append(f"{entry['name']:<24} {shape:<14} {entry['depth']:>5} {entry['cores']:>5} {entry['chips']:>5} "
                      f"{entry['neurons']:>8} {entry['synapses']:>10} {entry['max_fan_in']:>7} "
                      f"{entry['max_fan_out']:>7} {memory:>6.0%}")
     t = mapping.totals
     lines.append("-" * len(head))
-    lines.append(f"{t['cores_used']} of {t['cores_available']} cores in {t['tiles_used']} tiles; "
+    lines.append(f"{t['cores_used']} of {t['cores_available']} cores in {t['tiles_used']} tiles on {t['chips_used']} of "
+                 f"{t['chips_available']} chips; "
                  f"neurons {t['utilisation']['neurons']:.0%}, synaptic memory {t['utilisation']['memory']:.0%} "
                  f"of the cores used (fan-in, fan-out, memory: worst core per layer)")
     return "\n".join(lines)
