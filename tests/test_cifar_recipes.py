@@ -55,10 +55,8 @@ def large_target(path):
     per core above the 4608 axons of a 3x3 convolution over 512 channels."""
     target = yaml.safe_load(LOIHI2.read_text())
     target["name"] = "loihi2-large"
-    # per-connection kernels: with shared ones the partition search does not yet settle the fan-out of
-    # sew_resnet18's first block on this target (layer1_1_conv1: 25272 output axons, above 16384)
     target["limits"].update(cores=65536, mesh=[256, 256], fan_in_axons_per_core=16384,
-                            fan_out_per_core=16384, conv_weights="per_connection")
+                            fan_out_per_core=16384)
     path.write_text(yaml.safe_dump(target))
     return path
 

@@ -571,7 +571,9 @@ def partition_network(net: Network, target, fixed: dict[str, Partition] | None =
                       layers: dict[str, Layer] | None = None) -> tuple[dict[str, Layer], dict[str, Partition]]:
     """Choose every layer's partition (topological order: a layer's fan-in depends on how its
     sources are split). Fan-out depends on the consumers, so layers whose fan-out breaks the limit
-    are partitioned again under that constraint until nothing changes."""
+    are partitioned again under that constraint until nothing changes: in reverse order, so that a
+    layer is split for its consumers as they are then split (a layer's own split depends on its
+    sources only through pooling blocks split between senders, which rarely changes)."""
     limits, packing = target.limits, _Packing(target)
     layers = layers or analyse(net)
     names = list(layers)
@@ -580,7 +582,7 @@ def partition_network(net: Network, target, fixed: dict[str, Partition] | None =
     constrained = False
     for _ in range(MAX_ROUNDS):
         changed = False
-        for name in names[1:]:
+        for name in (reversed(names[1:]) if constrained else names[1:]):
             layer = layers[name]
             if name in fixed:
                 new = fixed[name]
