@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # netfactory, for the random fallback
 
-from timing import best_of  # noqa: E402
+from timing import best_of, same_traces  # noqa: E402
 
 
 def _network(name: str):
@@ -39,13 +39,6 @@ def _network(name: str):
 
     net = compiler.compile_network(random_network(recipe(name), seed=0), load_target("loihi2")).fixed
     return net, f"random {name} network (no checkpoint)"
-
-
-def _same(a, b) -> bool:
-    import numpy as np
-
-    return (a.spikes.keys() == b.spikes.keys() and all(np.array_equal(a.spikes[k], b.spikes[k]) for k in a.spikes)
-            and np.array_equal(a.readout_steps, b.readout_steps) and np.array_equal(a.readout, b.readout))
 
 
 def main() -> None:
@@ -96,8 +89,8 @@ def main() -> None:
         "chip_steps_per_sample": counts.steps, "threads": {"torch": torch.get_num_threads(),
                                                            "kernels": numba.get_num_threads()},
         "cores_used": mapping.totals["cores_used"], "mapping_s": map_s,
-        "identical": {"cycle_vs_reference": _same(cycle_trace, ref_trace),
-                      "cycle_vs_lava": _same(cycle_trace, lava_trace)},
+        "identical": {"cycle_vs_reference": same_traces(cycle_trace, ref_trace),
+                      "cycle_vs_lava": same_traces(cycle_trace, lava_trace)},
         "ms_per_sample": {"cycle": 1e3 * cycle_s / n, "reference": 1e3 * ref_s / n,
                           "lava_end_to_end": 1e3 * lava_s / n, "lava_marginal": 1e3 * lava_marginal},
         "lava_s": {"samples": lava_s, "quarter": lava_small_s},

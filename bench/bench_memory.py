@@ -13,12 +13,10 @@ Usage: .venv/bin/python bench/bench_memory.py [--networks mnist_convnet,resnet20
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from timing import run_snnc
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDE = ROOT / "bench" / "targets" / "loihi2-wide.yaml"
@@ -46,20 +44,6 @@ def untrained_checkpoint(recipe_file: str, path: Path) -> None:
     save_checkpoint(path, model, {"data": "mnist5k", "note": "untrained: bench/bench_memory.py"}, force=True)
 
 
-def measure(args: list[str]) -> tuple[float, float]:
-    """(peak resident MB, wall seconds) of `snnc ARGS` run as a child process."""
-    command = [sys.executable, "-m", "snnc.cli", *args]
-    start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    error = child.stderr.read().decode(errors="replace").strip()
-    child.stderr.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"snnc {' '.join(args)} failed: {error.splitlines()[-1] if error else status}")
-    return usage.ru_maxrss / 1024, wall
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--networks", default=",".join(NETWORKS))
@@ -85,7 +69,7 @@ def main():
                     ("simulate", ["simulate", str(out), "--samples", str(args.simulate_samples), "--json"],
                      args.simulate_samples)]
             for label, command, samples in runs:
-                peak, wall = measure(command)
+                peak, wall, _ = run_snnc(command)
                 print(f"| {name} | {label} ({samples} samples) | {peak:,.0f} MB | {wall:.1f} s | "
                       f"{wall / samples * 1000:.1f} ms |", flush=True)
 

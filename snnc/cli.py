@@ -88,10 +88,14 @@ def main():
               help="Weight of TET's MSE regulariser (losses tet and tet-s).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True,
               help="CPU threads for torch.")
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Train on the first N training samples (default: all); a brief run.")
+@click.option("--test-samples", type=click.IntRange(min=1), default=None,
+              help="Test a built-in data set on its first N test samples (default: all).")
 @click.option("--force", is_flag=True, help="Overwrite an existing snnc checkpoint.")
 @reports_errors
 def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_lambda, threads,
-          force):
+          samples, test_samples, force):
     """Train the network of RECIPE (models/*.yaml) and write a weights-only checkpoint.
 
     A built-in data set trains on its train split and reports its test split after each epoch; a
@@ -105,8 +109,8 @@ def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_l
 
     check_checkpoint_output(output, force)
     spec = load_recipe(recipe)
-    train_set = labelled(open_inputs(data, input_spec(spec), split="train"), "train")
-    test_set = open_inputs(data, input_spec(spec), split="test") if data in BUILTINS else None
+    train_set = labelled(open_inputs(data, input_spec(spec), samples, split="train"), "train")
+    test_set = open_inputs(data, input_spec(spec), test_samples, split="test") if data in BUILTINS else None
     show_bar = sys.stderr.isatty()
     batches = epochs * -(-train_set.count // batch_size)
 
@@ -125,12 +129,14 @@ def train(recipe, data, loss, epochs, output, seed, lr, batch_size, shift, tet_l
             on_batch=(lambda: bar.update(1)) if show_bar else None, on_epoch=report_epoch)
     save_checkpoint(output, model, {"data": train_set.origin, "loss": loss, "epochs": epochs, "seed": seed,
                                     "lr": lr, "batch_size": batch_size, "shift": shift,
-                                    "tet_lambda": tet_lambda, "test_accuracy": accuracy}, force=force)
+                                    "tet_lambda": tet_lambda, "samples": train_set.count,
+                                    "test_accuracy": accuracy}, force=force)
     if test_set is None:
         click.echo(f"wrote {output}: trained on {train_set.count} samples of {train_set.origin} "
                    f"(no test split: measure with snnc eval --data)")
     else:
-        click.echo(f"wrote {output}: test accuracy {accuracy:.4f} on {test_set.count} {data} test samples")
+        click.echo(f"wrote {output}: trained on {train_set.count} samples, test accuracy {accuracy:.4f} "
+                   f"on {test_set.count} {data} test samples")
 
 
 def _input_shape(ctx, param, value):
@@ -288,6 +294,8 @@ def _fidelity_line(summary) -> str:
 @click.option("--data", default=None,
               help=data_help("Fidelity is measured on it. Default: the data a checkpoint was trained on, "
                              "else the first built-in data set that fits the network's input."))
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Measure fidelity on the first N samples of the data (default: all).")
 @click.option("--T", "steps", type=click.IntRange(min=1), default=None,
               help="Time steps per sample (NIR graphs, --model; netx files default to their own).")
 @click.option("--dt", type=float, default=None, help="NIR: time step for tau and r (default: inferred).")
@@ -309,14 +317,14 @@ def _fidelity_line(summary) -> str:
                    "reset_interval) or Lava's netx network runs without reset (free-running).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
-def export(source, model, weights, output, target, force, bn_into, onnx_spikes, float_onnx, data, steps, dt,
-           readout, input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
+def export(source, model, weights, output, target, force, bn_into, onnx_spikes, float_onnx, data, samples,
+           steps, dt, readout, input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
     """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net), or the PyTorch
     module of --model, and write the export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
-               "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
+               "samples": samples, "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
                "nir_semantics": nir_semantics, "nir_assume": nir_assume, "netx_input": netx_input,
                "netx_timing": netx_timing, "model": model, "weights": weights}
     summary = export_source(source, output, target=target, force=force, options=options,

