@@ -16,7 +16,7 @@ weights (torch.manual_seed(0)); the table says which. The export is `snnc export
 (compiling and writing every artifact, no fidelity measurement) as its own process.
 
 Usage: .venv/bin/python bench/bench_scale.py [--work DIR] [--networks mnist_convnet,resnet20,vgg16,resnet19]
-       [--samples 16] [--repeats 2]
+       [--samples 32] [--repeats 2]
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="Where bench/deploy_recipes.py left its checkpoints.")
     parser.add_argument("--networks", default=",".join(NETWORKS))
-    parser.add_argument("--samples", type=int, default=16, help="Samples per timed run.")
+    parser.add_argument("--samples", type=int, default=32, help="Samples per timed run.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed runs of each executor (after a warm-up).")
     args = parser.parse_args()
     from snnc import data, execute
