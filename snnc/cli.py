@@ -318,14 +318,16 @@ def _fidelity_line(summary) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 @reports_errors
 def export(source, model, weights, output, target, force, bn_into, onnx_spikes, float_onnx, data, samples,
-           steps, dt, readout, input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing, as_json):
+           steps, dt, readout, input_scale, input_shape, nir_semantics, nir_assume, netx_input, netx_timing,
+           as_json):
     """Compile SOURCE (a checkpoint .pt, a NIR graph .nir or a lava-dl netx .net), or the PyTorch
     module of --model, and write the export directory."""
     from snnc.compiler import export as export_source
 
     options = {"bn_into": bn_into, "onnx_spikes": onnx_spikes, "float_onnx": float_onnx, "data": data,
-               "samples": samples, "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale, "input_shape": input_shape,
-               "nir_semantics": nir_semantics, "nir_assume": nir_assume, "netx_input": netx_input,
+               "samples": samples, "T": steps, "dt": dt, "readout": readout, "input_scale": input_scale,
+               "input_shape": input_shape, "nir_semantics": nir_semantics, "nir_assume": nir_assume,
+               "netx_input": netx_input,
                "netx_timing": netx_timing, "model": model, "weights": weights}
     summary = export_source(source, output, target=target, force=force, options=options,
                             progress=_progress(as_json))
